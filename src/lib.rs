@@ -1,0 +1,7 @@
+//! Once-for-All in Rust: train one elastic supernet, then specialize
+//! sub-networks for many devices and budgets without retraining.
+//!
+//! Modules follow the pipeline, and data flows one way:
+//! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`].
+
+pub mod space;

@@ -1,0 +1,350 @@
+//! Exact multiply-adds (as the reference counter counts them: convolutions
+//! and linear layers only) and parameter counts, from the arch alone.
+//!
+//! The same per-layer list keys the latency lookup table: each [`Layer`] is
+//! one operator a device runs, described by its shapes.
+
+use super::{Activation, Arch, Space, conv_out};
+use serde::{Deserialize, Serialize};
+
+/// One operator of a subnet with the shapes it runs at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Layer {
+    /// Conv k×k (+ BN) + activation.
+    Conv {
+        in_res: usize,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        bn: bool,
+        act: Activation,
+    },
+    /// Inverted-residual block. `mid == in_ch` without an expand conv
+    /// (`expand == false`, the first block).
+    MbConv {
+        in_res: usize,
+        in_ch: usize,
+        out_ch: usize,
+        mid: usize,
+        expand: bool,
+        kernel: usize,
+        stride: usize,
+        se_mid: Option<usize>,
+        act: Activation,
+        residual: bool,
+    },
+    /// Global average pooling.
+    Pool { in_res: usize, ch: usize },
+    /// Linear classifier (after dropout).
+    Linear { in_f: usize, out_f: usize },
+}
+
+/// Multiply-adds and parameters of a subnet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cost {
+    pub macs: u64,
+    pub params: u64,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            macs: self.macs + o.macs,
+            params: self.params + o.params,
+        }
+    }
+}
+
+impl std::iter::Sum for Cost {
+    fn sum<I: Iterator<Item = Cost>>(iter: I) -> Cost {
+        iter.fold(Cost::default(), |a, b| a + b)
+    }
+}
+
+impl Cost {
+    pub fn mflops(&self) -> f64 {
+        self.macs as f64 / 1e6
+    }
+    pub fn mparams(&self) -> f64 {
+        self.params as f64 / 1e6
+    }
+}
+
+fn conv_cost(out_res: usize, cin: usize, cout: usize, k: usize, groups: usize) -> Cost {
+    Cost {
+        macs: (out_res * out_res * cout * (cin / groups) * k * k) as u64,
+        params: (cout * (cin / groups) * k * k) as u64,
+    }
+}
+
+fn bn(ch: usize) -> Cost {
+    Cost {
+        macs: 0,
+        params: 2 * ch as u64,
+    }
+}
+
+impl Layer {
+    /// Spatial size of this operator's output.
+    pub fn out_res(&self) -> usize {
+        match self {
+            Layer::Conv {
+                in_res,
+                kernel,
+                stride,
+                ..
+            }
+            | Layer::MbConv {
+                in_res,
+                kernel,
+                stride,
+                ..
+            } => conv_out(*in_res, *kernel, *stride),
+            Layer::Pool { .. } | Layer::Linear { .. } => 1,
+        }
+    }
+
+    pub fn cost(&self) -> Cost {
+        match *self {
+            Layer::Conv {
+                in_res,
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                bn: with_bn,
+                ..
+            } => {
+                let c = conv_cost(conv_out(in_res, kernel, stride), in_ch, out_ch, kernel, 1);
+                if with_bn { c + bn(out_ch) } else { c }
+            }
+            Layer::MbConv {
+                in_res,
+                in_ch,
+                out_ch,
+                mid,
+                expand,
+                kernel,
+                stride,
+                se_mid,
+                ..
+            } => {
+                let out = conv_out(in_res, kernel, stride);
+                let mut c = Cost::default();
+                if expand {
+                    c = c + conv_cost(in_res, in_ch, mid, 1, 1) + bn(mid);
+                }
+                c = c + conv_cost(out, mid, mid, kernel, mid) + bn(mid);
+                if let Some(se) = se_mid {
+                    let bias = Cost {
+                        macs: 0,
+                        params: (se + mid) as u64,
+                    };
+                    c = c + conv_cost(1, mid, se, 1, 1) + conv_cost(1, se, mid, 1, 1) + bias;
+                }
+                c + conv_cost(out, mid, out_ch, 1, 1) + bn(out_ch)
+            }
+            Layer::Pool { .. } => Cost::default(),
+            Layer::Linear { in_f, out_f } => Cost {
+                macs: (in_f * out_f) as u64,
+                params: (in_f * out_f + out_f) as u64,
+            },
+        }
+    }
+
+    /// A stable text key for lookup tables, e.g.
+    /// `mbconv:r14:i40:o40:m120:k5:s1:se32:h_swish:res`.
+    pub fn key(&self) -> String {
+        match self {
+            Layer::Conv {
+                in_res,
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                bn,
+                act,
+            } => format!(
+                "conv:r{in_res}:i{in_ch}:o{out_ch}:k{kernel}:s{stride}:{}:{act}",
+                if *bn { "bn" } else { "nobn" }
+            ),
+            Layer::MbConv {
+                in_res,
+                in_ch,
+                out_ch,
+                mid,
+                expand,
+                kernel,
+                stride,
+                se_mid,
+                act,
+                residual,
+            } => format!(
+                "mbconv:r{in_res}:i{in_ch}:o{out_ch}:m{mid}:{}:k{kernel}:s{stride}:se{}:{act}:{}",
+                if *expand { "x" } else { "nox" },
+                se_mid.unwrap_or(0),
+                if *residual { "res" } else { "nores" }
+            ),
+            Layer::Pool { in_res, ch } => format!("pool:r{in_res}:c{ch}"),
+            Layer::Linear { in_f, out_f } => format!("linear:i{in_f}:o{out_f}"),
+        }
+    }
+}
+
+/// The operators of a subnet in execution order.
+pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
+    let mut out = Vec::new();
+    let mut res = arch.r;
+    let stem = Layer::Conv {
+        in_res: res,
+        in_ch: space.in_channels,
+        out_ch: space.stem_width(),
+        kernel: space.stem.kernel,
+        stride: space.stem.stride,
+        bn: true,
+        act: space.stem.act,
+    };
+    res = stem.out_res();
+    out.push(stem);
+    let fb = &space.first_block;
+    let fb_in = space.stem_width();
+    let first = Layer::MbConv {
+        in_res: res,
+        in_ch: fb_in,
+        out_ch: space.first_block_width(),
+        mid: fb_in,
+        expand: false,
+        kernel: fb.kernel,
+        stride: fb.stride,
+        se_mid: fb.se.then(|| space.se_width(fb_in)),
+        act: fb.act,
+        residual: space.first_block_residual(),
+    };
+    res = first.out_res();
+    out.push(first);
+    for (b, k, e) in arch.active_blocks(space) {
+        let mid = space.middle_width(b.in_ch, e);
+        let layer = Layer::MbConv {
+            in_res: res,
+            in_ch: b.in_ch,
+            out_ch: b.out_ch,
+            mid,
+            expand: true,
+            kernel: k,
+            stride: b.stride,
+            se_mid: b.se.then(|| space.se_width(mid)),
+            act: b.act,
+            residual: b.residual,
+        };
+        res = layer.out_res();
+        out.push(layer);
+    }
+    let mut ch = space.last_stage_width();
+    if let Some(w) = space.pre_pool_width() {
+        out.push(Layer::Conv {
+            in_res: res,
+            in_ch: ch,
+            out_ch: w,
+            kernel: 1,
+            stride: 1,
+            bn: true,
+            act: space.head.act,
+        });
+        ch = w;
+    }
+    out.push(Layer::Pool { in_res: res, ch });
+    if let Some(w) = space.post_pool_width() {
+        out.push(Layer::Conv {
+            in_res: 1,
+            in_ch: ch,
+            out_ch: w,
+            kernel: 1,
+            stride: 1,
+            bn: false,
+            act: space.head.act,
+        });
+        ch = w;
+    }
+    out.push(Layer::Linear {
+        in_f: ch,
+        out_f: space.num_classes,
+    });
+    out
+}
+
+impl Arch {
+    /// Multiply-adds and parameters of this subnet.
+    pub fn cost(&self, space: &Space) -> Cost {
+        layers(space, self).iter().map(Layer::cost).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::preset;
+
+    fn check(space: &str, arch: Arch, r: usize, mflops: f64, mparams: Option<f64>) {
+        let s = preset(space).unwrap();
+        let c = arch.with_resolution(r).cost(&s);
+        let rel = (c.mflops() - mflops).abs() / mflops;
+        assert!(
+            rel < 0.005,
+            "{space} r{r}: {} MFLOPs vs reference {mflops}",
+            c.mflops()
+        );
+        if let Some(p) = mparams {
+            let rel = (c.mparams() - p).abs() / p;
+            assert!(
+                rel < 0.005,
+                "{space}: {} M params vs reference {p}",
+                c.mparams()
+            );
+        }
+    }
+
+    #[test]
+    fn reference_counter_figures_mbv3_w10() {
+        let s = preset("ofa-mbv3-w1.0").unwrap();
+        check("ofa-mbv3-w1.0", Arch::max(&s), 224, 566.17, Some(7.6648));
+        check("ofa-mbv3-w1.0", Arch::min(&s), 128, 41.48, Some(3.4108));
+        check("ofa-mbv3-w1.0", Arch::min(&s), 224, 121.28, None);
+    }
+
+    #[test]
+    fn reference_counter_figures_mbv3_w12() {
+        let s = preset("ofa-mbv3-w1.2").unwrap();
+        check("ofa-mbv3-w1.2", Arch::max(&s), 224, 843.10, Some(10.7016));
+        check("ofa-mbv3-w1.2", Arch::min(&s), 128, 65.54, Some(4.6025));
+    }
+
+    #[test]
+    fn reference_counter_figures_proxyless_w13() {
+        let s = preset("ofa-proxyless-w1.3").unwrap();
+        check(
+            "ofa-proxyless-w1.3",
+            Arch::max(&s),
+            224,
+            1004.91,
+            Some(7.9421),
+        );
+        check(
+            "ofa-proxyless-w1.3",
+            Arch::min(&s),
+            128,
+            87.82,
+            Some(3.7188),
+        );
+    }
+
+    #[test]
+    fn layer_keys_are_distinct_per_shape() {
+        let s = preset("ofa-mbv3-w1.0").unwrap();
+        let l = layers(&s, &Arch::max(&s));
+        assert_eq!(l.len(), 2 + 20 + 4);
+        assert_ne!(l[2].key(), l[3].key());
+    }
+}
