@@ -4,4 +4,6 @@
 //! Modules follow the pipeline, and data flows one way:
 //! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`].
 
+pub mod nn;
 pub mod space;
+pub mod util;

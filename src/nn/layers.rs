@@ -1,0 +1,392 @@
+//! Elastic operators: layers that store their largest shape and run any
+//! smaller one by using the first channels (and, for depthwise kernels, the
+//! centre of the kernel after a learned transformation).
+
+use super::{BnStats, Mode, init::Init};
+use crate::space::{Activation, make_divisible};
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::activation::{hard_sigmoid, hard_swish, relu};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Distribution, Tensor, backend::Backend};
+
+/// Applies one of the space's activations.
+pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    match act {
+        Activation::Relu => relu(x),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::HSwish => hard_swish(x),
+    }
+}
+
+/// `relu6(x + 3) / 6`, the gate of squeeze-excite.
+pub fn h_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    hard_sigmoid(x, 1.0 / 6.0, 0.5)
+}
+
+/// A convolution (not depthwise) that uses the first `out` output channels
+/// and as many input channels as its input has.
+#[derive(Module, Debug)]
+pub struct ElasticConv<B: Backend> {
+    /// `[out_max, in_max, k, k]`
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub stride: usize,
+}
+
+impl<B: Backend> ElasticConv<B> {
+    /// He (fan-out) initialisation, as the reference `he_fout`.
+    pub fn new(
+        init: &mut Init,
+        in_ch: usize,
+        out_ch: usize,
+        k: usize,
+        stride: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Self {
+        let std = (2.0 / (k * k * out_ch) as f64).sqrt();
+        ElasticConv {
+            weight: Param::from_tensor(init.normal([out_ch, in_ch, k, k], std, device)),
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([out_ch], device))),
+            stride,
+        }
+    }
+
+    pub fn kernel(&self) -> usize {
+        self.weight.dims()[2]
+    }
+
+    /// The weight slice used for `out` outputs and `inp` inputs.
+    pub fn active_weight(&self, out: usize, inp: usize) -> Tensor<B, 4> {
+        let [o, i, k, _] = self.weight.dims();
+        if o == out && i == inp {
+            self.weight.val()
+        } else {
+            self.weight.val().slice([0..out, 0..inp, 0..k, 0..k])
+        }
+    }
+
+    pub fn active_bias(&self, out: usize) -> Option<Tensor<B, 1>> {
+        self.bias.as_ref().map(|b| {
+            if b.dims()[0] == out {
+                b.val()
+            } else {
+                b.val().slice([0..out])
+            }
+        })
+    }
+
+    /// `x: [N, C_in, H, W]` → `[N, out, H', W']`.
+    pub fn forward(&self, x: Tensor<B, 4>, out: usize) -> Tensor<B, 4> {
+        let inp = x.dims()[1];
+        let k = self.kernel();
+        conv2d(
+            x,
+            self.active_weight(out, inp),
+            self.active_bias(out),
+            ConvOptions::new([self.stride; 2], [k / 2; 2], [1, 1], 1),
+        )
+    }
+}
+
+/// Depthwise convolution stored at the largest kernel, with one learned
+/// kernel transformation matrix per step down (7→5: 25×25, 5→3: 9×9),
+/// shared by all channels and initialised to identity (DESIGN §4).
+#[derive(Module, Debug)]
+pub struct ElasticDepthwise<B: Backend> {
+    /// `[C_max, 1, K_max, K_max]`
+    pub weight: Param<Tensor<B, 4>>,
+    /// `transforms[i]` maps a `kernels[i+1]` kernel's centre to a
+    /// `kernels[i]` kernel: shape `[kernels[i]², kernels[i]²]`.
+    pub transforms: Vec<Param<Tensor<B, 2>>>,
+    pub kernels: Vec<usize>,
+    pub stride: usize,
+}
+
+impl<B: Backend> ElasticDepthwise<B> {
+    pub fn new(
+        init: &mut Init,
+        channels: usize,
+        kernels: &[usize],
+        stride: usize,
+        device: &B::Device,
+    ) -> Self {
+        let kmax = *kernels.last().expect("at least one kernel size");
+        let std = (2.0 / (kmax * kmax * channels) as f64).sqrt();
+        let transforms = kernels[..kernels.len() - 1]
+            .iter()
+            .map(|&k| Param::from_tensor(Tensor::eye(k * k, device)))
+            .collect();
+        ElasticDepthwise {
+            weight: Param::from_tensor(init.normal([channels, 1, kmax, kmax], std, device)),
+            transforms,
+            kernels: kernels.to_vec(),
+            stride,
+        }
+    }
+
+    /// The `[channels, 1, k, k]` filter a `k×k` subnet uses: centre crops of
+    /// the stored kernel, each step multiplied by its matrix (as the
+    /// reference's `F.linear(w, M)`, i.e. `w · Mᵀ` per flattened row).
+    pub fn active_filter(&self, channels: usize, k: usize) -> Tensor<B, 4> {
+        let [cmax, _, kmax, _] = self.weight.dims();
+        let mut w = if channels == cmax {
+            self.weight.val()
+        } else {
+            self.weight
+                .val()
+                .slice([0..channels, 0..1, 0..kmax, 0..kmax])
+        };
+        let mut src = kmax;
+        for i in (0..self.kernels.len() - 1).rev() {
+            if src <= k {
+                break;
+            }
+            let dst = self.kernels[i];
+            let start = (src - dst) / 2;
+            w = w
+                .slice([0..channels, 0..1, start..start + dst, start..start + dst])
+                .reshape([channels, dst * dst])
+                .matmul(self.transforms[i].val().transpose())
+                .reshape([channels, 1, dst, dst]);
+            src = dst;
+        }
+        w
+    }
+
+    /// `x: [N, C, H, W]` → `[N, C, H', W']` with a `k×k` kernel.
+    pub fn forward(&self, x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
+        let c = x.dims()[1];
+        conv2d(
+            x,
+            self.active_filter(c, k),
+            None,
+            ConvOptions::new([self.stride; 2], [k / 2; 2], [1, 1], c),
+        )
+    }
+}
+
+/// Batch normalisation over the first C channels (dynamic BN): training
+/// statistics of the active slice update the active slice of the running
+/// statistics.
+#[derive(Module, Debug)]
+pub struct ElasticBn<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub eps: f64,
+    /// Reference key prefix; identifies this layer during calibration.
+    pub name: String,
+}
+
+fn first<B: Backend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
+    if t.dims()[0] == c { t } else { t.slice([0..c]) }
+}
+
+impl<B: Backend> ElasticBn<B> {
+    pub fn new(channels: usize, momentum: f64, eps: f64, name: String, device: &B::Device) -> Self {
+        ElasticBn {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum,
+            eps,
+            name,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.gamma.dims()[0]
+    }
+
+    /// `x: [N, C, H, W]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let (mean, var) = match mode {
+            Mode::Eval => (
+                first(self.running_mean.value_sync(), c),
+                first(self.running_var.value_sync(), c),
+            ),
+            Mode::Train | Mode::Calibrate(_) => {
+                let mean = x.clone().mean_dims(&[0, 2, 3]);
+                let var = (x.clone() - mean.clone()).square().mean_dims(&[0, 2, 3]);
+                let (mean, var) = (mean.reshape([c]), var.reshape([c]));
+                match mode {
+                    Mode::Train => {
+                        self.update_running(mean.clone().detach(), var.clone().detach(), n * h * w)
+                    }
+                    Mode::Calibrate(stats) => {
+                        stats.record(&self.name, mean.clone().detach(), var.clone().detach(), n)
+                    }
+                    Mode::Eval => unreachable!(),
+                }
+                (mean, var)
+            }
+        };
+        let scale = first(self.gamma.val(), c) / (var + self.eps).sqrt();
+        let shift = first(self.beta.val(), c) - mean * scale.clone();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+
+    /// Momentum update of the first `c` running statistics; like PyTorch,
+    /// the running variance uses the unbiased batch variance.
+    fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, count: usize) {
+        let c = mean.dims()[0];
+        let m = self.momentum;
+        let unbias = if count > 1 {
+            count as f64 / (count - 1) as f64
+        } else {
+            1.0
+        };
+        for (state, batch) in [
+            (&self.running_mean, mean),
+            (&self.running_var, var * unbias),
+        ] {
+            let full = state.value_sync();
+            let old = first(full.clone(), c);
+            let new = old * (1.0 - m) + batch * m;
+            let updated = if full.dims()[0] == c {
+                new
+            } else {
+                full.slice_assign([0..c], new)
+            };
+            state.update(updated);
+        }
+    }
+
+    /// Overwrites the first `c` running statistics (BN recalibration).
+    pub fn set_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+        let c = mean.dims()[0];
+        for (state, value) in [(&self.running_mean, mean), (&self.running_var, var)] {
+            let full = state.value_sync();
+            let updated = if full.dims()[0] == c {
+                value
+            } else {
+                full.slice_assign([0..c], value)
+            };
+            state.update(updated);
+            let _ = state.value_sync();
+        }
+    }
+}
+
+/// Squeeze-and-excite over the first C channels: global pool, 1×1 reduce
+/// (bias) → relu → 1×1 expand (bias) → h-sigmoid, times the input. The
+/// hidden width follows the active width: `make_divisible(C / 4, divisor)`.
+#[derive(Module, Debug)]
+pub struct ElasticSe<B: Backend> {
+    /// `[S_max, C_max, 1, 1]`
+    pub reduce_weight: Param<Tensor<B, 4>>,
+    pub reduce_bias: Param<Tensor<B, 1>>,
+    /// `[C_max, S_max, 1, 1]`
+    pub expand_weight: Param<Tensor<B, 4>>,
+    pub expand_bias: Param<Tensor<B, 1>>,
+    pub divisor: usize,
+}
+
+impl<B: Backend> ElasticSe<B> {
+    pub fn new(init: &mut Init, channels: usize, divisor: usize, device: &B::Device) -> Self {
+        let s = make_divisible((channels / 4) as f64, divisor);
+        ElasticSe {
+            reduce_weight: Param::from_tensor(init.normal(
+                [s, channels, 1, 1],
+                (2.0 / s as f64).sqrt(),
+                device,
+            )),
+            reduce_bias: Param::from_tensor(Tensor::zeros([s], device)),
+            expand_weight: Param::from_tensor(init.normal(
+                [channels, s, 1, 1],
+                (2.0 / channels as f64).sqrt(),
+                device,
+            )),
+            expand_bias: Param::from_tensor(Tensor::zeros([channels], device)),
+            divisor,
+        }
+    }
+
+    pub fn hidden(&self, channels: usize) -> usize {
+        make_divisible((channels / 4) as f64, self.divisor)
+    }
+
+    /// `x: [N, C, H, W]` → same shape.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, _, _] = x.dims();
+        let s = self.hidden(c);
+        let [smax, cmax, _, _] = self.reduce_weight.dims();
+        let crop = |w: Tensor<B, 4>, a: usize, b: usize, amax: usize, bmax: usize| {
+            let w = if a == amax && b == bmax {
+                w
+            } else {
+                w.slice([0..a, 0..b, 0..1, 0..1])
+            };
+            w.reshape([a, b])
+        };
+        let reduce_w = crop(self.reduce_weight.val(), s, c, smax, cmax);
+        let expand_w = crop(self.expand_weight.val(), c, s, cmax, smax);
+        let y = x.clone().mean_dims(&[2, 3]).reshape([n, c]);
+        let y = relu(y.matmul(reduce_w.transpose()) + first(self.reduce_bias.val(), s).unsqueeze());
+        let y = h_sigmoid(
+            y.matmul(expand_w.transpose()) + first(self.expand_bias.val(), c).unsqueeze(),
+        );
+        x * y.reshape([n, c, 1, 1])
+    }
+}
+
+/// Fully connected layer stored as the reference does: weight `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// The reference's default: U(−1/√in, 1/√in) weights, zero bias.
+    pub fn new(init: &mut Init, in_f: usize, out_f: usize, device: &B::Device) -> Self {
+        let bound = 1.0 / (in_f as f64).sqrt();
+        Linear {
+            weight: Param::from_tensor(init.uniform([out_f, in_f], bound, device)),
+            bias: Param::from_tensor(Tensor::zeros([out_f], device)),
+        }
+    }
+
+    /// `x: [N, in]` → `[N, out]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze()
+    }
+}
+
+/// Inverted dropout: in training, zero each activation with probability `p`
+/// and scale the rest by `1 / (1 − p)`.
+pub fn dropout<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    p: f64,
+    mode: Mode<'_, B>,
+) -> Tensor<B, D> {
+    if p <= 0.0 || !matches!(mode, Mode::Train) {
+        return x;
+    }
+    let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+    x * keep / (1.0 - p)
+}
+
+/// Accumulates per-layer batch statistics for BN recalibration.
+impl<B: Backend> BnStats<B> {
+    pub fn record(&self, name: &str, mean: Tensor<B, 1>, var: Tensor<B, 1>, batch: usize) {
+        let mut map = self.inner.lock().expect("BN statistics lock");
+        let w = batch as f64;
+        match map.get_mut(name) {
+            Some(acc) => {
+                acc.0 = acc.0.clone() + mean * w;
+                acc.1 = acc.1.clone() + var * w;
+                acc.2 += batch;
+            }
+            None => {
+                map.insert(name.to_string(), (mean * w, var * w, batch));
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The elastic supernet on burn: elastic operators, the supernet for the
+//! MobileNetV3 and ProxylessNAS spaces, channel sorting, BN recalibration,
+//! extraction of static subnets, and weight files with reference key names.
+//!
+//! All code is generic over `B: Backend`; which backend runs is chosen by
+//! the caller (CLI), never here.
+
+mod calib;
+mod init;
+mod layers;
+mod sort;
+mod state;
+mod subnet;
+mod supernet;
+
+pub use calib::{CalibrationError, calibrate_bn};
+pub use init::Init;
+pub use layers::{
+    ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout, h_sigmoid,
+};
+pub use sort::{BlockPermutation, channel_permutations};
+pub use state::{
+    StateError, TensorMap, load_supernet, read_safetensors, save_supernet, write_safetensors,
+};
+pub use subnet::{Subnet, SubnetBlock, extract};
+pub use supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
+
+use burn::tensor::{Tensor, backend::Backend};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How batch normalisation (and dropout) behave in one forward pass. Passed
+/// explicitly to every forward: the network holds no hidden mode.
+#[derive(Debug)]
+pub enum Mode<'a, B: Backend> {
+    /// Batch statistics; running statistics of the active channels are
+    /// updated; dropout on.
+    Train,
+    /// Stored running statistics; dropout off.
+    Eval,
+    /// Batch statistics recorded into the collector (BN recalibration);
+    /// running statistics untouched; dropout off.
+    Calibrate(&'a BnStats<B>),
+}
+
+// Manual impls: a derive would require `B: Copy`.
+impl<B: Backend> Clone for Mode<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Mode<'_, B> {}
+
+/// Per-layer sums of batch means and biased variances, weighted by batch
+/// size, keyed by the BN layer's reference name.
+#[derive(Debug, Default)]
+pub struct BnStats<B: Backend> {
+    inner: Mutex<HashMap<String, (Tensor<B, 1>, Tensor<B, 1>, usize)>>,
+}
+
+impl<B: Backend> BnStats<B> {
+    pub fn new() -> Self {
+        BnStats {
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The averaged mean and variance recorded for a layer, if any.
+    pub fn averaged(&self, name: &str) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
+        let map = self.inner.lock().expect("BN statistics lock");
+        map.get(name).map(|(m, v, n)| {
+            let n = *n as f64;
+            (m.clone() / n, v.clone() / n)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().expect("BN statistics lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

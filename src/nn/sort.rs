@@ -1,0 +1,166 @@
+//! Channel sorting (DESIGN §4): before width shrinking, reorder each
+//! block's middle channels by importance so that narrow subnets keep the
+//! most important ones.
+//!
+//! Works on named tensors ([`TensorMap`]) so that the same permutation can be
+//! applied to the weights and to optimizer state shaped like them.
+
+use super::state::{HostTensor, TensorMap};
+use super::supernet::Supernet;
+use crate::space::Space;
+use burn::tensor::backend::Backend;
+
+/// The reordering of one elastic block: `mid[i]` is the old index of new
+/// middle channel `i`; `se` likewise for the squeeze-excite hidden units.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockPermutation {
+    pub block: usize,
+    pub mid: Vec<usize>,
+    pub se: Option<Vec<usize>>,
+}
+
+fn key(block: usize, rest: &str) -> String {
+    format!("blocks.{}.conv.{rest}", block + 1)
+}
+
+/// Indices sorted by descending value; ties keep their order.
+fn argsort_desc(v: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+    idx
+}
+
+/// Sum of |w| over every axis but `axis`.
+fn l1_per_index(t: &HostTensor, axis: usize) -> Vec<f32> {
+    let n = t.shape[axis];
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let mut out = vec![0f32; n];
+    for (i, x) in t.data.iter().enumerate() {
+        out[(i / inner) % n] += x.abs();
+    }
+    out
+}
+
+/// Importance = L1 norm of the project conv's weights per input channel.
+///
+/// With `expand_stage > 0` (the reference's `expand_ratio_stage`), channels
+/// already inside the widths of the larger expand ratios keep their group:
+/// sorting happens within groups, so subnets trained in an earlier
+/// expand phase keep their channels.
+pub fn channel_permutations(
+    map: &TensorMap,
+    space: &Space,
+    expand_stage: usize,
+) -> Vec<BlockPermutation> {
+    space
+        .blocks()
+        .iter()
+        .map(|b| {
+            let pl = &map[&key(b.index, "point_linear.conv.conv.weight")];
+            let mut importance = l1_per_index(pl, 1);
+            if expand_stage > 0 {
+                let mut widths: Vec<usize> = space
+                    .expand_choices
+                    .iter()
+                    .rev()
+                    .map(|&e| space.middle_width(b.in_ch, e))
+                    .collect();
+                widths.dedup();
+                let mut right = importance.len();
+                let mut base = -(widths.len() as f32) * 1e5;
+                for &left in widths.iter().take(expand_stage + 1) {
+                    for x in &mut importance[left.min(right)..right] {
+                        *x += base;
+                    }
+                    base += 1e5;
+                    right = left;
+                }
+            }
+            let mid = argsort_desc(&importance);
+            let se = map
+                .get(&key(b.index, "depth_conv.se.fc.expand.weight"))
+                .map(|w| argsort_desc(&l1_per_index(w, 1)));
+            BlockPermutation {
+                block: b.index,
+                mid,
+                se,
+            }
+        })
+        .collect()
+}
+
+/// Applies block permutations to every tensor of `map` that they touch:
+/// expand conv outputs and BN, depthwise weights and BN, SE (both ends and
+/// its hidden units) and the project conv's inputs. Keys absent from the map
+/// are skipped, so optimizer state holding only some tensors works too.
+pub fn apply_permutations(map: &mut TensorMap, perms: &[BlockPermutation]) {
+    let mut permute = |k: String, axis: usize, perm: &[usize]| {
+        if let Some(t) = map.get_mut(&k) {
+            *t = t.select(axis, perm);
+        }
+    };
+    for p in perms {
+        let b = p.block;
+        for stat in ["weight", "bias", "running_mean", "running_var"] {
+            permute(
+                key(b, &format!("inverted_bottleneck.bn.bn.{stat}")),
+                0,
+                &p.mid,
+            );
+            permute(key(b, &format!("depth_conv.bn.bn.{stat}")), 0, &p.mid);
+        }
+        permute(key(b, "inverted_bottleneck.conv.conv.weight"), 0, &p.mid);
+        permute(key(b, "depth_conv.conv.conv.weight"), 0, &p.mid);
+        permute(key(b, "point_linear.conv.conv.weight"), 1, &p.mid);
+        permute(key(b, "depth_conv.se.fc.expand.weight"), 0, &p.mid);
+        permute(key(b, "depth_conv.se.fc.expand.bias"), 0, &p.mid);
+        permute(key(b, "depth_conv.se.fc.reduce.weight"), 1, &p.mid);
+        if let Some(se) = &p.se {
+            permute(key(b, "depth_conv.se.fc.expand.weight"), 1, se);
+            permute(key(b, "depth_conv.se.fc.reduce.weight"), 0, se);
+            permute(key(b, "depth_conv.se.fc.reduce.bias"), 0, se);
+        }
+    }
+}
+
+impl<B: Backend> Supernet<B> {
+    /// Sorts every block's middle channels (see [`channel_permutations`]);
+    /// returns the permutations so that optimizer state can follow.
+    pub fn sort_channels(self, expand_stage: usize) -> (Self, Vec<BlockPermutation>) {
+        let mut map = self.to_tensor_map();
+        let perms = channel_permutations(&map, &self.space, expand_stage);
+        apply_permutations(&mut map, &perms);
+        let net = self
+            .load_tensor_map(&map)
+            .expect("a permuted map has the network's own keys and shapes");
+        (net, perms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_reorders_an_axis() {
+        let t = HostTensor {
+            shape: vec![2, 3],
+            data: vec![0., 1., 2., 10., 11., 12.],
+        };
+        assert_eq!(
+            t.select(1, &[2, 0, 1]).data,
+            vec![2., 0., 1., 12., 10., 11.]
+        );
+        assert_eq!(t.select(0, &[1, 0]).data, vec![10., 11., 12., 0., 1., 2.]);
+    }
+
+    #[test]
+    fn l1_and_argsort() {
+        let t = HostTensor {
+            shape: vec![2, 3, 1, 1],
+            data: vec![1., -5., 0., 1., 1., -3.],
+        };
+        assert_eq!(l1_per_index(&t, 1), vec![2., 6., 3.]);
+        assert_eq!(argsort_desc(&[2., 6., 3.]), vec![1, 2, 0]);
+    }
+}

@@ -1,0 +1,410 @@
+//! Extraction: a subnet as a standalone static network of ordinary burn
+//! layers (Conv2d, BatchNorm, Linear) with weights copied out of the
+//! supernet — kernel transforms applied, channels sliced, BN statistics
+//! copied — so that its output equals the supernet's for that arch.
+
+use super::layers::{ElasticBn, ElasticConv, activate, h_sigmoid};
+use super::state::{HostTensor, StateError, TensorMap};
+use super::supernet::{ConvBnAct, MbConv, Supernet};
+use crate::space::{Activation, Arch, Space};
+use burn::module::{Module, Param, RunningState};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Tensor, backend::Backend};
+
+/// One static inverted-residual block.
+#[derive(Module, Debug)]
+pub struct SubnetBlock<B: Backend> {
+    pub expand: Option<Conv2d<B>>,
+    pub expand_bn: Option<BatchNorm<B>>,
+    pub depthwise: Conv2d<B>,
+    pub depthwise_bn: BatchNorm<B>,
+    pub se_reduce: Option<Conv2d<B>>,
+    pub se_expand: Option<Conv2d<B>>,
+    pub project: Conv2d<B>,
+    pub project_bn: BatchNorm<B>,
+    pub act: Activation,
+    pub residual: bool,
+}
+
+/// A static subnet: the output of [`extract`].
+#[derive(Module, Debug)]
+pub struct Subnet<B: Backend> {
+    pub stem: Conv2d<B>,
+    pub stem_bn: BatchNorm<B>,
+    pub stem_act: Activation,
+    /// The fixed first block, then the active elastic blocks.
+    pub blocks: Vec<SubnetBlock<B>>,
+    pub pre_pool: Option<Conv2d<B>>,
+    pub pre_pool_bn: Option<BatchNorm<B>>,
+    pub post_pool: Option<Conv2d<B>>,
+    pub head_act: Activation,
+    pub classifier: burn::nn::Linear<B>,
+    pub dropout: f64,
+    pub space: Space,
+    pub arch: Arch,
+}
+
+fn conv<B: Backend>(
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    stride: usize,
+    groups: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let [out, inp_g, k, _] = weight.dims();
+    let mut c = Conv2dConfig::new([inp_g * groups, out], [k, k])
+        .with_stride([stride; 2])
+        .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+        .with_groups(groups)
+        .with_bias(bias.is_some())
+        .init(device);
+    c.weight = Param::from_tensor(weight.detach());
+    c.bias = bias.map(|b| Param::from_tensor(b.detach()));
+    c
+}
+
+fn bn<B: Backend>(src: &ElasticBn<B>, channels: usize, device: &B::Device) -> BatchNorm<B> {
+    let first = |t: Tensor<B, 1>| t.slice([0..channels]).detach();
+    let mut b = BatchNormConfig::new(channels)
+        .with_epsilon(src.eps)
+        .with_momentum(src.momentum)
+        .init(device);
+    b.gamma = Param::from_tensor(first(src.gamma.val()));
+    b.beta = Param::from_tensor(first(src.beta.val()));
+    b.running_mean = RunningState::new(first(src.running_mean.value_sync()));
+    b.running_var = RunningState::new(first(src.running_var.value_sync()));
+    b
+}
+
+fn pointwise<B: Backend>(
+    src: &ElasticConv<B>,
+    out: usize,
+    inp: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    conv(
+        src.active_weight(out, inp),
+        src.active_bias(out),
+        src.stride,
+        1,
+        device,
+    )
+}
+
+fn block<B: Backend>(
+    src: &MbConv<B>,
+    in_ch: usize,
+    k: usize,
+    mid: usize,
+    device: &B::Device,
+) -> SubnetBlock<B> {
+    let (expand, expand_bn) = match &src.inverted_bottleneck {
+        Some(ib) => (
+            Some(pointwise(&ib.conv, mid, in_ch, device)),
+            Some(bn(&ib.bn, mid, device)),
+        ),
+        None => (None, None),
+    };
+    let filter = src.depth_conv.active_filter(mid, k);
+    let (se_reduce, se_expand) = match &src.se {
+        Some(se) => {
+            let s = se.hidden(mid);
+            let w = |t: Tensor<B, 4>, a: usize, b: usize| t.slice([0..a, 0..b, 0..1, 0..1]);
+            let reduce = conv(
+                w(se.reduce_weight.val(), s, mid),
+                Some(se.reduce_bias.val().slice([0..s])),
+                1,
+                1,
+                device,
+            );
+            let expand = conv(
+                w(se.expand_weight.val(), mid, s),
+                Some(se.expand_bias.val().slice([0..mid])),
+                1,
+                1,
+                device,
+            );
+            (Some(reduce), Some(expand))
+        }
+        None => (None, None),
+    };
+    SubnetBlock {
+        expand,
+        expand_bn,
+        depthwise: conv(filter, None, src.depth_conv.stride, mid, device),
+        depthwise_bn: bn(&src.depth_bn, mid, device),
+        se_reduce,
+        se_expand,
+        project: pointwise(&src.point_linear.conv, src.out_ch, mid, device),
+        project_bn: bn(&src.point_linear.bn, src.out_ch, device),
+        act: src.act,
+        residual: src.residual,
+    }
+}
+
+fn head<B: Backend>(l: &ConvBnAct<B>, device: &B::Device) -> (Conv2d<B>, Option<BatchNorm<B>>) {
+    let [out, inp, _, _] = l.conv.weight.dims();
+    (
+        pointwise(&l.conv, out, inp, device),
+        l.bn.as_ref().map(|b| bn(b, out, device)),
+    )
+}
+
+/// Builds the static subnet of `arch` (which must be valid for the space).
+pub fn extract<B: Backend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
+    let device = &net.classifier.weight.device();
+    let s = &net.space;
+    let stem_w = net.first_conv.out_channels();
+    let (stem, stem_bn) = head(&net.first_conv, device);
+    let mut blocks = vec![block(
+        &net.first_block,
+        stem_w,
+        s.first_block.kernel,
+        stem_w,
+        device,
+    )];
+    for (b, src) in net.layout.iter().zip(&net.blocks) {
+        if arch.is_active(b) {
+            let mid = s.middle_width(b.in_ch, arch.e[b.index]);
+            blocks.push(block(src, b.in_ch, arch.ks[b.index], mid, device));
+        }
+    }
+    let (pre_pool, pre_pool_bn) = match &net.pre_pool {
+        Some(l) => {
+            let (c, b) = head(l, device);
+            (Some(c), b)
+        }
+        None => (None, None),
+    };
+    let post_pool = net.post_pool.as_ref().map(|l| head(l, device).0);
+    let [classes, in_f] = net.classifier.weight.dims();
+    let mut classifier = burn::nn::LinearConfig::new(in_f, classes).init(device);
+    classifier.weight = Param::from_tensor(net.classifier.weight.val().transpose().detach());
+    classifier.bias = Some(Param::from_tensor(net.classifier.bias.val().detach()));
+    Subnet {
+        stem,
+        stem_bn: stem_bn.expect("the stem has BN"),
+        stem_act: s.stem.act,
+        blocks,
+        pre_pool,
+        pre_pool_bn,
+        post_pool,
+        head_act: s.head.act,
+        classifier,
+        dropout: s.dropout,
+        space: s.clone(),
+        arch: arch.clone(),
+    }
+}
+
+impl<B: Backend> SubnetBlock<B> {
+    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut h = x.clone();
+        if let (Some(c), Some(b)) = (&self.expand, &self.expand_bn) {
+            h = activate(b.forward(c.forward(h)), self.act);
+        }
+        h = activate(
+            self.depthwise_bn.forward(self.depthwise.forward(h)),
+            self.act,
+        );
+        if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
+            let y = h.clone().mean_dims(&[2, 3]);
+            let y = h_sigmoid(e.forward(relu(r.forward(y))));
+            h = h * y;
+        }
+        let h = self.project_bn.forward(self.project.forward(h));
+        if self.residual { h + x } else { h }
+    }
+}
+
+impl<B: Backend> Subnet<B> {
+    /// `x: [N, C_in, R, R]` → logits `[N, classes]`. BN runs in training
+    /// mode under an autodiff backend and uses stored statistics otherwise
+    /// (burn's convention for its own layers). Dropout is applied only by
+    /// training code, which calls [`Subnet::features`] and
+    /// [`Subnet::classify`] itself.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.classify(self.features(x))
+    }
+
+    /// Everything before global pooling.
+    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = activate(self.stem_bn.forward(self.stem.forward(x)), self.stem_act);
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        if let (Some(c), Some(b)) = (&self.pre_pool, &self.pre_pool_bn) {
+            x = activate(b.forward(c.forward(x)), self.head_act);
+        }
+        x
+    }
+
+    /// Pooling, post-pool 1×1 conv and classifier.
+    pub fn classify(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = x.mean_dims(&[2, 3]);
+        if let Some(c) = &self.post_pool {
+            x = activate(c.forward(x), self.head_act);
+        }
+        let [n, c, _, _] = x.dims();
+        self.classifier.forward(x.reshape([n, c]))
+    }
+
+    /// Weights under the reference's static network keys
+    /// (`blocks.{i}.conv.inverted_bottleneck.conv.weight`, …).
+    pub fn to_tensor_map(&self) -> TensorMap {
+        let mut m = TensorMap::new();
+        let put_conv = |m: &mut TensorMap, p: &str, c: &Conv2d<B>| {
+            m.insert(
+                format!("{p}.weight"),
+                HostTensor::from_tensor(c.weight.val()),
+            );
+            if let Some(b) = &c.bias {
+                m.insert(format!("{p}.bias"), HostTensor::from_tensor(b.val()));
+            }
+        };
+        let put_bn = |m: &mut TensorMap, p: &str, b: &BatchNorm<B>| {
+            m.insert(
+                format!("{p}.weight"),
+                HostTensor::from_tensor(b.gamma.val()),
+            );
+            m.insert(format!("{p}.bias"), HostTensor::from_tensor(b.beta.val()));
+            m.insert(
+                format!("{p}.running_mean"),
+                HostTensor::from_tensor(b.running_mean.value()),
+            );
+            m.insert(
+                format!("{p}.running_var"),
+                HostTensor::from_tensor(b.running_var.value()),
+            );
+        };
+        put_conv(&mut m, "first_conv.conv", &self.stem);
+        put_bn(&mut m, "first_conv.bn", &self.stem_bn);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = format!("blocks.{i}.conv");
+            if let (Some(c), Some(n)) = (&b.expand, &b.expand_bn) {
+                put_conv(&mut m, &format!("{p}.inverted_bottleneck.conv"), c);
+                put_bn(&mut m, &format!("{p}.inverted_bottleneck.bn"), n);
+            }
+            put_conv(&mut m, &format!("{p}.depth_conv.conv"), &b.depthwise);
+            put_bn(&mut m, &format!("{p}.depth_conv.bn"), &b.depthwise_bn);
+            if let (Some(r), Some(e)) = (&b.se_reduce, &b.se_expand) {
+                put_conv(&mut m, &format!("{p}.depth_conv.se.fc.reduce"), r);
+                put_conv(&mut m, &format!("{p}.depth_conv.se.fc.expand"), e);
+            }
+            put_conv(&mut m, &format!("{p}.point_linear.conv"), &b.project);
+            put_bn(&mut m, &format!("{p}.point_linear.bn"), &b.project_bn);
+        }
+        let pre = if self.post_pool.is_some() {
+            "final_expand_layer"
+        } else {
+            "feature_mix_layer"
+        };
+        if let (Some(c), Some(n)) = (&self.pre_pool, &self.pre_pool_bn) {
+            put_conv(&mut m, &format!("{pre}.conv"), c);
+            put_bn(&mut m, &format!("{pre}.bn"), n);
+        }
+        if let Some(c) = &self.post_pool {
+            put_conv(&mut m, "feature_mix_layer.conv", c);
+        }
+        m.insert(
+            "classifier.linear.weight".into(),
+            HostTensor::from_tensor(self.classifier.weight.val().transpose()),
+        );
+        if let Some(b) = &self.classifier.bias {
+            m.insert(
+                "classifier.linear.bias".into(),
+                HostTensor::from_tensor(b.val()),
+            );
+        }
+        m
+    }
+
+    /// Rebuilds a subnet of `arch` from a map written by
+    /// [`Subnet::to_tensor_map`]: the structure comes from a freshly built
+    /// supernet (weights irrelevant), the values from the map.
+    pub fn from_tensor_map(
+        space: &Space,
+        arch: &Arch,
+        map: &TensorMap,
+        device: &B::Device,
+    ) -> Result<Self, StateError> {
+        let skeleton = super::SupernetConfig::new(space.clone()).init::<B>(device);
+        let net = extract(&skeleton, arch);
+        let mut want = net.to_tensor_map();
+        for (k, t) in want.iter_mut() {
+            let src = map.get(k).ok_or_else(|| StateError::Missing(k.clone()))?;
+            if src.shape != t.shape {
+                return Err(StateError::Shape {
+                    key: k.clone(),
+                    got: src.shape.clone(),
+                    expected: t.shape.clone(),
+                });
+            }
+            *t = src.clone();
+        }
+        let extra: Vec<&String> = map
+            .keys()
+            .filter(|k| !want.contains_key(*k) && !k.ends_with("num_batches_tracked"))
+            .collect();
+        if !extra.is_empty() {
+            return Err(StateError::Extra(format!("{extra:?}")));
+        }
+        Ok(net.load_map(&want, device))
+    }
+
+    fn load_map(mut self, m: &TensorMap, device: &B::Device) -> Self {
+        let t4 = |k: &str| Param::from_tensor(m[k].to_tensor::<B, 4>(device));
+        let t1 = |k: &str| m[k].to_tensor::<B, 1>(device);
+        let set_conv = |c: &mut Conv2d<B>, p: &str| {
+            c.weight = t4(&format!("{p}.weight"));
+            if c.bias.is_some() {
+                c.bias = Some(Param::from_tensor(t1(&format!("{p}.bias"))));
+            }
+        };
+        let set_bn = |b: &mut BatchNorm<B>, p: &str| {
+            b.gamma = Param::from_tensor(t1(&format!("{p}.weight")));
+            b.beta = Param::from_tensor(t1(&format!("{p}.bias")));
+            b.running_mean = RunningState::new(t1(&format!("{p}.running_mean")));
+            b.running_var = RunningState::new(t1(&format!("{p}.running_var")));
+        };
+        set_conv(&mut self.stem, "first_conv.conv");
+        set_bn(&mut self.stem_bn, "first_conv.bn");
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("blocks.{i}.conv");
+            if let (Some(c), Some(n)) = (&mut b.expand, &mut b.expand_bn) {
+                set_conv(c, &format!("{p}.inverted_bottleneck.conv"));
+                set_bn(n, &format!("{p}.inverted_bottleneck.bn"));
+            }
+            set_conv(&mut b.depthwise, &format!("{p}.depth_conv.conv"));
+            set_bn(&mut b.depthwise_bn, &format!("{p}.depth_conv.bn"));
+            if let (Some(r), Some(e)) = (&mut b.se_reduce, &mut b.se_expand) {
+                set_conv(r, &format!("{p}.depth_conv.se.fc.reduce"));
+                set_conv(e, &format!("{p}.depth_conv.se.fc.expand"));
+            }
+            set_conv(&mut b.project, &format!("{p}.point_linear.conv"));
+            set_bn(&mut b.project_bn, &format!("{p}.point_linear.bn"));
+        }
+        let pre = if self.post_pool.is_some() {
+            "final_expand_layer"
+        } else {
+            "feature_mix_layer"
+        };
+        if let (Some(c), Some(n)) = (&mut self.pre_pool, &mut self.pre_pool_bn) {
+            set_conv(c, &format!("{pre}.conv"));
+            set_bn(n, &format!("{pre}.bn"));
+        }
+        if let Some(c) = &mut self.post_pool {
+            set_conv(c, "feature_mix_layer.conv");
+        }
+        self.classifier.weight = Param::from_tensor(
+            m["classifier.linear.weight"]
+                .to_tensor::<B, 2>(device)
+                .transpose(),
+        );
+        self.classifier.bias = Some(Param::from_tensor(t1("classifier.linear.bias")));
+        self
+    }
+}

@@ -1,0 +1,265 @@
+//! The elastic supernet: every subnet of a [`Space`] runs by passing its
+//! [`Arch`] to `forward`.
+
+use super::layers::{
+    ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout,
+};
+use super::{Init, Mode};
+use crate::space::{Activation, Arch, BlockLayout, Space};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Builds a [`Supernet`] for a space.
+#[derive(Config, Debug)]
+pub struct SupernetConfig {
+    pub space: Space,
+    /// Seed of the initial weights.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+/// A convolution followed by batch normalisation.
+#[derive(Module, Debug)]
+pub struct ConvBn<B: Backend> {
+    pub conv: ElasticConv<B>,
+    pub bn: ElasticBn<B>,
+}
+
+impl<B: Backend> ConvBn<B> {
+    /// `x: [N, C_in, H, W]` → `[N, out, H', W']`.
+    pub fn forward(&self, x: Tensor<B, 4>, out: usize, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        self.bn.forward(self.conv.forward(x, out), mode)
+    }
+}
+
+/// Conv (+ BN) + activation: the stem and the head's 1×1 layers.
+#[derive(Module, Debug)]
+pub struct ConvBnAct<B: Backend> {
+    pub conv: ElasticConv<B>,
+    pub bn: Option<ElasticBn<B>>,
+    pub act: Activation,
+}
+
+impl<B: Backend> ConvBnAct<B> {
+    pub fn out_channels(&self) -> usize {
+        self.conv.weight.dims()[0]
+    }
+
+    /// `x: [N, C_in, H, W]` → `[N, C_out, H', W']`.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        let y = self.conv.forward(x, self.out_channels());
+        let y = match &self.bn {
+            Some(bn) => bn.forward(y, mode),
+            None => y,
+        };
+        activate(y, self.act)
+    }
+}
+
+/// Inverted residual block: 1×1 expand (absent when the expand ratio is 1)
+/// → depthwise k×k → optional squeeze-excite → 1×1 project, plus the input
+/// when shapes allow.
+#[derive(Module, Debug)]
+pub struct MbConv<B: Backend> {
+    pub inverted_bottleneck: Option<ConvBn<B>>,
+    pub depth_conv: ElasticDepthwise<B>,
+    pub depth_bn: ElasticBn<B>,
+    pub se: Option<ElasticSe<B>>,
+    pub point_linear: ConvBn<B>,
+    pub act: Activation,
+    pub residual: bool,
+    pub out_ch: usize,
+}
+
+impl<B: Backend> MbConv<B> {
+    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`, with a `k×k` depthwise
+    /// kernel and `mid` middle channels (ignored without expand conv).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        k: usize,
+        mid: usize,
+        mode: Mode<'_, B>,
+    ) -> Tensor<B, 4> {
+        let h = match &self.inverted_bottleneck {
+            Some(ib) => activate(ib.forward(x.clone(), mid, mode), self.act),
+            None => x.clone(),
+        };
+        let h = activate(
+            self.depth_bn.forward(self.depth_conv.forward(h, k), mode),
+            self.act,
+        );
+        let h = match &self.se {
+            Some(se) => se.forward(h),
+            None => h,
+        };
+        let h = self.point_linear.forward(h, self.out_ch, mode);
+        if self.residual { h + x } else { h }
+    }
+}
+
+/// The elastic supernet of a [`Space`].
+#[derive(Module, Debug)]
+pub struct Supernet<B: Backend> {
+    pub first_conv: ConvBnAct<B>,
+    pub first_block: MbConv<B>,
+    pub blocks: Vec<MbConv<B>>,
+    pub pre_pool: Option<ConvBnAct<B>>,
+    pub post_pool: Option<ConvBnAct<B>>,
+    pub classifier: Linear<B>,
+    pub space: Space,
+    pub layout: Vec<BlockLayout>,
+}
+
+impl SupernetConfig {
+    /// Builds the supernet with seeded He (fan-out) initialisation, BN
+    /// weight 1 / bias 0, identity kernel transforms.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Supernet<B> {
+        let s = &self.space;
+        let mut init = Init::new(self.seed);
+        let bn =
+            |ch: usize, name: String| ElasticBn::new(ch, s.bn_momentum, s.bn_eps, name, device);
+        let stem_w = s.stem_width();
+        let first_conv = ConvBnAct {
+            conv: ElasticConv::new(
+                &mut init,
+                s.in_channels,
+                stem_w,
+                s.stem.kernel,
+                s.stem.stride,
+                false,
+                device,
+            ),
+            bn: Some(bn(stem_w, "first_conv.bn".into())),
+            act: s.stem.act,
+        };
+        let fb = &s.first_block;
+        let fb_out = s.first_block_width();
+        let first_block = MbConv {
+            inverted_bottleneck: None,
+            depth_conv: ElasticDepthwise::new(&mut init, stem_w, &[fb.kernel], fb.stride, device),
+            depth_bn: bn(stem_w, "blocks.0.conv.depth_conv.bn".into()),
+            se: fb
+                .se
+                .then(|| ElasticSe::new(&mut init, stem_w, s.channel_divisor, device)),
+            point_linear: ConvBn {
+                conv: ElasticConv::new(&mut init, stem_w, fb_out, 1, 1, false, device),
+                bn: bn(fb_out, "blocks.0.conv.point_linear.bn".into()),
+            },
+            act: fb.act,
+            residual: s.first_block_residual(),
+            out_ch: fb_out,
+        };
+        let layout = s.blocks();
+        let blocks = layout
+            .iter()
+            .map(|b| {
+                let p = format!("blocks.{}.conv", b.index + 1);
+                MbConv {
+                    inverted_bottleneck: Some(ConvBn {
+                        conv: ElasticConv::new(&mut init, b.in_ch, b.max_mid, 1, 1, false, device),
+                        bn: bn(b.max_mid, format!("{p}.inverted_bottleneck.bn.bn")),
+                    }),
+                    depth_conv: ElasticDepthwise::new(
+                        &mut init,
+                        b.max_mid,
+                        &s.kernel_choices,
+                        b.stride,
+                        device,
+                    ),
+                    depth_bn: bn(b.max_mid, format!("{p}.depth_conv.bn.bn")),
+                    se: b
+                        .se
+                        .then(|| ElasticSe::new(&mut init, b.max_mid, s.channel_divisor, device)),
+                    point_linear: ConvBn {
+                        conv: ElasticConv::new(&mut init, b.max_mid, b.out_ch, 1, 1, false, device),
+                        bn: bn(b.out_ch, format!("{p}.point_linear.bn.bn")),
+                    },
+                    act: b.act,
+                    residual: b.residual,
+                    out_ch: b.out_ch,
+                }
+            })
+            .collect();
+        let mut ch = s.last_stage_width();
+        let pre_pool = s.pre_pool_width().map(|w| {
+            let name = if s.post_pool_width().is_some() {
+                "final_expand_layer"
+            } else {
+                "feature_mix_layer"
+            };
+            let layer = ConvBnAct {
+                conv: ElasticConv::new(&mut init, ch, w, 1, 1, false, device),
+                bn: Some(bn(w, format!("{name}.bn"))),
+                act: s.head.act,
+            };
+            ch = w;
+            layer
+        });
+        let post_pool = s.post_pool_width().map(|w| {
+            let layer = ConvBnAct {
+                conv: ElasticConv::new(&mut init, ch, w, 1, 1, false, device),
+                bn: None,
+                act: s.head.act,
+            };
+            ch = w;
+            layer
+        });
+        let classifier = Linear::new(&mut init, ch, s.num_classes, device);
+        Supernet {
+            first_conv,
+            first_block,
+            blocks,
+            pre_pool,
+            post_pool,
+            classifier,
+            space: s.clone(),
+            layout,
+        }
+    }
+}
+
+impl<B: Backend> Supernet<B> {
+    /// Runs subnet `arch` on `x: [N, C_in, R, R]` → logits `[N, classes]`.
+    ///
+    /// The input is used at whatever size it has; resizing batches to
+    /// `arch.r` is the data pipeline's job. `arch` must be valid for the
+    /// space (callers validate user input with [`Arch::validate`]).
+    pub fn forward(&self, x: Tensor<B, 4>, arch: &Arch, mode: Mode<'_, B>) -> Tensor<B, 2> {
+        let features = self.features(x, arch, mode);
+        self.classify(features, mode)
+    }
+
+    /// Everything before global pooling: `[N, C_in, R, R]` → `[N, C, r, r]`.
+    pub fn features(&self, x: Tensor<B, 4>, arch: &Arch, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        debug_assert!(arch.validate(&self.space).is_ok(), "invalid arch {arch}");
+        let mut x = self.first_conv.forward(x, mode);
+        let stem_w = self.first_conv.out_channels();
+        x = self
+            .first_block
+            .forward(x, self.space.first_block.kernel, stem_w, mode);
+        for (b, block) in self.layout.iter().zip(&self.blocks) {
+            if arch.is_active(b) {
+                let mid = self.space.middle_width(b.in_ch, arch.e[b.index]);
+                x = block.forward(x, arch.ks[b.index], mid, mode);
+            }
+        }
+        match &self.pre_pool {
+            Some(layer) => layer.forward(x, mode),
+            None => x,
+        }
+    }
+
+    /// Pooling, post-pool layer, dropout and classifier:
+    /// `[N, C, r, r]` → `[N, classes]`.
+    pub fn classify(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
+        let mut x = x.mean_dims(&[2, 3]);
+        if let Some(layer) = &self.post_pool {
+            x = layer.forward(x, mode);
+        }
+        let [n, c, _, _] = x.dims();
+        let x = dropout(x.reshape([n, c]), self.space.dropout, mode);
+        self.classifier.forward(x)
+    }
+}
