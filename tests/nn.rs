@@ -5,7 +5,7 @@ mod common;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use ofa::nn::{ElasticDepthwise, Init, Mode, Supernet, extract};
+use ofa::nn::{ElasticDepthwise, Init, Mode, OfaBackend, Supernet, extract};
 use ofa::space::{Arch, Space, preset};
 
 /// Plain-Rust depthwise convolution with zero padding `k / 2`.

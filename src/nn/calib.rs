@@ -2,11 +2,12 @@
 //! from training images before it is evaluated, because the statistics the
 //! supernet accumulated mix many subnets.
 
+use super::OfaBackend;
 use super::layers::ElasticBn;
 use super::supernet::{MbConv, Supernet};
 use super::{BnStats, Mode};
 use crate::space::Arch;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrationError {
@@ -14,7 +15,7 @@ pub enum CalibrationError {
     NoImages,
 }
 
-impl<B: Backend> MbConv<B> {
+impl<B: OfaBackend> MbConv<B> {
     fn bn_layers(&self) -> Vec<&ElasticBn<B>> {
         let mut v: Vec<&ElasticBn<B>> = self.inverted_bottleneck.iter().map(|ib| &ib.bn).collect();
         v.push(&self.depth_bn);
@@ -23,7 +24,7 @@ impl<B: Backend> MbConv<B> {
     }
 }
 
-impl<B: Backend> Supernet<B> {
+impl<B: OfaBackend> Supernet<B> {
     /// Every BN layer of the supernet.
     pub fn bn_layers(&self) -> Vec<&ElasticBn<B>> {
         let mut v: Vec<&ElasticBn<B>> = self.first_conv.bn.iter().collect();
@@ -43,7 +44,7 @@ impl<B: Backend> Supernet<B> {
 ///
 /// `batches` yields `[N, C, R, R]` images at the subnet's resolution. Use an
 /// inference backend (no autodiff) for speed.
-pub fn calibrate_bn<B: Backend, I>(
+pub fn calibrate_bn<B: OfaBackend, I>(
     net: &Supernet<B>,
     arch: &Arch,
     batches: I,

@@ -2,22 +2,16 @@
 //! smaller one by using the first channels (and, for depthwise kernels, the
 //! centre of the kernel after a learned transformation).
 
+use super::kernels::{self, OfaBackend};
 use super::{BnStats, Mode, init::Init};
-use crate::space::{Activation, make_divisible};
+use crate::space::make_divisible;
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::{hard_sigmoid, hard_swish, relu};
+use burn::tensor::activation::{hard_sigmoid, relu};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 
-/// Applies one of the space's activations.
-pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
-    match act {
-        Activation::Relu => relu(x),
-        Activation::Relu6 => x.clamp(0.0, 6.0),
-        Activation::HSwish => hard_swish(x),
-    }
-}
+pub use kernels::activate;
 
 /// `relu6(x + 3) / 6`, the gate of squeeze-excite.
 pub fn h_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -27,14 +21,14 @@ pub fn h_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// A convolution (not depthwise) that uses the first `out` output channels
 /// and as many input channels as its input has.
 #[derive(Module, Debug)]
-pub struct ElasticConv<B: Backend> {
+pub struct ElasticConv<B: OfaBackend> {
     /// `[out_max, in_max, k, k]`
     pub weight: Param<Tensor<B, 4>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
     pub stride: usize,
 }
 
-impl<B: Backend> ElasticConv<B> {
+impl<B: OfaBackend> ElasticConv<B> {
     /// He (fan-out) initialisation, as the reference `he_fout`.
     pub fn new(
         init: &mut Init,
@@ -81,6 +75,9 @@ impl<B: Backend> ElasticConv<B> {
     pub fn forward(&self, x: Tensor<B, 4>, out: usize) -> Tensor<B, 4> {
         let inp = x.dims()[1];
         let k = self.kernel();
+        if k == 1 && self.stride == 1 && self.bias.is_none() {
+            return kernels::pointwise(x, self.active_weight(out, inp));
+        }
         conv2d(
             x,
             self.active_weight(out, inp),
@@ -94,7 +91,7 @@ impl<B: Backend> ElasticConv<B> {
 /// kernel transformation matrix per step down (7→5: 25×25, 5→3: 9×9),
 /// shared by all channels and initialised to identity (DESIGN §4).
 #[derive(Module, Debug)]
-pub struct ElasticDepthwise<B: Backend> {
+pub struct ElasticDepthwise<B: OfaBackend> {
     /// `[C_max, 1, K_max, K_max]`
     pub weight: Param<Tensor<B, 4>>,
     /// `transforms[i]` maps a `kernels[i+1]` kernel's centre to a
@@ -104,7 +101,7 @@ pub struct ElasticDepthwise<B: Backend> {
     pub stride: usize,
 }
 
-impl<B: Backend> ElasticDepthwise<B> {
+impl<B: OfaBackend> ElasticDepthwise<B> {
     pub fn new(
         init: &mut Init,
         channels: usize,
@@ -158,12 +155,7 @@ impl<B: Backend> ElasticDepthwise<B> {
     /// `x: [N, C, H, W]` → `[N, C, H', W']` with a `k×k` kernel.
     pub fn forward(&self, x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
         let c = x.dims()[1];
-        conv2d(
-            x,
-            self.active_filter(c, k),
-            None,
-            ConvOptions::new([self.stride; 2], [k / 2; 2], [1, 1], c),
-        )
+        kernels::depthwise(x, self.active_filter(c, k), self.stride)
     }
 }
 
@@ -171,7 +163,7 @@ impl<B: Backend> ElasticDepthwise<B> {
 /// statistics of the active slice update the active slice of the running
 /// statistics.
 #[derive(Module, Debug)]
-pub struct ElasticBn<B: Backend> {
+pub struct ElasticBn<B: OfaBackend> {
     pub gamma: Param<Tensor<B, 1>>,
     pub beta: Param<Tensor<B, 1>>,
     pub running_mean: RunningState<Tensor<B, 1>>,
@@ -182,11 +174,11 @@ pub struct ElasticBn<B: Backend> {
     pub name: String,
 }
 
-fn first<B: Backend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
+fn first<B: OfaBackend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
     if t.dims()[0] == c { t } else { t.slice([0..c]) }
 }
 
-impl<B: Backend> ElasticBn<B> {
+impl<B: OfaBackend> ElasticBn<B> {
     pub fn new(channels: usize, momentum: f64, eps: f64, name: String, device: &B::Device) -> Self {
         ElasticBn {
             gamma: Param::from_tensor(Tensor::ones([channels], device)),
@@ -206,30 +198,26 @@ impl<B: Backend> ElasticBn<B> {
     /// `x: [N, C, H, W]` → same shape.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let (mean, var) = match mode {
-            Mode::Eval => (
-                first(self.running_mean.value_sync(), c),
-                first(self.running_var.value_sync(), c),
-            ),
-            Mode::Train | Mode::Calibrate(_) => {
-                let mean = x.clone().mean_dims(&[0, 2, 3]);
-                let var = (x.clone() - mean.clone()).square().mean_dims(&[0, 2, 3]);
-                let (mean, var) = (mean.reshape([c]), var.reshape([c]));
-                match mode {
-                    Mode::Train => {
-                        self.update_running(mean.clone().detach(), var.clone().detach(), n * h * w)
-                    }
-                    Mode::Calibrate(stats) => {
-                        stats.record(&self.name, mean.clone().detach(), var.clone().detach(), n)
-                    }
-                    Mode::Eval => unreachable!(),
-                }
-                (mean, var)
+        let (gamma, beta) = (first(self.gamma.val(), c), first(self.beta.val(), c));
+        match mode {
+            Mode::Eval => {
+                let mean = first(self.running_mean.value_sync(), c);
+                let var = first(self.running_var.value_sync(), c);
+                let scale = gamma / (var + self.eps).sqrt();
+                let shift = beta - mean * scale.clone();
+                kernels::channel_affine(x, scale, shift)
             }
-        };
-        let scale = first(self.gamma.val(), c) / (var + self.eps).sqrt();
-        let shift = first(self.beta.val(), c) - mean * scale.clone();
-        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+            Mode::Train => {
+                let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
+                self.update_running(mean, var, n * h * w);
+                y
+            }
+            Mode::Calibrate(stats) => {
+                let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
+                stats.record(&self.name, mean, var, n);
+                y
+            }
+        }
     }
 
     /// Momentum update of the first `c` running statistics; like PyTorch,
@@ -278,7 +266,7 @@ impl<B: Backend> ElasticBn<B> {
 /// (bias) → relu → 1×1 expand (bias) → h-sigmoid, times the input. The
 /// hidden width follows the active width: `make_divisible(C / 4, divisor)`.
 #[derive(Module, Debug)]
-pub struct ElasticSe<B: Backend> {
+pub struct ElasticSe<B: OfaBackend> {
     /// `[S_max, C_max, 1, 1]`
     pub reduce_weight: Param<Tensor<B, 4>>,
     pub reduce_bias: Param<Tensor<B, 1>>,
@@ -288,7 +276,7 @@ pub struct ElasticSe<B: Backend> {
     pub divisor: usize,
 }
 
-impl<B: Backend> ElasticSe<B> {
+impl<B: OfaBackend> ElasticSe<B> {
     pub fn new(init: &mut Init, channels: usize, divisor: usize, device: &B::Device) -> Self {
         let s = make_divisible((channels / 4) as f64, divisor);
         ElasticSe {
@@ -338,12 +326,12 @@ impl<B: Backend> ElasticSe<B> {
 
 /// Fully connected layer stored as the reference does: weight `[out, in]`.
 #[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
+pub struct Linear<B: OfaBackend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Param<Tensor<B, 1>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: OfaBackend> Linear<B> {
     /// The reference's default: U(−1/√in, 1/√in) weights, zero bias.
     pub fn new(init: &mut Init, in_f: usize, out_f: usize, device: &B::Device) -> Self {
         let bound = 1.0 / (in_f as f64).sqrt();
@@ -361,7 +349,7 @@ impl<B: Backend> Linear<B> {
 
 /// Inverted dropout: in training, zero each activation with probability `p`
 /// and scale the rest by `1 / (1 − p)`.
-pub fn dropout<B: Backend, const D: usize>(
+pub fn dropout<B: OfaBackend, const D: usize>(
     x: Tensor<B, D>,
     p: f64,
     mode: Mode<'_, B>,
@@ -374,7 +362,7 @@ pub fn dropout<B: Backend, const D: usize>(
 }
 
 /// Accumulates per-layer batch statistics for BN recalibration.
-impl<B: Backend> BnStats<B> {
+impl<B: OfaBackend> BnStats<B> {
     pub fn record(&self, name: &str, mean: Tensor<B, 1>, var: Tensor<B, 1>, batch: usize) {
         let mut map = self.inner.lock().expect("BN statistics lock");
         let w = batch as f64;

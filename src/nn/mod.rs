@@ -6,7 +6,13 @@
 //! the caller (CLI), never here.
 
 mod calib;
+pub mod host;
 mod init;
+pub mod kernel_ops {
+    //! Tensor-level entry points of the fused operators.
+    pub use super::kernels::{activate, batch_norm_train, channel_affine, depthwise, pointwise};
+}
+mod kernels;
 mod layers;
 mod sort;
 mod state;
@@ -15,6 +21,7 @@ mod supernet;
 
 pub use calib::{CalibrationError, calibrate_bn};
 pub use init::Init;
+pub use kernels::OfaBackend;
 pub use layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout, h_sigmoid,
 };
@@ -25,14 +32,14 @@ pub use state::{
 pub use subnet::{Subnet, SubnetBlock, extract};
 pub use supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// How batch normalisation (and dropout) behave in one forward pass. Passed
 /// explicitly to every forward: the network holds no hidden mode.
 #[derive(Debug)]
-pub enum Mode<'a, B: Backend> {
+pub enum Mode<'a, B: OfaBackend> {
     /// Batch statistics; running statistics of the active channels are
     /// updated; dropout on.
     Train,
@@ -44,21 +51,21 @@ pub enum Mode<'a, B: Backend> {
 }
 
 // Manual impls: a derive would require `B: Copy`.
-impl<B: Backend> Clone for Mode<'_, B> {
+impl<B: OfaBackend> Clone for Mode<'_, B> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<B: Backend> Copy for Mode<'_, B> {}
+impl<B: OfaBackend> Copy for Mode<'_, B> {}
 
 /// Per-layer sums of batch means and biased variances, weighted by batch
 /// size, keyed by the BN layer's reference name.
 #[derive(Debug, Default)]
-pub struct BnStats<B: Backend> {
+pub struct BnStats<B: OfaBackend> {
     inner: Mutex<HashMap<String, (Tensor<B, 1>, Tensor<B, 1>, usize)>>,
 }
 
-impl<B: Backend> BnStats<B> {
+impl<B: OfaBackend> BnStats<B> {
     pub fn new() -> Self {
         BnStats {
             inner: Mutex::new(HashMap::new()),

@@ -5,10 +5,10 @@
 //! Works on named tensors ([`TensorMap`]) so that the same permutation can be
 //! applied to the weights and to optimizer state shaped like them.
 
+use super::OfaBackend;
 use super::state::{HostTensor, TensorMap};
 use super::supernet::Supernet;
 use crate::space::Space;
-use burn::tensor::backend::Backend;
 
 /// The reordering of one elastic block: `mid[i]` is the old index of new
 /// middle channel `i`; `se` likewise for the squeeze-excite hidden units.
@@ -123,7 +123,7 @@ pub fn apply_permutations(map: &mut TensorMap, perms: &[BlockPermutation]) {
     }
 }
 
-impl<B: Backend> Supernet<B> {
+impl<B: OfaBackend> Supernet<B> {
     /// Sorts every block's middle channels (see [`channel_permutations`]);
     /// returns the permutations so that optimizer state can follow.
     pub fn sort_channels(self, expand_stage: usize) -> (Self, Vec<BlockPermutation>) {

@@ -6,11 +6,12 @@
 //! PyTorch importer, channel sorting, checkpoints and exports all go
 //! through it.
 
+use super::OfaBackend;
 use super::layers::{ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear};
 use super::supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 use crate::space::Space;
 use burn::module::{Param, RunningState};
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -22,7 +23,7 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    pub fn from_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+    pub fn from_tensor<B: OfaBackend, const D: usize>(t: Tensor<B, D>) -> Self {
         let shape = t.dims().to_vec();
         let data = t
             .into_data()
@@ -32,7 +33,7 @@ impl HostTensor {
         HostTensor { shape, data }
     }
 
-    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+    pub fn to_tensor<B: OfaBackend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         let shape: [usize; D] = self
             .shape
             .clone()
@@ -87,10 +88,10 @@ struct Exporter<'a> {
 }
 
 impl Exporter<'_> {
-    fn param<B: Backend, const D: usize>(&mut self, key: String, p: &Param<Tensor<B, D>>) {
+    fn param<B: OfaBackend, const D: usize>(&mut self, key: String, p: &Param<Tensor<B, D>>) {
         self.out.insert(key, HostTensor::from_tensor(p.val()));
     }
-    fn running<B: Backend>(&mut self, key: String, s: &RunningState<Tensor<B, 1>>) {
+    fn running<B: OfaBackend>(&mut self, key: String, s: &RunningState<Tensor<B, 1>>) {
         self.out
             .insert(key, HostTensor::from_tensor(s.value_sync()));
     }
@@ -119,7 +120,7 @@ impl Importer<'_> {
         Ok(t)
     }
 
-    fn param<B: Backend, const D: usize>(
+    fn param<B: OfaBackend, const D: usize>(
         &mut self,
         key: String,
         p: Param<Tensor<B, D>>,
@@ -133,7 +134,7 @@ impl Importer<'_> {
         }))
     }
 
-    fn running<B: Backend>(
+    fn running<B: OfaBackend>(
         &mut self,
         key: String,
         s: RunningState<Tensor<B, 1>>,
@@ -144,7 +145,7 @@ impl Importer<'_> {
     }
 }
 
-impl<B: Backend> ElasticConv<B> {
+impl<B: OfaBackend> ElasticConv<B> {
     fn export(&self, p: &str, e: &mut Exporter) {
         e.param(format!("{p}.weight"), &self.weight);
         if let Some(b) = &self.bias {
@@ -160,7 +161,7 @@ impl<B: Backend> ElasticConv<B> {
     }
 }
 
-impl<B: Backend> ElasticBn<B> {
+impl<B: OfaBackend> ElasticBn<B> {
     fn export(&self, p: &str, e: &mut Exporter) {
         e.param(format!("{p}.weight"), &self.gamma);
         e.param(format!("{p}.bias"), &self.beta);
@@ -176,7 +177,7 @@ impl<B: Backend> ElasticBn<B> {
     }
 }
 
-impl<B: Backend> ElasticDepthwise<B> {
+impl<B: OfaBackend> ElasticDepthwise<B> {
     /// Elastic kernels are named `{p}.conv.weight` + `{p}.7to5_matrix`…;
     /// a fixed kernel is a plain conv, `{p}.weight`.
     fn keys(&self, p: &str) -> (String, Vec<String>) {
@@ -207,7 +208,7 @@ impl<B: Backend> ElasticDepthwise<B> {
     }
 }
 
-impl<B: Backend> ElasticSe<B> {
+impl<B: OfaBackend> ElasticSe<B> {
     fn export(&self, p: &str, e: &mut Exporter) {
         e.param(format!("{p}.fc.reduce.weight"), &self.reduce_weight);
         e.param(format!("{p}.fc.reduce.bias"), &self.reduce_bias);
@@ -233,7 +234,7 @@ fn sub(p: &str, name: &str, dynamic: bool) -> String {
     }
 }
 
-impl<B: Backend> ConvBn<B> {
+impl<B: OfaBackend> ConvBn<B> {
     fn export(&self, p: &str, dynamic: bool, e: &mut Exporter) {
         self.conv.export(&sub(p, "conv", dynamic), e);
         self.bn.export(&sub(p, "bn", dynamic), e);
@@ -245,7 +246,7 @@ impl<B: Backend> ConvBn<B> {
     }
 }
 
-impl<B: Backend> ConvBnAct<B> {
+impl<B: OfaBackend> ConvBnAct<B> {
     fn export(&self, p: &str, e: &mut Exporter) {
         self.conv.export(&format!("{p}.conv"), e);
         if let Some(bn) = &self.bn {
@@ -261,7 +262,7 @@ impl<B: Backend> ConvBnAct<B> {
     }
 }
 
-impl<B: Backend> MbConv<B> {
+impl<B: OfaBackend> MbConv<B> {
     fn export(&self, p: &str, dynamic: bool, e: &mut Exporter) {
         if let Some(ib) = &self.inverted_bottleneck {
             ib.export(&format!("{p}.inverted_bottleneck"), dynamic, e);
@@ -294,7 +295,7 @@ impl<B: Backend> MbConv<B> {
     }
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: OfaBackend> Linear<B> {
     fn export(&self, p: &str, e: &mut Exporter) {
         e.param(format!("{p}.weight"), &self.weight);
         e.param(format!("{p}.bias"), &self.bias);
@@ -306,7 +307,7 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-impl<B: Backend> Supernet<B> {
+impl<B: OfaBackend> Supernet<B> {
     /// Reference key of the head layer before pooling.
     fn pre_pool_name(&self) -> &'static str {
         if self.post_pool.is_some() {
@@ -440,7 +441,7 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
 const FORMAT: &str = "ofa-supernet/1";
 
 /// Saves a supernet: its tensors under reference keys, and its space.
-pub fn save_supernet<B: Backend>(net: &Supernet<B>, path: &Path) -> anyhow::Result<()> {
+pub fn save_supernet<B: OfaBackend>(net: &Supernet<B>, path: &Path) -> anyhow::Result<()> {
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("space".to_string(), serde_json::to_string(&net.space)?),
@@ -450,7 +451,7 @@ pub fn save_supernet<B: Backend>(net: &Supernet<B>, path: &Path) -> anyhow::Resu
 
 /// Loads a supernet file written by [`save_supernet`]. With `expect`, the
 /// file's space must equal that space.
-pub fn load_supernet<B: Backend>(
+pub fn load_supernet<B: OfaBackend>(
     path: &Path,
     expect: Option<&Space>,
     device: &B::Device,

@@ -3,6 +3,7 @@
 //! supernet — kernel transforms applied, channels sliced, BN statistics
 //! copied — so that its output equals the supernet's for that arch.
 
+use super::OfaBackend;
 use super::layers::{ElasticBn, ElasticConv, activate, h_sigmoid};
 use super::state::{HostTensor, StateError, TensorMap};
 use super::supernet::{ConvBnAct, MbConv, Supernet};
@@ -10,12 +11,12 @@ use crate::space::{Activation, Arch, Space};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
-use burn::tensor::{Tensor, backend::Backend};
 
 /// One static inverted-residual block.
 #[derive(Module, Debug)]
-pub struct SubnetBlock<B: Backend> {
+pub struct SubnetBlock<B: OfaBackend> {
     pub expand: Option<Conv2d<B>>,
     pub expand_bn: Option<BatchNorm<B>>,
     pub depthwise: Conv2d<B>,
@@ -30,7 +31,7 @@ pub struct SubnetBlock<B: Backend> {
 
 /// A static subnet: the output of [`extract`].
 #[derive(Module, Debug)]
-pub struct Subnet<B: Backend> {
+pub struct Subnet<B: OfaBackend> {
     pub stem: Conv2d<B>,
     pub stem_bn: BatchNorm<B>,
     pub stem_act: Activation,
@@ -46,7 +47,7 @@ pub struct Subnet<B: Backend> {
     pub arch: Arch,
 }
 
-fn conv<B: Backend>(
+fn conv<B: OfaBackend>(
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     stride: usize,
@@ -65,7 +66,7 @@ fn conv<B: Backend>(
     c
 }
 
-fn bn<B: Backend>(src: &ElasticBn<B>, channels: usize, device: &B::Device) -> BatchNorm<B> {
+fn bn<B: OfaBackend>(src: &ElasticBn<B>, channels: usize, device: &B::Device) -> BatchNorm<B> {
     let first = |t: Tensor<B, 1>| t.slice([0..channels]).detach();
     let mut b = BatchNormConfig::new(channels)
         .with_epsilon(src.eps)
@@ -78,7 +79,7 @@ fn bn<B: Backend>(src: &ElasticBn<B>, channels: usize, device: &B::Device) -> Ba
     b
 }
 
-fn pointwise<B: Backend>(
+fn pointwise<B: OfaBackend>(
     src: &ElasticConv<B>,
     out: usize,
     inp: usize,
@@ -93,7 +94,7 @@ fn pointwise<B: Backend>(
     )
 }
 
-fn block<B: Backend>(
+fn block<B: OfaBackend>(
     src: &MbConv<B>,
     in_ch: usize,
     k: usize,
@@ -144,7 +145,7 @@ fn block<B: Backend>(
     }
 }
 
-fn head<B: Backend>(l: &ConvBnAct<B>, device: &B::Device) -> (Conv2d<B>, Option<BatchNorm<B>>) {
+fn head<B: OfaBackend>(l: &ConvBnAct<B>, device: &B::Device) -> (Conv2d<B>, Option<BatchNorm<B>>) {
     let [out, inp, _, _] = l.conv.weight.dims();
     (
         pointwise(&l.conv, out, inp, device),
@@ -153,7 +154,7 @@ fn head<B: Backend>(l: &ConvBnAct<B>, device: &B::Device) -> (Conv2d<B>, Option<
 }
 
 /// Builds the static subnet of `arch` (which must be valid for the space).
-pub fn extract<B: Backend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
+pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     let device = &net.classifier.weight.device();
     let s = &net.space;
     let stem_w = net.first_conv.out_channels();
@@ -199,7 +200,7 @@ pub fn extract<B: Backend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     }
 }
 
-impl<B: Backend> SubnetBlock<B> {
+impl<B: OfaBackend> SubnetBlock<B> {
     /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut h = x.clone();
@@ -220,7 +221,7 @@ impl<B: Backend> SubnetBlock<B> {
     }
 }
 
-impl<B: Backend> Subnet<B> {
+impl<B: OfaBackend> Subnet<B> {
     /// `x: [N, C_in, R, R]` → logits `[N, classes]`. BN runs in training
     /// mode under an autodiff backend and uses stored statistics otherwise
     /// (burn's convention for its own layers). Dropout is applied only by

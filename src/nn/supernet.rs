@@ -1,6 +1,7 @@
 //! The elastic supernet: every subnet of a [`Space`] runs by passing its
 //! [`Arch`] to `forward`.
 
+use super::OfaBackend;
 use super::layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout,
 };
@@ -8,7 +9,7 @@ use super::{Init, Mode};
 use crate::space::{Activation, Arch, BlockLayout, Space};
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
 
 /// Builds a [`Supernet`] for a space.
 #[derive(Config, Debug)]
@@ -21,12 +22,12 @@ pub struct SupernetConfig {
 
 /// A convolution followed by batch normalisation.
 #[derive(Module, Debug)]
-pub struct ConvBn<B: Backend> {
+pub struct ConvBn<B: OfaBackend> {
     pub conv: ElasticConv<B>,
     pub bn: ElasticBn<B>,
 }
 
-impl<B: Backend> ConvBn<B> {
+impl<B: OfaBackend> ConvBn<B> {
     /// `x: [N, C_in, H, W]` → `[N, out, H', W']`.
     pub fn forward(&self, x: Tensor<B, 4>, out: usize, mode: Mode<'_, B>) -> Tensor<B, 4> {
         self.bn.forward(self.conv.forward(x, out), mode)
@@ -35,13 +36,13 @@ impl<B: Backend> ConvBn<B> {
 
 /// Conv (+ BN) + activation: the stem and the head's 1×1 layers.
 #[derive(Module, Debug)]
-pub struct ConvBnAct<B: Backend> {
+pub struct ConvBnAct<B: OfaBackend> {
     pub conv: ElasticConv<B>,
     pub bn: Option<ElasticBn<B>>,
     pub act: Activation,
 }
 
-impl<B: Backend> ConvBnAct<B> {
+impl<B: OfaBackend> ConvBnAct<B> {
     pub fn out_channels(&self) -> usize {
         self.conv.weight.dims()[0]
     }
@@ -61,7 +62,7 @@ impl<B: Backend> ConvBnAct<B> {
 /// → depthwise k×k → optional squeeze-excite → 1×1 project, plus the input
 /// when shapes allow.
 #[derive(Module, Debug)]
-pub struct MbConv<B: Backend> {
+pub struct MbConv<B: OfaBackend> {
     pub inverted_bottleneck: Option<ConvBn<B>>,
     pub depth_conv: ElasticDepthwise<B>,
     pub depth_bn: ElasticBn<B>,
@@ -72,7 +73,7 @@ pub struct MbConv<B: Backend> {
     pub out_ch: usize,
 }
 
-impl<B: Backend> MbConv<B> {
+impl<B: OfaBackend> MbConv<B> {
     /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`, with a `k×k` depthwise
     /// kernel and `mid` middle channels (ignored without expand conv).
     pub fn forward(
@@ -101,7 +102,7 @@ impl<B: Backend> MbConv<B> {
 
 /// The elastic supernet of a [`Space`].
 #[derive(Module, Debug)]
-pub struct Supernet<B: Backend> {
+pub struct Supernet<B: OfaBackend> {
     pub first_conv: ConvBnAct<B>,
     pub first_block: MbConv<B>,
     pub blocks: Vec<MbConv<B>>,
@@ -115,7 +116,7 @@ pub struct Supernet<B: Backend> {
 impl SupernetConfig {
     /// Builds the supernet with seeded He (fan-out) initialisation, BN
     /// weight 1 / bias 0, identity kernel transforms.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Supernet<B> {
+    pub fn init<B: OfaBackend>(&self, device: &B::Device) -> Supernet<B> {
         let s = &self.space;
         let mut init = Init::new(self.seed);
         let bn =
@@ -220,7 +221,7 @@ impl SupernetConfig {
     }
 }
 
-impl<B: Backend> Supernet<B> {
+impl<B: OfaBackend> Supernet<B> {
     /// Runs subnet `arch` on `x: [N, C_in, R, R]` → logits `[N, classes]`.
     ///
     /// The input is used at whatever size it has; resizing batches to

@@ -29,7 +29,7 @@ pub fn random_tensor<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) 
 /// A supernet whose BN statistics, affine parameters and kernel transforms
 /// are random (not the identity/zero/one of a fresh network), so that a
 /// wrong slice or a wrong orientation changes the output.
-pub fn random_supernet<Bk: Backend>(space: &Space, seed: u64) -> Supernet<Bk> {
+pub fn random_supernet<Bk: ofa::nn::OfaBackend>(space: &Space, seed: u64) -> Supernet<Bk> {
     let net = SupernetConfig::new(space.clone())
         .with_seed(seed)
         .init::<Bk>(&Default::default());

@@ -1,0 +1,796 @@
+//! Fused CPU kernels on host slices (row-major NCHW, f32), parallel with
+//! rayon. They back [`super::OfaBackend`] for backends whose tensors live in
+//! host memory; every kernel is tested against a naive loop below.
+
+use crate::space::Activation;
+use rayon::prelude::*;
+
+/// Shape of an NCHW activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nchw {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Nchw {
+    pub fn plane(&self) -> usize {
+        self.h * self.w
+    }
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.plane()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Layout of one plane for the depthwise kernels.
+///
+/// The zero-padded input is split into `s²` phase planes
+/// (`P_ab[i][j] = pad[s·i + a][s·j + b]`), so that every kernel tap of a
+/// stride-`s` convolution reads one phase plane at a fixed offset. Outputs
+/// are computed on a grid `oh × pws` (a few junk columns on the right),
+/// which turns each tap into one long contiguous multiply-add that
+/// vectorises well even for 4×4 planes.
+#[derive(Clone, Copy, Debug)]
+struct DwGeometry {
+    k: usize,
+    s: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    /// Rows and columns of a phase plane.
+    ph: usize,
+    pws: usize,
+    /// Length of one phase plane, with slack so the last tap can read past
+    /// the grid into zeros.
+    phase_len: usize,
+}
+
+impl DwGeometry {
+    fn new(h: usize, w: usize, k: usize, s: usize) -> Self {
+        let p = k / 2;
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let (ph, pws) = ((h + 2 * p).div_ceil(s), (w + 2 * p).div_ceil(s));
+        DwGeometry {
+            k,
+            s,
+            p,
+            h,
+            w,
+            oh,
+            ow,
+            ph,
+            pws,
+            phase_len: ph * pws + k + pws,
+        }
+    }
+
+    fn grid(&self) -> usize {
+        self.oh * self.pws
+    }
+
+    /// Start of tap `(ky, kx)` in the concatenated phase planes.
+    fn tap(&self, ky: usize, kx: usize) -> usize {
+        let phase = (ky % self.s) * self.s + kx % self.s;
+        phase * self.phase_len + (ky / self.s) * self.pws + kx / self.s
+    }
+
+    /// Index in the phase planes of input pixel `(y, x)`.
+    fn input_index(&self, y: usize, x: usize) -> usize {
+        let (py, px) = (y + self.p, x + self.p);
+        let phase = (py % self.s) * self.s + px % self.s;
+        phase * self.phase_len + (py / self.s) * self.pws + px / self.s
+    }
+
+    /// Scatters a plane into zeroed phase planes.
+    fn split(&self, src: &[f32], dst: &mut Vec<f32>) {
+        dst.clear();
+        dst.resize(self.s * self.s * self.phase_len, 0.0);
+        if self.s == 1 {
+            for y in 0..self.h {
+                let at = self.input_index(y, 0);
+                dst[at..at + self.w].copy_from_slice(&src[y * self.w..(y + 1) * self.w]);
+            }
+            return;
+        }
+        for y in 0..self.h {
+            for x in 0..self.w {
+                dst[self.input_index(y, x)] = src[y * self.w + x];
+            }
+        }
+    }
+
+    /// Gathers an input-shaped plane back from phase planes.
+    fn merge(&self, src: &[f32], dst: &mut [f32]) {
+        for y in 0..self.h {
+            if self.s == 1 {
+                let at = self.input_index(y, 0);
+                dst[y * self.w..(y + 1) * self.w].copy_from_slice(&src[at..at + self.w]);
+            } else {
+                for x in 0..self.w {
+                    dst[y * self.w + x] = src[self.input_index(y, x)];
+                }
+            }
+        }
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let n = a.len().min(b.len()) / 16 * 16;
+    for (x, y) in a[..n].chunks_exact(16).zip(b[..n].chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Depthwise convolution, padding `k / 2`: `w` is `[C, k, k]`.
+pub fn depthwise_forward(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    k: usize,
+    stride: usize,
+) -> (Vec<f32>, Nchw) {
+    let g = DwGeometry::new(d.h, d.w, k, stride);
+    let od = Nchw {
+        h: g.oh,
+        w: g.ow,
+        ..d
+    };
+    let mut y = vec![0f32; od.len()];
+    y.par_chunks_mut(od.plane()).enumerate().for_each_init(
+        || (Vec::new(), vec![0f32; g.grid()]),
+        |(phases, grid), (plane, out)| {
+            let wk = &w[(plane % d.c) * k * k..][..k * k];
+            g.split(&x[plane * d.plane()..][..d.plane()], phases);
+            grid.fill(0.0);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let at = g.tap(ky, kx);
+                    axpy(grid, wk[ky * k + kx], &phases[at..at + g.grid()]);
+                }
+            }
+            for oy in 0..g.oh {
+                out[oy * g.ow..(oy + 1) * g.ow]
+                    .copy_from_slice(&grid[oy * g.pws..oy * g.pws + g.ow]);
+            }
+        },
+    );
+    (y, od)
+}
+
+/// Gradients of [`depthwise_forward`] with respect to its input and weight.
+pub fn depthwise_backward(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    k: usize,
+    stride: usize,
+    dy: &[f32],
+    od: Nchw,
+) -> (Vec<f32>, Vec<f32>) {
+    let g = DwGeometry::new(d.h, d.w, k, stride);
+    // dy on the output grid, zero in the junk columns.
+    let to_grid = |plane: usize, grid: &mut Vec<f32>| {
+        grid.clear();
+        grid.resize(g.grid(), 0.0);
+        let src = &dy[plane * od.plane()..][..od.plane()];
+        for oy in 0..g.oh {
+            grid[oy * g.pws..oy * g.pws + g.ow].copy_from_slice(&src[oy * g.ow..(oy + 1) * g.ow]);
+        }
+    };
+    let mut dx = vec![0f32; d.len()];
+    dx.par_chunks_mut(d.plane()).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(dphases, grid), (plane, dxp)| {
+            let wk = &w[(plane % d.c) * k * k..][..k * k];
+            to_grid(plane, grid);
+            dphases.clear();
+            dphases.resize(g.s * g.s * g.phase_len, 0.0);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let at = g.tap(ky, kx);
+                    axpy(&mut dphases[at..at + g.grid()], wk[ky * k + kx], grid);
+                }
+            }
+            g.merge(dphases, dxp);
+        },
+    );
+    let mut dw = vec![0f32; d.c * k * k];
+    dw.par_chunks_mut(k * k).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(phases, grid), (ch, dwc)| {
+            for n in 0..d.n {
+                let plane = n * d.c + ch;
+                g.split(&x[plane * d.plane()..][..d.plane()], phases);
+                to_grid(plane, grid);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let at = g.tap(ky, kx);
+                        dwc[ky * k + kx] += dot(grid, &phases[at..at + g.grid()]);
+                    }
+                }
+            }
+        },
+    );
+    (dx, dw)
+}
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    parallel: bool,
+) {
+    assert!(dst.len() >= m * n);
+    let par = if parallel {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices cover every index the strides reach: dst is m×n
+    // row-major (checked above) and callers pass lhs/rhs of the stated
+    // shapes; gemm reads/writes only within m×k, k×n and m×n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// 1×1 convolution, stride 1: `w` is `[C_out, C_in]`.
+pub fn pointwise_forward(x: &[f32], d: Nchw, w: &[f32], cout: usize) -> Vec<f32> {
+    let hw = d.plane();
+    let mut y = vec![0f32; d.n * cout * hw];
+    let threads = rayon::current_num_threads();
+    let one = |(n, yn): (usize, &mut [f32]), parallel: bool| {
+        let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
+        gemm(cout, hw, d.c, yn, false, w, d.c, 1, xn, hw, 1, parallel);
+    };
+    if d.n >= threads {
+        y.par_chunks_mut(cout * hw)
+            .enumerate()
+            .for_each(|a| one(a, false));
+    } else {
+        y.chunks_mut(cout * hw)
+            .enumerate()
+            .for_each(|a| one(a, true));
+    }
+    y
+}
+
+/// Gradients of [`pointwise_forward`] with respect to input and weight.
+pub fn pointwise_backward(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    cout: usize,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let hw = d.plane();
+    let cin = d.c;
+    let mut dx = vec![0f32; d.len()];
+    dx.par_chunks_mut(cin * hw)
+        .enumerate()
+        .for_each(|(n, dxn)| {
+            let g = &dy[n * cout * hw..(n + 1) * cout * hw];
+            // Wᵀ: element (i, j) = w[j·cin + i].
+            gemm(cin, hw, cout, dxn, false, w, 1, cin, g, hw, 1, false);
+        });
+    let threads = rayon::current_num_threads().max(1);
+    let per = d.n.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..d.n)
+        .collect::<Vec<_>>()
+        .par_chunks(per)
+        .map(|ns| {
+            let mut acc = vec![0f32; cout * cin];
+            for (i, &n) in ns.iter().enumerate() {
+                let g = &dy[n * cout * hw..(n + 1) * cout * hw];
+                let xn = &x[n * cin * hw..(n + 1) * cin * hw];
+                // Xₙᵀ: element (i, j) = xn[j·hw + i].
+                gemm(cout, cin, hw, &mut acc, i > 0, g, hw, 1, xn, 1, hw, false);
+            }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0f32; cout * cin];
+    for p in partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    (dx, dw)
+}
+
+/// Per-channel mean and biased variance over (N, H, W), in f64.
+fn channel_stats(x: &[f32], d: Nchw) -> (Vec<f32>, Vec<f32>) {
+    let m = (d.n * d.plane()) as f64;
+    let stats: Vec<(f32, f32)> = (0..d.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mut s, mut sq) = (0f64, 0f64);
+            for n in 0..d.n {
+                let start = (n * d.c + c) * d.plane();
+                let (ps, psq) = sum_and_squares(&x[start..start + d.plane()]);
+                s += ps as f64;
+                sq += psq as f64;
+            }
+            let mean = s / m;
+            ((mean) as f32, (sq / m - mean * mean).max(0.0) as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn affine_plane(out: &mut [f32], x: &[f32], a: f32, b: f32) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v * a + b;
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn sum_and_squares(x: &[f32]) -> (f32, f32) {
+    // Eight partial sums let the compiler keep them in one vector register.
+    let mut s = [0f32; 8];
+    let mut q = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            s[i] += c[i];
+            q[i] += c[i] * c[i];
+        }
+    }
+    let (mut a, mut b) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
+    for v in rest {
+        a += v;
+        b += v * v;
+    }
+    (a, b)
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn sum_and_dot(g: &[f32], x: &[f32]) -> (f32, f32) {
+    let mut s = [0f32; 8];
+    let mut q = [0f32; 8];
+    let n = g.len() / 8 * 8;
+    for (gc, xc) in g[..n].chunks_exact(8).zip(x[..n].chunks_exact(8)) {
+        for i in 0..8 {
+            s[i] += gc[i];
+            q[i] += gc[i] * xc[i];
+        }
+    }
+    let (mut a, mut b) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
+    for (gv, xv) in g[n..].iter().zip(&x[n..]) {
+        a += gv;
+        b += gv * xv;
+    }
+    (a, b)
+}
+
+/// `y = x · scale[c] + shift[c]`.
+pub fn channel_affine(x: &[f32], d: Nchw, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d.plane())
+        .zip(x.par_chunks(d.plane()))
+        .enumerate()
+        .for_each(|(plane, (yo, xi))| {
+            let c = plane % d.c;
+            affine_plane(yo, xi, scale[c], shift[c]);
+        });
+    y
+}
+
+/// Training-mode batch normalisation: returns `y`, the batch mean and the
+/// biased batch variance.
+pub fn batch_norm_forward(
+    x: &[f32],
+    d: Nchw,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mean, var) = channel_stats(x, d);
+    let scale: Vec<f32> = (0..d.c)
+        .map(|c| gamma[c] / ((var[c] as f64 + eps).sqrt() as f32))
+        .collect();
+    let shift: Vec<f32> = (0..d.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
+    (channel_affine(x, d, &scale, &shift), mean, var)
+}
+
+/// Gradients of [`batch_norm_forward`] (through the batch statistics) with
+/// respect to `x`, `gamma` and `beta`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    x: &[f32],
+    d: Nchw,
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = (d.n * d.plane()) as f64;
+    let sums: Vec<(f64, f64)> = (0..d.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for n in 0..d.n {
+                let start = (n * d.c + c) * d.plane();
+                let (a, b) =
+                    sum_and_dot(&dy[start..start + d.plane()], &x[start..start + d.plane()]);
+                sg += a as f64;
+                sgx += b as f64;
+            }
+            (sg, sgx)
+        })
+        .collect();
+    // dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with k = γ/σ and x̂ = (x − μ)/σ,
+    // rewritten per channel as dx = k·dy + a·x + b.
+    let mut dgamma = vec![0f32; d.c];
+    let mut dbeta = vec![0f32; d.c];
+    let mut coef = vec![(0f32, 0f32, 0f32); d.c];
+    for c in 0..d.c {
+        let inv = 1.0 / (var[c] as f64 + eps).sqrt();
+        let (sg, sgx) = sums[c];
+        let sum_g_xhat = (sgx - mean[c] as f64 * sg) * inv;
+        dbeta[c] = sg as f32;
+        dgamma[c] = sum_g_xhat as f32;
+        let k = gamma[c] as f64 * inv;
+        let a = -k * inv * sum_g_xhat / m;
+        let b = -k * sg / m - a * mean[c] as f64;
+        coef[c] = (k as f32, a as f32, b as f32);
+    }
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(d.plane())
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let c = plane % d.c;
+            let start = plane * d.plane();
+            let (xs, gs) = (&x[start..start + d.plane()], &dy[start..start + d.plane()]);
+            let (kc, ac, bc) = coef[c];
+            bn_dx_plane(out, gs, xs, kc, ac, bc);
+        });
+    (dx, dgamma, dbeta)
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn bn_dx_plane(out: &mut [f32], g: &[f32], x: &[f32], k: f32, a: f32, b: f32) {
+    for ((o, gv), xv) in out.iter_mut().zip(g).zip(x) {
+        *o = k * gv + a * xv + b;
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn act_chunk(out: &mut [f32], x: &[f32], act: Activation) {
+    match act {
+        Activation::Relu => out.iter_mut().zip(x).for_each(|(o, v)| *o = v.max(0.0)),
+        Activation::Relu6 => out
+            .iter_mut()
+            .zip(x)
+            .for_each(|(o, v)| *o = v.clamp(0.0, 6.0)),
+        Activation::HSwish => out
+            .iter_mut()
+            .zip(x)
+            .for_each(|(o, v)| *o = v * (v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)),
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn act_grad_chunk(out: &mut [f32], x: &[f32], g: &[f32], act: Activation) {
+    let it = out.iter_mut().zip(x).zip(g);
+    match act {
+        Activation::Relu => it.for_each(|((o, v), g)| *o = if *v > 0.0 { *g } else { 0.0 }),
+        Activation::Relu6 => {
+            it.for_each(|((o, v), g)| *o = if *v > 0.0 && *v < 6.0 { *g } else { 0.0 })
+        }
+        Activation::HSwish => it.for_each(|((o, v), g)| {
+            let slope = if *v < -3.0 {
+                0.0
+            } else if *v > 3.0 {
+                1.0
+            } else {
+                (2.0 * v + 3.0) * (1.0 / 6.0)
+            };
+            *o = g * slope
+        }),
+    }
+}
+
+/// Elementwise activation.
+pub fn activation_forward(x: &[f32], act: Activation) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, i)| act_chunk(o, i, act));
+    y
+}
+
+/// Gradient of [`activation_forward`] given its input.
+pub fn activation_backward(x: &[f32], dy: &[f32], act: Activation) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+        .for_each(|(o, (xs, gs))| act_grad_chunk(o, xs, gs, act));
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "index {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Naive depthwise conv with an explicit padded index check.
+    fn naive_dw(x: &[f32], d: Nchw, w: &[f32], k: usize, s: usize) -> Vec<f32> {
+        let p = k as isize / 2;
+        let oh = (d.h + 2 * (k / 2) - k) / s + 1;
+        let ow = (d.w + 2 * (k / 2) - k) / s + 1;
+        let mut y = vec![0f32; d.n * d.c * oh * ow];
+        for n in 0..d.n {
+            for c in 0..d.c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - p;
+                                let ix = (ox * s + kx) as isize - p;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w
+                                {
+                                    acc += x
+                                        [((n * d.c + c) * d.h + iy as usize) * d.w + ix as usize]
+                                        * w[(c * k + ky) * k + kx];
+                                }
+                            }
+                        }
+                        y[((n * d.c + c) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn depthwise_matches_naive_and_finite_differences() {
+        for (k, s, h) in [
+            (3, 1, 5),
+            (5, 1, 6),
+            (7, 1, 4),
+            (3, 2, 7),
+            (5, 2, 6),
+            (7, 2, 9),
+        ] {
+            let d = Nchw {
+                n: 2,
+                c: 3,
+                h,
+                w: h,
+            };
+            let x = rnd(d.len(), 1);
+            let w = rnd(d.c * k * k, 2);
+            let (y, od) = depthwise_forward(&x, d, &w, k, s);
+            close(&y, &naive_dw(&x, d, &w, k, s), 1e-5);
+            // Backward: the gradient of sum(y · r) is checked by linearity:
+            // dx·δ ≈ f(x + δ) − f(x) exactly for a linear op.
+            let r = rnd(od.len(), 3);
+            let (dx, dw) = depthwise_backward(&x, d, &w, k, s, &r, od);
+            let loss = |x: &[f32], w: &[f32]| -> f64 {
+                naive_dw(x, d, w, k, s)
+                    .iter()
+                    .zip(&r)
+                    .map(|(a, b)| (*a * *b) as f64)
+                    .sum()
+            };
+            let base = loss(&x, &w);
+            for i in [0, d.len() / 2, d.len() - 1] {
+                let mut x2 = x.clone();
+                x2[i] += 1.0;
+                assert!(
+                    ((loss(&x2, &w) - base) as f32 - dx[i]).abs() < 1e-3,
+                    "dx[{i}] k{k} s{s}"
+                );
+            }
+            for i in [0, w.len() / 2, w.len() - 1] {
+                let mut w2 = w.clone();
+                w2[i] += 1.0;
+                assert!(
+                    ((loss(&x, &w2) - base) as f32 - dw[i]).abs() < 1e-3,
+                    "dw[{i}] k{k} s{s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_naive() {
+        let d = Nchw {
+            n: 5,
+            c: 4,
+            h: 3,
+            w: 2,
+        };
+        let cout = 6;
+        let x = rnd(d.len(), 4);
+        let w = rnd(cout * d.c, 5);
+        let y = pointwise_forward(&x, d, &w, cout);
+        let hw = d.plane();
+        let mut naive = vec![0f32; d.n * cout * hw];
+        for n in 0..d.n {
+            for o in 0..cout {
+                for p in 0..hw {
+                    naive[(n * cout + o) * hw + p] = (0..d.c)
+                        .map(|i| w[o * d.c + i] * x[(n * d.c + i) * hw + p])
+                        .sum();
+                }
+            }
+        }
+        close(&y, &naive, 1e-5);
+        let g = rnd(y.len(), 6);
+        let (dx, dw) = pointwise_backward(&x, d, &w, cout, &g);
+        let mut ndx = vec![0f32; d.len()];
+        let mut ndw = vec![0f32; cout * d.c];
+        for n in 0..d.n {
+            for o in 0..cout {
+                for i in 0..d.c {
+                    for p in 0..hw {
+                        let gv = g[(n * cout + o) * hw + p];
+                        ndx[(n * d.c + i) * hw + p] += w[o * d.c + i] * gv;
+                        ndw[o * d.c + i] += x[(n * d.c + i) * hw + p] * gv;
+                    }
+                }
+            }
+        }
+        close(&dx, &ndx, 1e-5);
+        close(&dw, &ndw, 1e-5);
+    }
+
+    #[test]
+    fn batch_norm_matches_direct_formulas_and_finite_differences() {
+        let d = Nchw {
+            n: 3,
+            c: 2,
+            h: 2,
+            w: 3,
+        };
+        let x: Vec<f32> = rnd(d.len(), 7).iter().map(|v| v * 2.0 + 0.5).collect();
+        let gamma = vec![1.5, 0.7];
+        let beta = vec![0.1, -0.2];
+        let eps = 1e-5;
+        let (y, mean, var) = batch_norm_forward(&x, d, &gamma, &beta, eps);
+        for c in 0..d.c {
+            let vals: Vec<f64> = (0..d.n)
+                .flat_map(|n| (0..d.plane()).map(move |p| (n, p)))
+                .map(|(n, p)| x[(n * d.c + c) * d.plane() + p] as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|a| (a - m).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert!((mean[c] as f64 - m).abs() < 1e-6 && (var[c] as f64 - v).abs() < 1e-5);
+            let i = c * d.plane();
+            let want = (x[i] as f64 - m) / (v + eps).sqrt() * gamma[c] as f64 + beta[c] as f64;
+            assert!((y[i] as f64 - want).abs() < 1e-5);
+        }
+        let r = rnd(d.len(), 8);
+        let (dx, dg, db) = batch_norm_backward(&x, d, &gamma, &mean, &var, eps, &r);
+        let loss = |x: &[f32], g: &[f32], b: &[f32]| -> f64 {
+            let (y, _, _) = batch_norm_forward(x, d, g, b, eps);
+            y.iter()
+                .zip(&r)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
+        };
+        let h = 1e-2f32;
+        for i in [0, 5, d.len() - 1] {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (loss(&xp, &gamma, &beta) - loss(&xm, &gamma, &beta)) / (2.0 * h as f64);
+            assert!(
+                (fd as f32 - dx[i]).abs() < 2e-3,
+                "dx[{i}]: {fd} vs {}",
+                dx[i]
+            );
+        }
+        for c in 0..d.c {
+            let (mut gp, mut gm) = (gamma.clone(), gamma.clone());
+            gp[c] += h;
+            gm[c] -= h;
+            let fd = (loss(&x, &gp, &beta) - loss(&x, &gm, &beta)) / (2.0 * h as f64);
+            assert!((fd as f32 - dg[c]).abs() < 2e-3, "dgamma[{c}]");
+            let s: f32 = (0..d.n)
+                .flat_map(|n| (0..d.plane()).map(move |p| (n * d.c + c) * d.plane() + p))
+                .map(|i| r[i])
+                .sum();
+            assert!((s - db[c]).abs() < 1e-4, "dbeta[{c}]");
+        }
+    }
+
+    #[test]
+    fn activations_and_their_derivatives() {
+        let x = vec![-4.0, -3.5, -1.0, 0.5, 2.9, 3.5, 7.0];
+        let g = vec![1.0; x.len()];
+        for act in [Activation::Relu, Activation::Relu6, Activation::HSwish] {
+            let y = activation_forward(&x, act);
+            let dx = activation_backward(&x, &g, act);
+            for i in 0..x.len() {
+                let h = 1e-3;
+                let f = |v: f32| activation_forward(&[v], act)[0];
+                let fd = (f(x[i] + h) - f(x[i] - h)) / (2.0 * h);
+                assert!(
+                    (fd - dx[i]).abs() < 1e-2,
+                    "{act:?} at {}: {fd} vs {}",
+                    x[i],
+                    dx[i]
+                );
+                assert_eq!(y[i], f(x[i]));
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The operators the supernet spends its time in, as a backend extension
+//! trait: depthwise and pointwise convolution, training-mode batch norm,
+//! per-channel affine and activations.
+//!
+//! Every method has a default built from burn's own tensor ops, so any burn
+//! backend (CUDA, LibTorch, …) runs the supernet by declaring
+//! `impl OfaBackend for ThatBackend {}`. Backends whose tensors live in host
+//! memory use the fused kernels of [`super::host`] instead, and the autodiff
+//! decorator gives each fused op a hand-written backward pass.
+
+use super::host::{self, Nchw};
+use crate::space::Activation;
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
+use burn::tensor::{Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn unwrap<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn dims4<B: Backend>(t: &FloatTensor<B>) -> [usize; 4] {
+    t.shape().dims::<4>()
+}
+
+fn nchw(d: [usize; 4]) -> Nchw {
+    Nchw {
+        n: d[0],
+        c: d[1],
+        h: d[2],
+        w: d[3],
+    }
+}
+
+fn per_sample<B: Backend>(v: Tensor<B, 1>, n: usize) -> Tensor<B, 4> {
+    let c = v.dims()[0];
+    v.unsqueeze::<2>().repeat_dim(0, n).reshape([n, c, 1, 1])
+}
+
+/// Backend operations of the supernet. See the module documentation.
+pub trait OfaBackend: Backend {
+    /// Depthwise `k×k` convolution, padding `k / 2`:
+    /// `x: [N, C, H, W]`, `weight: [C, 1, k, k]` → `[N, C, H', W']`.
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let c = dims4::<Self>(&x)[1];
+        let k = dims4::<Self>(&weight)[2];
+        Self::conv2d(
+            x,
+            weight,
+            None,
+            ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], c),
+        )
+    }
+
+    /// Gradients of [`OfaBackend::depthwise_conv2d`] for `x` and `weight`.
+    fn depthwise_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let c = dims4::<Self>(&x)[1];
+        let k = dims4::<Self>(&weight)[2];
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], c);
+        let dx = Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        (dx, Self::conv2d_weight_backward(x, weight, grad, options))
+    }
+
+    /// 1×1 convolution, stride 1, no bias:
+    /// `x: [N, C_in, H, W]`, `weight: [C_out, C_in, 1, 1]` → `[N, C_out, H, W]`.
+    fn pointwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+    }
+
+    /// Gradients of [`OfaBackend::pointwise_conv2d`] for `x` and `weight`.
+    fn pointwise_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let dx = Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        (dx, Self::conv2d_weight_backward(x, weight, grad, options))
+    }
+
+    /// Batch normalisation with batch statistics: returns `y`, the batch
+    /// mean and the biased batch variance (both `[C]`).
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = wrap::<Self, 4>(x);
+        let [n, c, _, _] = x.dims();
+        let mean = x.clone().mean_dims(&[0, 2, 3]).reshape([c]);
+        let var = (x.clone().square().mean_dims(&[0, 2, 3]).reshape([c]) - mean.clone().square())
+            .clamp_min(0.0);
+        let scale = wrap::<Self, 1>(gamma) / (var.clone() + eps).sqrt();
+        let shift = wrap::<Self, 1>(beta) - mean.clone() * scale.clone();
+        let y = x * per_sample(scale, n) + per_sample(shift, n);
+        (unwrap(y), unwrap(mean), unwrap(var))
+    }
+
+    /// Gradients of [`OfaBackend::batch_norm_train`] for `x`, `gamma`, `beta`.
+    fn batch_norm_train_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        eps: f64,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, g) = (wrap::<Self, 4>(x), wrap::<Self, 4>(grad));
+        let [n, c, h, w] = x.dims();
+        let m = (n * h * w) as f64;
+        let inv = (wrap::<Self, 1>(var) + eps).sqrt().recip();
+        let xhat = (x - per_sample(wrap::<Self, 1>(mean), n)) * per_sample(inv.clone(), n);
+        let dbeta = g.clone().sum_dims(&[0, 2, 3]).reshape([c]);
+        let dgamma = (g.clone() * xhat.clone()).sum_dims(&[0, 2, 3]).reshape([c]);
+        let k = wrap::<Self, 1>(gamma) * inv;
+        let dx = (g - per_sample(dbeta.clone() / m, n) - xhat * per_sample(dgamma.clone() / m, n))
+            * per_sample(k, n);
+        (unwrap(dx), unwrap(dgamma), unwrap(dbeta))
+    }
+
+    /// `x · scale[c] + shift[c]` for `x: [N, C, H, W]`.
+    fn channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let x = wrap::<Self, 4>(x);
+        let n = x.dims()[0];
+        unwrap(x * per_sample(wrap(scale), n) + per_sample(wrap(shift), n))
+    }
+
+    /// An activation applied elementwise (any shape).
+    fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let flat = wrap::<Self, 1>(Self::float_reshape(x, [shape.num_elements()].into()));
+        let y = match act {
+            Activation::Relu => burn::tensor::activation::relu(flat),
+            Activation::Relu6 => flat.clamp(0.0, 6.0),
+            Activation::HSwish => burn::tensor::activation::hard_swish(flat),
+        };
+        Self::float_reshape(unwrap(y), shape)
+    }
+
+    /// Gradient of [`OfaBackend::activation`] given its input.
+    fn activation_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        act: Activation,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let n = shape.num_elements();
+        let x = wrap::<Self, 1>(Self::float_reshape(x, [n].into()));
+        let g = wrap::<Self, 1>(Self::float_reshape(grad, [n].into()));
+        let d = match act {
+            Activation::Relu => g.mask_fill(x.lower_equal_elem(0.0), 0.0),
+            Activation::Relu6 => g
+                .mask_fill(x.clone().lower_equal_elem(0.0), 0.0)
+                .mask_fill(x.greater_equal_elem(6.0), 0.0),
+            Activation::HSwish => {
+                let slope = (x.clone() * 2.0 + 3.0) / 6.0;
+                let slope = slope
+                    .mask_fill(x.clone().lower_elem(-3.0), 0.0)
+                    .mask_fill(x.greater_elem(3.0), 1.0);
+                g * slope
+            }
+        };
+        Self::float_reshape(unwrap(d), shape)
+    }
+}
+
+/// Implements [`OfaBackend`] with the fused host kernels for a backend whose
+/// tensors live in host memory.
+macro_rules! host_backend {
+    ($ty:ty, $view:path, $make:path) => {
+        impl OfaBackend for $ty {
+            fn depthwise_conv2d(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                stride: usize,
+            ) -> FloatTensor<Self> {
+                let (d, k) = (nchw(dims4::<Self>(&x)), dims4::<Self>(&weight)[2]);
+                let (y, od) = host::depthwise_forward(&$view(&x), d, &$view(&weight), k, stride);
+                $make(y, &[od.n, od.c, od.h, od.w])
+            }
+
+            fn depthwise_conv2d_backward(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                stride: usize,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                let (d, od) = (nchw(dims4::<Self>(&x)), nchw(dims4::<Self>(&grad)));
+                let wd = dims4::<Self>(&weight);
+                let (dx, dw) = host::depthwise_backward(
+                    &$view(&x),
+                    d,
+                    &$view(&weight),
+                    wd[2],
+                    stride,
+                    &$view(&grad),
+                    od,
+                );
+                ($make(dx, &[d.n, d.c, d.h, d.w]), $make(dw, &wd))
+            }
+
+            fn pointwise_conv2d(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                let d = nchw(dims4::<Self>(&x));
+                let cout = dims4::<Self>(&weight)[0];
+                let y = host::pointwise_forward(&$view(&x), d, &$view(&weight), cout);
+                $make(y, &[d.n, cout, d.h, d.w])
+            }
+
+            fn pointwise_conv2d_backward(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+                let d = nchw(dims4::<Self>(&x));
+                let wd = dims4::<Self>(&weight);
+                let (dx, dw) =
+                    host::pointwise_backward(&$view(&x), d, &$view(&weight), wd[0], &$view(&grad));
+                ($make(dx, &[d.n, d.c, d.h, d.w]), $make(dw, &wd))
+            }
+
+            fn batch_norm_train(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                beta: FloatTensor<Self>,
+                eps: f64,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                let d = nchw(dims4::<Self>(&x));
+                let (y, mean, var) =
+                    host::batch_norm_forward(&$view(&x), d, &$view(&gamma), &$view(&beta), eps);
+                (
+                    $make(y, &[d.n, d.c, d.h, d.w]),
+                    $make(mean, &[d.c]),
+                    $make(var, &[d.c]),
+                )
+            }
+
+            fn batch_norm_train_backward(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                mean: FloatTensor<Self>,
+                var: FloatTensor<Self>,
+                eps: f64,
+                grad: FloatTensor<Self>,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                let d = nchw(dims4::<Self>(&x));
+                let (dx, dg, db) = host::batch_norm_backward(
+                    &$view(&x),
+                    d,
+                    &$view(&gamma),
+                    &$view(&mean),
+                    &$view(&var),
+                    eps,
+                    &$view(&grad),
+                );
+                (
+                    $make(dx, &[d.n, d.c, d.h, d.w]),
+                    $make(dg, &[d.c]),
+                    $make(db, &[d.c]),
+                )
+            }
+
+            fn channel_affine(
+                x: FloatTensor<Self>,
+                scale: FloatTensor<Self>,
+                shift: FloatTensor<Self>,
+            ) -> FloatTensor<Self> {
+                let d = nchw(dims4::<Self>(&x));
+                let y = host::channel_affine(&$view(&x), d, &$view(&scale), &$view(&shift));
+                $make(y, &[d.n, d.c, d.h, d.w])
+            }
+
+            fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
+                let y = host::activation_forward(&$view(&x), act);
+                $make(y, x.shape().as_slice())
+            }
+
+            fn activation_backward(
+                x: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                act: Activation,
+            ) -> FloatTensor<Self> {
+                let dx = host::activation_backward(&$view(&x), &$view(&grad), act);
+                $make(dx, x.shape().as_slice())
+            }
+        }
+    };
+}
+
+host_backend!(burn::backend::Flex, flex_io::view, flex_io::make);
+
+/// Zero-copy access to the CPU backend's tensors.
+mod flex_io {
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::TensorData;
+    use std::borrow::Cow;
+
+    pub fn view(t: &FlexTensor) -> Cow<'_, [f32]> {
+        match t.as_slice::<f32>() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(
+                t.to_contiguous()
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .expect("f32 data"),
+            ),
+        }
+    }
+
+    pub fn make(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
+    }
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl<B: OfaBackend> Backward<B, 2> for DepthwiseBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, w, stride) = ops.state;
+        let (dx, dw) = B::depthwise_conv2d_backward(x, w, grad, stride);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, dw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PointwiseBackward;
+
+impl<B: OfaBackend> Backward<B, 2> for PointwiseBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, w) = ops.state;
+        let (dx, dw) = B::pointwise_conv2d_backward(x, w, grad);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, dx);
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, dw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: OfaBackend> Backward<B, 3> for BatchNormBackward {
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        f64,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, mean, var, eps) = ops.state;
+        let (dx, dgamma, dbeta) = B::batch_norm_train_backward(x, gamma, mean, var, eps, grad);
+        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ActivationBackward;
+
+impl<B: OfaBackend> Backward<B, 1> for ActivationBackward {
+    type State = (FloatTensor<B>, Activation);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, act) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::activation_backward(x, grad, act));
+        }
+    }
+}
+
+impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let out = B::depthwise_conv2d(x.primitive.clone(), weight.primitive.clone(), stride);
+        match DepthwiseBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, stride), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn pointwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::pointwise_conv2d(x.primitive.clone(), weight.primitive.clone());
+        match PointwiseBackward
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mean, var) = B::batch_norm_train(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.primitive,
+            eps,
+        );
+        let stats = (
+            Self::from_inner(mean.clone()),
+            Self::from_inner(var.clone()),
+        );
+        let y = match BatchNormBackward
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.primitive, gamma.primitive, mean, var, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, stats.0, stats.1)
+    }
+
+    fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
+        let out = B::activation(x.primitive.clone(), act);
+        match ActivationBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, act), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
+
+/// `x: [N, C, H, W]`, `weight: [C, 1, k, k]` → `[N, C, H', W']` (padding `k / 2`).
+pub fn depthwise<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: usize,
+) -> Tensor<B, 4> {
+    wrap(B::depthwise_conv2d(unwrap(x), unwrap(weight), stride))
+}
+
+/// `x: [N, C_in, H, W]`, `weight: [C_out, C_in, 1, 1]` → `[N, C_out, H, W]`.
+pub fn pointwise<B: OfaBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+    wrap(B::pointwise_conv2d(unwrap(x), unwrap(weight)))
+}
+
+/// Training-mode batch norm: `(y, batch mean, biased batch variance)`.
+pub fn batch_norm_train<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+    let (y, m, v) = B::batch_norm_train(unwrap(x), unwrap(gamma), unwrap(beta), eps);
+    (wrap(y), wrap(m), wrap(v))
+}
+
+/// `x · scale[c] + shift[c]` for `x: [N, C, H, W]`.
+pub fn channel_affine<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    wrap(B::channel_affine(unwrap(x), unwrap(scale), unwrap(shift)))
+}
+
+/// One of the space's activations, elementwise.
+pub fn activate<B: OfaBackend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
+    wrap(B::activation(unwrap(x), act))
+}
