@@ -4,6 +4,7 @@
 //! Modules follow the pipeline, and data flows one way:
 //! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`].
 
+pub mod data;
 pub mod nn;
 pub mod space;
 pub mod util;

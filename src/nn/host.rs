@@ -26,16 +26,13 @@ impl Nchw {
     }
 }
 
-/// Layout of one plane for the depthwise kernels.
-///
-/// The zero-padded input is split into `s²` phase planes
-/// (`P_ab[i][j] = pad[s·i + a][s·j + b]`), so that every kernel tap of a
-/// stride-`s` convolution reads one phase plane at a fixed offset. Outputs
-/// are computed on a grid `oh × pws` (a few junk columns on the right),
-/// which turns each tap into one long contiguous multiply-add that
-/// vectorises well even for 4×4 planes.
+/// Channels processed together by the depthwise kernels: one pixel of a
+/// block is one 64-byte vector (an AVX-512 register, two AVX2 registers).
+const LANES: usize = 16;
+
+/// Geometry of a depthwise convolution with padding `k / 2`.
 #[derive(Clone, Copy, Debug)]
-struct DwGeometry {
+struct DwShape {
     k: usize,
     s: usize,
     p: usize,
@@ -43,101 +40,155 @@ struct DwGeometry {
     w: usize,
     oh: usize,
     ow: usize,
-    /// Rows and columns of a phase plane.
+    /// Padded width and height.
+    pw: usize,
     ph: usize,
-    pws: usize,
-    /// Length of one phase plane, with slack so the last tap can read past
-    /// the grid into zeros.
-    phase_len: usize,
 }
 
-impl DwGeometry {
+impl DwShape {
     fn new(h: usize, w: usize, k: usize, s: usize) -> Self {
         let p = k / 2;
-        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-        let (ph, pws) = ((h + 2 * p).div_ceil(s), (w + 2 * p).div_ceil(s));
-        DwGeometry {
+        DwShape {
             k,
             s,
             p,
             h,
             w,
-            oh,
-            ow,
-            ph,
-            pws,
-            phase_len: ph * pws + k + pws,
+            oh: (h + 2 * p - k) / s + 1,
+            ow: (w + 2 * p - k) / s + 1,
+            pw: w + 2 * p,
+            ph: h + 2 * p,
         }
     }
+}
 
-    fn grid(&self) -> usize {
-        self.oh * self.pws
-    }
-
-    /// Start of tap `(ky, kx)` in the concatenated phase planes.
-    fn tap(&self, ky: usize, kx: usize) -> usize {
-        let phase = (ky % self.s) * self.s + kx % self.s;
-        phase * self.phase_len + (ky / self.s) * self.pws + kx / self.s
-    }
-
-    /// Index in the phase planes of input pixel `(y, x)`.
-    fn input_index(&self, y: usize, x: usize) -> usize {
-        let (py, px) = (y + self.p, x + self.p);
-        let phase = (py % self.s) * self.s + px % self.s;
-        phase * self.phase_len + (py / self.s) * self.pws + px / self.s
-    }
-
-    /// Scatters a plane into zeroed phase planes.
-    fn split(&self, src: &[f32], dst: &mut Vec<f32>) {
-        dst.clear();
-        dst.resize(self.s * self.s * self.phase_len, 0.0);
-        if self.s == 1 {
-            for y in 0..self.h {
-                let at = self.input_index(y, 0);
-                dst[at..at + self.w].copy_from_slice(&src[y * self.w..(y + 1) * self.w]);
-            }
-            return;
-        }
-        for y in 0..self.h {
-            for x in 0..self.w {
-                dst[self.input_index(y, x)] = src[y * self.w + x];
+/// Copies channels `c0..c0+cn` of one sample (`[C, h, w]`) into a zero-padded
+/// pixel-major block `[(h+2p) × (w+2p)] × LANES`.
+fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.resize(g.ph * g.pw * LANES, 0.0);
+    let plane = g.h * g.w;
+    let planes: Vec<&[f32]> = (0..cn).map(|l| &src[(c0 + l) * plane..][..plane]).collect();
+    for y in 0..g.h {
+        let row = (y + g.p) * g.pw + g.p;
+        for x in 0..g.w {
+            let px = &mut dst[(row + x) * LANES..][..cn];
+            let i = y * g.w + x;
+            for (v, p) in px.iter_mut().zip(&planes) {
+                *v = p[i];
             }
         }
     }
+}
 
-    /// Gathers an input-shaped plane back from phase planes.
-    fn merge(&self, src: &[f32], dst: &mut [f32]) {
-        for y in 0..self.h {
-            if self.s == 1 {
-                let at = self.input_index(y, 0);
-                dst[y * self.w..(y + 1) * self.w].copy_from_slice(&src[at..at + self.w]);
-            } else {
-                for x in 0..self.w {
-                    dst[y * self.w + x] = src[self.input_index(y, x)];
+/// Copies an `[oh × ow] × LANES` block into channels `c0..c0+cn` of `dst`
+/// (`[cn, oh, ow]`, already offset to channel `c0`).
+fn scatter_block(src: &[f32], pixels: usize, cn: usize, dst: &mut [f32]) {
+    let mut planes: Vec<&mut [f32]> = dst.chunks_mut(pixels).take(cn).collect();
+    for i in 0..pixels {
+        let px = &src[i * LANES..][..cn];
+        for (p, v) in planes.iter_mut().zip(px) {
+            p[i] = *v;
+        }
+    }
+}
+
+/// Weights of channels `c0..c0+cn` as `[k·k] × LANES` (zero lanes beyond cn).
+fn block_weights(w: &[f32], k: usize, c0: usize, cn: usize) -> Vec<f32> {
+    let mut out = vec![0f32; k * k * LANES];
+    for l in 0..cn {
+        for t in 0..k * k {
+            out[t * LANES + l] = w[(c0 + l) * k * k + t];
+        }
+    }
+    out
+}
+
+#[inline(always)]
+fn lanes(v: &[f32], at: usize) -> &[f32; LANES] {
+    v[at * LANES..at * LANES + LANES]
+        .try_into()
+        .expect("LANES-wide slice")
+}
+
+/// Forward of one channel block: every output pixel accumulates its k²
+/// taps in a register-resident vector.
+#[multiversion::multiversion(targets = "simd")]
+fn dw_block_forward(g: &DwShape, wb: &[f32], pad: &[f32], out: &mut [f32]) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let mut acc = [0f32; LANES];
+            for ky in 0..g.k {
+                let row = (oy * g.s + ky) * g.pw + ox * g.s;
+                for kx in 0..g.k {
+                    let px = lanes(pad, row + kx);
+                    let wv = lanes(wb, ky * g.k + kx);
+                    for l in 0..LANES {
+                        acc[l] += wv[l] * px[l];
+                    }
+                }
+            }
+            out[(oy * g.ow + ox) * LANES..][..LANES].copy_from_slice(&acc);
+        }
+    }
+}
+
+/// Input gradient of one block, accumulated into a padded block.
+#[multiversion::multiversion(targets = "simd")]
+fn dw_block_backward_input(g: &DwShape, wb: &[f32], dy: &[f32], dpad: &mut [f32]) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let gv = *lanes(dy, oy * g.ow + ox);
+            for ky in 0..g.k {
+                let row = (oy * g.s + ky) * g.pw + ox * g.s;
+                for kx in 0..g.k {
+                    let wv = lanes(wb, ky * g.k + kx);
+                    let d = &mut dpad[(row + kx) * LANES..][..LANES];
+                    for l in 0..LANES {
+                        d[l] += wv[l] * gv[l];
+                    }
                 }
             }
         }
     }
 }
 
+/// Weight gradient of one block: per tap, a register-resident sum over
+/// all output pixels.
 #[multiversion::multiversion(targets = "simd")]
-fn axpy(out: &mut [f32], a: f32, x: &[f32]) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o += a * v;
+fn dw_block_backward_weight(g: &DwShape, pad: &[f32], dy: &[f32], dwb: &mut [f32]) {
+    for ky in 0..g.k {
+        for kx in 0..g.k {
+            let mut acc = [0f32; LANES];
+            for oy in 0..g.oh {
+                let row = (oy * g.s + ky) * g.pw + kx;
+                for ox in 0..g.ow {
+                    let px = lanes(pad, row + ox * g.s);
+                    let gv = lanes(dy, oy * g.ow + ox);
+                    for l in 0..LANES {
+                        acc[l] += gv[l] * px[l];
+                    }
+                }
+            }
+            let t = &mut dwb[(ky * g.k + kx) * LANES..][..LANES];
+            for l in 0..LANES {
+                t[l] += acc[l];
+            }
+        }
     }
 }
 
-#[multiversion::multiversion(targets = "simd")]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let n = a.len().min(b.len()) / 16 * 16;
-    for (x, y) in a[..n].chunks_exact(16).zip(b[..n].chunks_exact(16)) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
+/// Splits `data` (`[N, C, plane]`) into per-(sample, channel block) chunks,
+/// grouped by channel block.
+fn blocks_by_channel(data: &mut [f32], c: usize, plane: usize) -> Vec<Vec<(usize, &mut [f32])>> {
+    let nb = c.div_ceil(LANES);
+    let mut groups: Vec<Vec<(usize, &mut [f32])>> = (0..nb).map(|_| Vec::new()).collect();
+    for (n, sample) in data.chunks_mut(c * plane).enumerate() {
+        for (b, chunk) in sample.chunks_mut(LANES * plane).enumerate() {
+            groups[b].push((n, chunk));
         }
     }
-    let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    groups
 }
 
 /// Depthwise convolution, padding `k / 2`: `w` is `[C, k, k]`.
@@ -148,29 +199,34 @@ pub fn depthwise_forward(
     k: usize,
     stride: usize,
 ) -> (Vec<f32>, Nchw) {
-    let g = DwGeometry::new(d.h, d.w, k, stride);
+    let g = DwShape::new(d.h, d.w, k, stride);
     let od = Nchw {
         h: g.oh,
         w: g.ow,
         ..d
     };
     let mut y = vec![0f32; od.len()];
-    y.par_chunks_mut(od.plane()).enumerate().for_each_init(
-        || (Vec::new(), vec![0f32; g.grid()]),
-        |(phases, grid), (plane, out)| {
-            let wk = &w[(plane % d.c) * k * k..][..k * k];
-            g.split(&x[plane * d.plane()..][..d.plane()], phases);
-            grid.fill(0.0);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let at = g.tap(ky, kx);
-                    axpy(grid, wk[ky * k + kx], &phases[at..at + g.grid()]);
-                }
-            }
-            for oy in 0..g.oh {
-                out[oy * g.ow..(oy + 1) * g.ow]
-                    .copy_from_slice(&grid[oy * g.pws..oy * g.pws + g.ow]);
-            }
+    let weights: Vec<Vec<f32>> = (0..d.c.div_ceil(LANES))
+        .map(|b| block_weights(w, k, b * LANES, LANES.min(d.c - b * LANES)))
+        .collect();
+    let chunks: Vec<(usize, usize, &mut [f32])> = blocks_by_channel(&mut y, d.c, od.plane())
+        .into_iter()
+        .enumerate()
+        .flat_map(|(b, v)| v.into_iter().map(move |(n, ch)| (n, b, ch)))
+        .collect();
+    chunks.into_par_iter().for_each_init(
+        || (Vec::new(), vec![0f32; od.plane() * LANES]),
+        |(pad, out), (n, b, dst)| {
+            let (c0, cn) = (b * LANES, LANES.min(d.c - b * LANES));
+            gather_padded(
+                &x[n * d.c * d.plane()..][..d.c * d.plane()],
+                &g,
+                c0,
+                cn,
+                pad,
+            );
+            dw_block_forward(&g, &weights[b], pad, out);
+            scatter_block(out, od.plane(), cn, dst);
         },
     );
     (y, od)
@@ -186,50 +242,65 @@ pub fn depthwise_backward(
     dy: &[f32],
     od: Nchw,
 ) -> (Vec<f32>, Vec<f32>) {
-    let g = DwGeometry::new(d.h, d.w, k, stride);
-    // dy on the output grid, zero in the junk columns.
-    let to_grid = |plane: usize, grid: &mut Vec<f32>| {
-        grid.clear();
-        grid.resize(g.grid(), 0.0);
-        let src = &dy[plane * od.plane()..][..od.plane()];
-        for oy in 0..g.oh {
-            grid[oy * g.pws..oy * g.pws + g.ow].copy_from_slice(&src[oy * g.ow..(oy + 1) * g.ow]);
-        }
-    };
+    let g = DwShape::new(d.h, d.w, k, stride);
     let mut dx = vec![0f32; d.len()];
-    dx.par_chunks_mut(d.plane()).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(dphases, grid), (plane, dxp)| {
-            let wk = &w[(plane % d.c) * k * k..][..k * k];
-            to_grid(plane, grid);
-            dphases.clear();
-            dphases.resize(g.s * g.s * g.phase_len, 0.0);
-            for ky in 0..k {
-                for kx in 0..k {
-                    let at = g.tap(ky, kx);
-                    axpy(&mut dphases[at..at + g.grid()], wk[ky * k + kx], grid);
+    let groups = blocks_by_channel(&mut dx, d.c, d.plane());
+    let dws: Vec<Vec<f32>> = groups
+        .into_par_iter()
+        .enumerate()
+        .map(|(b, chunks)| {
+            let (c0, cn) = (b * LANES, LANES.min(d.c - b * LANES));
+            let wb = block_weights(w, k, c0, cn);
+            let mut dwb = vec![0f32; k * k * LANES];
+            let (mut pad, mut gy, mut dpad, mut crop) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (n, dst) in chunks {
+                gather_padded(
+                    &x[n * d.c * d.plane()..][..d.c * d.plane()],
+                    &g,
+                    c0,
+                    cn,
+                    &mut pad,
+                );
+                // dy of this block, pixel-major (no padding needed).
+                let out_shape = DwShape {
+                    h: g.oh,
+                    w: g.ow,
+                    p: 0,
+                    pw: g.ow,
+                    ph: g.oh,
+                    ..g
+                };
+                gather_padded(
+                    &dy[n * d.c * od.plane()..][..d.c * od.plane()],
+                    &out_shape,
+                    c0,
+                    cn,
+                    &mut gy,
+                );
+                dw_block_backward_weight(&g, &pad, &gy, &mut dwb);
+                dpad.clear();
+                dpad.resize(g.ph * g.pw * LANES, 0.0);
+                dw_block_backward_input(&g, &wb, &gy, &mut dpad);
+                // Crop the padding, then back to channel-major.
+                crop.clear();
+                for y in 0..d.h {
+                    let row = (y + g.p) * g.pw + g.p;
+                    crop.extend_from_slice(&dpad[row * LANES..(row + d.w) * LANES]);
                 }
+                scatter_block(&crop, d.plane(), cn, dst);
             }
-            g.merge(dphases, dxp);
-        },
-    );
+            dwb
+        })
+        .collect();
     let mut dw = vec![0f32; d.c * k * k];
-    dw.par_chunks_mut(k * k).enumerate().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(phases, grid), (ch, dwc)| {
-            for n in 0..d.n {
-                let plane = n * d.c + ch;
-                g.split(&x[plane * d.plane()..][..d.plane()], phases);
-                to_grid(plane, grid);
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let at = g.tap(ky, kx);
-                        dwc[ky * k + kx] += dot(grid, &phases[at..at + g.grid()]);
-                    }
-                }
+    for (b, dwb) in dws.iter().enumerate() {
+        for l in 0..LANES.min(d.c - b * LANES) {
+            for t in 0..k * k {
+                dw[(b * LANES + l) * k * k + t] = dwb[t * LANES + l];
             }
-        },
-    );
+        }
+    }
     (dx, dw)
 }
 

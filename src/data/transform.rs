@@ -1,0 +1,406 @@
+//! Pixel-level operations on one C×H×W float image.
+
+use rand::Rng;
+
+use super::rng::{below, uniform};
+
+/// One image as floats in `[0, 1]` (before normalisation), C×H×W.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Image {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// A rectangle of an image; `top`/`left` may be negative and the rectangle
+/// may reach past the edges, the outside reading as zero (padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CropBox {
+    pub top: isize,
+    pub left: isize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Image {
+    /// From stored `u8` planes (C×H×W), scaled to `[0, 1]` like torchvision's
+    /// `ToTensor`.
+    pub fn from_planes(pixels: &[u8], channels: usize, height: usize, width: usize) -> Self {
+        Self {
+            channels,
+            height,
+            width,
+            data: pixels.iter().map(|&p| f32::from(p) / 255.0).collect(),
+        }
+    }
+
+    /// From interleaved RGB (H×W×3), as decoders produce it.
+    pub fn from_rgb(rgb: &image::RgbImage) -> Self {
+        let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+        let plane = width * height;
+        let mut data = vec![0.0; 3 * plane];
+        for (i, pixel) in rgb.pixels().enumerate() {
+            for (c, &value) in pixel.0.iter().enumerate() {
+                data[c * plane + i] = f32::from(value) / 255.0;
+            }
+        }
+        Self {
+            channels: 3,
+            height,
+            width,
+            data,
+        }
+    }
+
+    /// Copies `area` out of the image, filling what lies outside with zeros.
+    pub fn crop(&self, area: CropBox) -> Self {
+        let mut data = vec![0.0; self.channels * area.height * area.width];
+        let cols = visible(area.left, area.width, self.width);
+        for c in 0..self.channels {
+            for y in 0..area.height {
+                let Some(sy) = offset(area.top, y, self.height) else {
+                    continue;
+                };
+                let src_row = (c * self.height + sy) * self.width;
+                let dst_row = (c * area.height + y) * area.width;
+                for x in cols.clone() {
+                    // `visible` only yields columns whose source is inside.
+                    let sx = (area.left + x as isize) as usize;
+                    data[dst_row + x] = self.data[src_row + sx];
+                }
+            }
+        }
+        Self {
+            channels: self.channels,
+            height: area.height,
+            width: area.width,
+            data,
+        }
+    }
+
+    /// Mirrors the image left to right.
+    pub fn flip_horizontal(&mut self) {
+        for row in self.data.chunks_exact_mut(self.width.max(1)) {
+            row.reverse();
+        }
+    }
+
+    /// Bilinear resize; a no-op when the size already matches, so native
+    /// resolution batches are bit-exact copies of the stored pixels.
+    pub fn resize(self, height: usize, width: usize) -> Self {
+        if (height, width) == (self.height, self.width) {
+            return self;
+        }
+        let data = resize_bilinear(
+            &self.data,
+            self.channels,
+            self.height,
+            self.width,
+            height,
+            width,
+        );
+        Self {
+            channels: self.channels,
+            height,
+            width,
+            data,
+        }
+    }
+
+    /// `(x - mean) / std` per channel. Division (not multiplication by the
+    /// inverse) keeps results identical to the textbook formula.
+    pub fn normalise(&mut self, mean: &[f32], std: &[f32]) {
+        let plane = self.height * self.width;
+        for ((values, &m), &s) in self.data.chunks_exact_mut(plane.max(1)).zip(mean).zip(std) {
+            for v in values {
+                *v = (*v - m) / s;
+            }
+        }
+    }
+}
+
+/// Output positions `0..len`, starting at source position `start`, whose
+/// source lies inside `0..limit`.
+fn visible(start: isize, len: usize, limit: usize) -> std::ops::Range<usize> {
+    let first = (-start).clamp(0, len as isize) as usize;
+    let end = (limit as isize - start).clamp(0, len as isize) as usize;
+    first..end.max(first)
+}
+
+/// `start + step` if it lies in `0..limit`.
+fn offset(start: isize, step: usize, limit: usize) -> Option<usize> {
+    let position = start + step as isize;
+    (0..limit as isize)
+        .contains(&position)
+        .then_some(position as usize)
+}
+
+/// Bilinear resize of a C×H×W image to C×`out_h`×`out_w`, matching PyTorch's
+/// `F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing).
+///
+/// # Panics
+/// If `src.len() != c * h * w`, or if the source is empty while the output
+/// is not: both are programming errors, not data errors.
+pub fn resize_bilinear(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    assert_eq!(
+        src.len(),
+        c * h * w,
+        "resize_bilinear: buffer is not {c}x{h}x{w}"
+    );
+    let mut out = vec![0.0; c * out_h * out_w];
+    if out.is_empty() {
+        return out;
+    }
+    assert!(
+        h > 0 && w > 0,
+        "resize_bilinear: cannot resize an empty image"
+    );
+    let rows = axis_taps(h, out_h);
+    let cols = axis_taps(w, out_w);
+    for (src_plane, out_plane) in src
+        .chunks_exact(h * w)
+        .zip(out.chunks_exact_mut(out_h * out_w))
+    {
+        for (out_row, row) in out_plane.chunks_exact_mut(out_w).zip(&rows) {
+            let upper = &src_plane[row.low * w..][..w];
+            let lower = &src_plane[row.high * w..][..w];
+            for (value, col) in out_row.iter_mut().zip(&cols) {
+                let top = col.w_low * upper[col.low] + col.w_high * upper[col.high];
+                let bottom = col.w_low * lower[col.low] + col.w_high * lower[col.high];
+                *value = row.w_low * top + row.w_high * bottom;
+            }
+        }
+    }
+    out
+}
+
+/// The two source samples of one output coordinate and their weights.
+struct Tap {
+    low: usize,
+    high: usize,
+    w_low: f32,
+    w_high: f32,
+}
+
+/// Source taps along one axis, computed the way PyTorch does (in `f32`, the
+/// source coordinate clamped at 0 and the upper sample at the last index).
+fn axis_taps(in_len: usize, out_len: usize) -> Vec<Tap> {
+    let scale = in_len as f32 / out_len as f32;
+    (0..out_len)
+        .map(|dst| {
+            let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+            let low = (src as usize).min(in_len - 1);
+            let high = (low + 1).min(in_len - 1);
+            let w_high = src - low as f32;
+            Tap {
+                low,
+                high,
+                w_low: 1.0 - w_high,
+                w_high,
+            }
+        })
+        .collect()
+}
+
+/// Zero-padded random crop back to the original size, as in the classic
+/// CIFAR recipe (`RandomCrop(32, padding=4)`): offsets in `-pad..=pad`.
+pub(crate) fn random_padded_crop(image: &Image, pad: usize, rng: &mut impl Rng) -> Image {
+    let top = below(rng, 2 * pad + 1) as isize - pad as isize;
+    let left = below(rng, 2 * pad + 1) as isize - pad as isize;
+    image.crop(CropBox {
+        top,
+        left,
+        height: image.height,
+        width: image.width,
+    })
+}
+
+/// torchvision's `RandomResizedCrop` box: area fraction in `[0.08, 1)`,
+/// aspect ratio log-uniform in `[3/4, 4/3]`, 10 attempts, then the largest
+/// centred box of admissible aspect ratio.
+pub(crate) fn random_resized_crop_box(height: usize, width: usize, rng: &mut impl Rng) -> CropBox {
+    const MIN_RATIO: f64 = 3.0 / 4.0;
+    const MAX_RATIO: f64 = 4.0 / 3.0;
+    let area = (height * width) as f64;
+    for _ in 0..10 {
+        let target = area * uniform(rng, 0.08, 1.0);
+        let aspect = uniform(rng, MIN_RATIO.ln(), MAX_RATIO.ln()).exp();
+        let w = (target * aspect).sqrt().round() as usize;
+        let h = (target / aspect).sqrt().round() as usize;
+        if (1..=width).contains(&w) && (1..=height).contains(&h) {
+            let top = below(rng, height - h + 1);
+            let left = below(rng, width - w + 1);
+            return CropBox {
+                top: top as isize,
+                left: left as isize,
+                height: h,
+                width: w,
+            };
+        }
+    }
+    let ratio = width as f64 / height as f64;
+    let (h, w) = if ratio < MIN_RATIO {
+        ((width as f64 / MIN_RATIO).round() as usize, width)
+    } else if ratio > MAX_RATIO {
+        (height, (height as f64 * MAX_RATIO).round() as usize)
+    } else {
+        (height, width)
+    };
+    centred(height, width, h.clamp(1, height), w.clamp(1, width))
+}
+
+/// A `crop_h`×`crop_w` box centred in a `height`×`width` image (torchvision's
+/// rounding of the offsets).
+pub(crate) fn centred(height: usize, width: usize, crop_h: usize, crop_w: usize) -> CropBox {
+    let start = |full: usize, part: usize| ((full as f64 - part as f64) / 2.0).round() as isize;
+    CropBox {
+        top: start(height, crop_h),
+        left: start(width, crop_w),
+        height: crop_h,
+        width: crop_w,
+    }
+}
+
+/// Evaluation transform for large images: shorter side to
+/// `round(resolution / 0.875)` (256 for 224), then the centred square.
+pub(crate) fn resize_and_centre_crop(image: Image, resolution: usize) -> Image {
+    let short = ((resolution as f64) / 0.875).round() as usize;
+    let (h, w) = (image.height, image.width);
+    // torchvision truncates the longer side.
+    let (new_h, new_w) = if h <= w {
+        (short, (short * w / h).max(1))
+    } else {
+        ((short * h / w).max(1), short)
+    };
+    let resized = image.resize(new_h, new_w);
+    resized.crop(centred(new_h, new_w, resolution, resolution))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::rng::stream_rng;
+
+    #[test]
+    fn bilinear_upsample_2x2_to_4x4_matches_pytorch() {
+        // torch.nn.functional.interpolate(torch.tensor([[[[1., 2.], [3., 4.]]]]),
+        //     size=(4, 4), mode="bilinear", align_corners=False)
+        // Source coordinates of the four outputs: -0.25→0 (clamped), 0.25,
+        // 0.75, 1.25→upper sample clamped to index 1; so weights of the
+        // second sample are 0, 0.25, 0.75, 1 along each axis.
+        let expected = [
+            1.0, 1.25, 1.75, 2.0, //
+            1.5, 1.75, 2.25, 2.5, //
+            2.5, 2.75, 3.25, 3.5, //
+            3.0, 3.25, 3.75, 4.0,
+        ];
+        let out = resize_bilinear(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 4, 4);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn bilinear_downsample_and_channels() {
+        // 4 → 2 along each axis: source coordinates 0.5 and 2.5, i.e. the
+        // mean of each 2x2 block. Second channel is the first plus 10.
+        let plane: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let src: Vec<f32> = plane
+            .iter()
+            .chain(&plane.iter().map(|v| v + 10.0).collect::<Vec<_>>())
+            .copied()
+            .collect();
+        let out = resize_bilinear(&src, 2, 4, 4, 2, 2);
+        assert_eq!(out, vec![2.5, 4.5, 10.5, 12.5, 12.5, 14.5, 20.5, 22.5]);
+        // Non-square: 1x3 → 2x2.
+        let out = resize_bilinear(&[0.0, 3.0, 6.0], 1, 1, 3, 2, 2);
+        // x: scale 1.5, sources 0.25 and 1.75 → 0.75 and 5.25.
+        assert_eq!(out, vec![0.75, 5.25, 0.75, 5.25]);
+    }
+
+    #[test]
+    fn resize_to_same_size_is_identity() {
+        let image = Image::from_planes(&[1, 2, 3, 4], 1, 2, 2);
+        assert_eq!(image.clone().resize(2, 2), image);
+    }
+
+    #[test]
+    fn crop_pads_with_zeros() {
+        let image = Image::from_planes(&[255, 0, 0, 255], 1, 2, 2);
+        let area = CropBox {
+            top: -1,
+            left: 1,
+            height: 2,
+            width: 2,
+        };
+        let out = image.crop(area);
+        assert_eq!(out.data, vec![0.0, 0.0, 0.0, 0.0]);
+        let area = CropBox {
+            top: 1,
+            left: -1,
+            height: 2,
+            width: 3,
+        };
+        assert_eq!(image.crop(area).data, vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn flip_mirrors_each_row() {
+        let mut image = Image::from_planes(&[0, 51, 102, 153, 204, 255], 2, 1, 3);
+        image.flip_horizontal();
+        assert_eq!(image.data, vec![0.4, 0.2, 0.0, 1.0, 0.8, 0.6]);
+    }
+
+    #[test]
+    fn padded_crop_keeps_shape_and_content() {
+        let pixels: Vec<u8> = (0..64).collect();
+        let image = Image::from_planes(&pixels, 1, 8, 8);
+        let mut rng = stream_rng(5, 0);
+        for _ in 0..20 {
+            let out = random_padded_crop(&image, 4, &mut rng);
+            assert_eq!((out.height, out.width, out.data.len()), (8, 8, 64));
+            assert!(out.data.iter().all(|v| *v == 0.0 || image.data.contains(v)));
+        }
+    }
+
+    #[test]
+    fn random_resized_crop_box_stays_inside() {
+        let mut rng = stream_rng(6, 0);
+        for (h, w) in [(100, 80), (30, 200), (200, 30), (1, 1), (3, 500)] {
+            for _ in 0..50 {
+                let b = random_resized_crop_box(h, w, &mut rng);
+                assert!(b.top >= 0 && b.left >= 0 && b.height >= 1 && b.width >= 1);
+                assert!(b.top as usize + b.height <= h, "{b:?} in {h}x{w}");
+                assert!(b.left as usize + b.width <= w, "{b:?} in {h}x{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn eval_transform_shapes() {
+        let image = Image::from_planes(&vec![128; 3 * 60 * 90], 3, 60, 90);
+        let out = resize_and_centre_crop(image, 28);
+        assert_eq!((out.channels, out.height, out.width), (3, 28, 28));
+        // No padding can appear: the shorter side is resized to 32 ≥ 28.
+        assert!(out.data.iter().all(|&v| (v - 128.0 / 255.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn normalise_is_textbook_formula() {
+        let mut image = Image::from_planes(&[0, 255, 51, 102], 2, 1, 2);
+        image.normalise(&[0.5, 0.25], &[0.5, 2.0]);
+        let expect = [
+            (0.0 - 0.5) / 0.5,
+            (1.0 - 0.5) / 0.5,
+            (51.0f32 / 255.0 - 0.25) / 2.0,
+            (102.0f32 / 255.0 - 0.25) / 2.0,
+        ];
+        assert_eq!(image.data, expect);
+    }
+}
