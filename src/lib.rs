@@ -7,4 +7,5 @@
 pub mod data;
 pub mod nn;
 pub mod space;
+pub mod train;
 pub mod util;

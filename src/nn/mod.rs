@@ -25,9 +25,10 @@ pub use kernels::OfaBackend;
 pub use layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout, h_sigmoid,
 };
-pub use sort::{BlockPermutation, channel_permutations};
+pub use sort::{BlockPermutation, apply_permutations, channel_permutations};
 pub use state::{
-    StateError, TensorMap, load_supernet, read_safetensors, save_supernet, write_safetensors,
+    HostTensor, StateError, TensorMap, load_supernet, read_safetensors, save_supernet,
+    write_safetensors,
 };
 pub use subnet::{Subnet, SubnetBlock, extract};
 pub use supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};

@@ -10,7 +10,7 @@ use super::OfaBackend;
 use super::layers::{ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear};
 use super::supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 use crate::space::Space;
-use burn::module::{Param, RunningState};
+use burn::module::{Param, ParamId, RunningState};
 use burn::tensor::{Tensor, TensorData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -83,17 +83,26 @@ pub enum StateError {
     File { path: String, problem: String },
 }
 
-struct Exporter<'a> {
-    out: &'a mut TensorMap,
+/// Walks the module tree with reference keys, collecting values, parameter
+/// ids, or both.
+struct Exporter {
+    values: Option<TensorMap>,
+    ids: Option<HashMap<ParamId, String>>,
 }
 
-impl Exporter<'_> {
+impl Exporter {
     fn param<B: OfaBackend, const D: usize>(&mut self, key: String, p: &Param<Tensor<B, D>>) {
-        self.out.insert(key, HostTensor::from_tensor(p.val()));
+        if let Some(ids) = &mut self.ids {
+            ids.insert(p.id, key.clone());
+        }
+        if let Some(out) = &mut self.values {
+            out.insert(key, HostTensor::from_tensor(p.val()));
+        }
     }
     fn running<B: OfaBackend>(&mut self, key: String, s: &RunningState<Tensor<B, 1>>) {
-        self.out
-            .insert(key, HostTensor::from_tensor(s.value_sync()));
+        if let Some(out) = &mut self.values {
+            out.insert(key, HostTensor::from_tensor(s.value_sync()));
+        }
     }
 }
 
@@ -319,8 +328,26 @@ impl<B: OfaBackend> Supernet<B> {
 
     /// Every parameter and running statistic under its reference key.
     pub fn to_tensor_map(&self) -> TensorMap {
-        let mut out = TensorMap::new();
-        let e = &mut Exporter { out: &mut out };
+        let mut e = Exporter {
+            values: Some(TensorMap::new()),
+            ids: None,
+        };
+        self.walk(&mut e);
+        e.values.unwrap_or_default()
+    }
+
+    /// The reference key of every trainable parameter, by parameter id
+    /// (optimizer state and gradients are keyed by name through this).
+    pub fn param_names(&self) -> HashMap<ParamId, String> {
+        let mut e = Exporter {
+            values: None,
+            ids: Some(HashMap::new()),
+        };
+        self.walk(&mut e);
+        e.ids.unwrap_or_default()
+    }
+
+    fn walk(&self, e: &mut Exporter) {
         self.first_conv.export("first_conv", e);
         self.first_block.export("blocks.0.conv", false, e);
         for (i, b) in self.blocks.iter().enumerate() {
@@ -333,7 +360,6 @@ impl<B: OfaBackend> Supernet<B> {
             l.export("feature_mix_layer", e);
         }
         self.classifier.export("classifier.linear", e);
-        out
     }
 
     /// Replaces every tensor from a map with reference keys. Keys ending in

@@ -45,6 +45,26 @@ pub enum ArchError {
     Format(String),
 }
 
+/// A subset of a space's choices to sample from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choices {
+    pub kernels: Vec<usize>,
+    pub expands: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub resolutions: Vec<usize>,
+}
+
+impl Choices {
+    pub fn all(space: &Space) -> Self {
+        Choices {
+            kernels: space.kernel_choices.clone(),
+            expands: space.expand_choices.clone(),
+            depths: space.depth_choices.clone(),
+            resolutions: space.resolutions.clone(),
+        }
+    }
+}
+
 /// Readable JSON form of one block (active blocks only).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -99,14 +119,26 @@ impl Arch {
     /// Uniform sampling as in the reference: every block's k and e, every
     /// stage's d and the resolution drawn independently.
     pub fn sample<R: Rng + ?Sized>(space: &Space, rng: &mut R) -> Arch {
+        Self::sample_from(space, &Choices::all(space), rng)
+    }
+
+    /// Uniform sampling restricted to some choices (a progressive-shrinking
+    /// phase). Fixed-depth stages keep their depth.
+    pub fn sample_from<R: Rng + ?Sized>(space: &Space, choices: &Choices, rng: &mut R) -> Arch {
         let n = space.num_blocks();
         let pick = |rng: &mut R, v: &[usize]| v[rng.random_range(0..v.len())];
-        let ks = (0..n).map(|_| pick(rng, &space.kernel_choices)).collect();
-        let e = (0..n).map(|_| pick(rng, &space.expand_choices)).collect();
+        let ks = (0..n).map(|_| pick(rng, &choices.kernels)).collect();
+        let e = (0..n).map(|_| pick(rng, &choices.expands)).collect();
         let d = (0..space.stages.len())
-            .map(|s| pick(rng, &space.stage_depths(s)))
+            .map(|s| {
+                if space.stages[s].elastic_depth {
+                    pick(rng, &choices.depths)
+                } else {
+                    space.stages[s].max_depth
+                }
+            })
             .collect();
-        let r = pick(rng, &space.resolutions);
+        let r = pick(rng, &choices.resolutions);
         Arch { ks, e, d, r }.canonical(space)
     }
 

@@ -9,7 +9,7 @@ mod arch;
 mod cost;
 mod presets;
 
-pub use arch::{Arch, ArchError, BlockChoice, StageChoice};
+pub use arch::{Arch, ArchError, BlockChoice, Choices, StageChoice};
 pub use cost::{Cost, Layer, layers};
 pub use presets::{PRESET_NAMES, preset};
 

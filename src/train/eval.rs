@@ -1,0 +1,209 @@
+//! Evaluation of one subnet: BN recalibration on a fixed subset of training
+//! images, then top-1/top-5 and loss on a validation split (DESIGN §6).
+//! Training-time validation, `ofa eval` and the accuracy table share it.
+
+use super::config::EvalConfig;
+use crate::data::{
+    Augment, Batch, BatchRequest, Dataset, Prefetcher, SplitKind, cap_indices, make_batch,
+};
+use crate::nn::{OfaBackend, Supernet, calibrate_bn};
+use crate::space::{Arch, Space};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Images `[N, C, R, R]` and labels `[N]` of a batch.
+pub fn batch_tensors<B: Backend>(
+    b: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let x = Tensor::from_data(
+        TensorData::new(
+            b.images.clone(),
+            [b.batch_size, b.channels, b.resolution, b.resolution],
+        ),
+        device,
+    );
+    let y = Tensor::from_data(TensorData::new(b.labels.clone(), [b.batch_size]), device);
+    (x, y)
+}
+
+/// Which images an evaluation uses.
+#[derive(Clone)]
+pub struct EvalData {
+    pub dataset: Arc<Dataset>,
+    /// Training-split images for BN recalibration.
+    pub calib: Vec<usize>,
+    /// Split and images to evaluate on.
+    pub split: SplitKind,
+    pub eval: Vec<usize>,
+}
+
+impl EvalData {
+    /// Calibration images: a fixed subset of `train` (never the held-out
+    /// ones); evaluation images: `eval`, capped by `cfg.max_images`.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        train: &[usize],
+        split: SplitKind,
+        eval: Vec<usize>,
+        cfg: &EvalConfig,
+        seed: u64,
+    ) -> Self {
+        let eval = if cfg.max_images > 0 {
+            cap_indices(&eval, cfg.max_images, seed ^ 0xE7A1)
+        } else {
+            eval
+        };
+        EvalData {
+            dataset,
+            calib: cap_indices(train, cfg.calib_images, seed ^ 0xCA1B),
+            split,
+            eval,
+        }
+    }
+}
+
+/// Accuracy and loss of one subnet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub loss: f64,
+    pub images: usize,
+}
+
+/// Top-1/top-5 hits and summed cross-entropy of a logits batch.
+fn score(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usize, f64) {
+    let (mut t1, mut t5, mut loss) = (0, 0, 0.0);
+    for (row, &y) in logits.chunks_exact(classes).zip(labels) {
+        let target = row[y as usize];
+        let better = row.iter().filter(|&&v| v > target).count();
+        t1 += (better < 1) as usize;
+        t5 += (better < 5) as usize;
+        let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        loss += lse - target as f64;
+    }
+    (t1, t5, loss)
+}
+
+/// Recalibrates BN for `arch` on `data.calib`, then evaluates on
+/// `data.eval`. `progress(done, total)` reports evaluated images.
+pub fn evaluate<B: OfaBackend>(
+    net: &Supernet<B>,
+    arch: &Arch,
+    data: &EvalData,
+    cfg: &EvalConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<EvalResult> {
+    if !data.calib.is_empty() {
+        let mut batches = Vec::new();
+        for chunk in data.calib.chunks(cfg.calib_batch) {
+            let b = make_batch(
+                &data.dataset,
+                &data.dataset.train,
+                chunk,
+                arch.r,
+                Augment::None,
+                0,
+            )?;
+            batches.push(batch_tensors::<B>(&b, device).0);
+        }
+        calibrate_bn(net, arch, batches)?;
+    }
+    let requests: Vec<BatchRequest> = data
+        .eval
+        .chunks(cfg.batch)
+        .map(|c| BatchRequest {
+            indices: c.to_vec(),
+            resolution: arch.r,
+            augment: Augment::None,
+            seed: 0,
+        })
+        .collect();
+    let classes = net.space.num_classes;
+    let (mut t1, mut t5, mut loss, mut n) = (0, 0, 0.0, 0);
+    for batch in Prefetcher::new(data.dataset.clone(), data.split, requests) {
+        let batch = batch?;
+        let (x, _) = batch_tensors::<B>(&batch, device);
+        let logits = net.forward(x, arch, crate::nn::Mode::Eval);
+        let host = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 logits");
+        let (a, b, l) = score(&host, &batch.labels, classes);
+        t1 += a;
+        t5 += b;
+        loss += l;
+        n += batch.batch_size;
+        progress(n, data.eval.len());
+    }
+    if n == 0 {
+        anyhow::bail!("no validation images to evaluate on");
+    }
+    if !loss.is_finite() {
+        anyhow::bail!("evaluation of {arch} produced a non-finite loss");
+    }
+    Ok(EvalResult {
+        top1: t1 as f64 / n as f64,
+        top5: t5 as f64 / n as f64,
+        loss: loss / n as f64,
+        images: n,
+    })
+}
+
+/// The subnets validated during training: the largest, the smallest, one
+/// with every middle choice, and one fixed random subnet.
+pub fn reference_archs(space: &Space) -> Vec<(String, Arch)> {
+    let mid = |v: &[usize]| v[v.len() / 2];
+    let mut middle = Arch::max(space);
+    middle
+        .ks
+        .iter_mut()
+        .for_each(|k| *k = mid(&space.kernel_choices));
+    middle
+        .e
+        .iter_mut()
+        .for_each(|e| *e = mid(&space.expand_choices));
+    for (s, d) in middle.d.iter_mut().enumerate() {
+        *d = mid(&space.stage_depths(s));
+    }
+    middle.r = mid(&space.resolutions);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20_191_026);
+    let random = Arch::sample(space, &mut rng).with_resolution(mid(&space.resolutions));
+    vec![
+        ("max".into(), Arch::max(space)),
+        ("min".into(), Arch::min(space)),
+        ("mid".into(), middle.canonical(space)),
+        ("random".into(), random),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_counts_ranks_and_loss() {
+        // Two rows of 6 classes; label ranks 1st and 6th.
+        let logits = [5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let (t1, t5, loss) = score(&logits, &[0, 0], 6);
+        assert_eq!((t1, t5), (1, 1 - 0));
+        let row1: f64 = [5.0f64, 1.0, 0.0, 0.0, 0.0, 0.0]
+            .iter()
+            .map(|v| v.exp())
+            .sum::<f64>()
+            .ln()
+            - 5.0;
+        let row2: f64 = [0.0f64, 1.0, 2.0, 3.0, 4.0, 5.0]
+            .iter()
+            .map(|v| v.exp())
+            .sum::<f64>()
+            .ln();
+        assert!((loss - (row1 + row2)).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,525 @@
+//! The training loop shared by all schedules.
+
+use super::checkpoint::{self, Checkpoint, LoopState};
+use super::config::TrainConfig;
+use super::eval::{EvalData, EvalResult, batch_tensors, evaluate, reference_archs};
+use super::loss::{soft_labels, subnet_loss};
+use super::optim::Sgd;
+use super::schedule::{Item, Kd, Phase, mix, phases, plan_step, step_resolution};
+use crate::data::{
+    Augment, BatchRequest, Dataset, Prefetcher, SplitKind, batch_seed, cap_indices_stratified,
+    epoch_order, holdout,
+};
+use crate::nn::{OfaBackend, Supernet, SupernetConfig, apply_permutations, save_supernet};
+use crate::space::{Arch, Space};
+use anyhow::Context;
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Progress of one optimizer step, for displays.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: u64,
+    pub epoch: u64,
+    pub step_in_epoch: u64,
+    pub steps_per_epoch: u64,
+    pub phase: String,
+    /// Mean unscaled loss of the step's networks.
+    pub loss: f64,
+    pub lr: f64,
+    /// ε of DϵpS subnets, when it applies.
+    pub eps: Option<f64>,
+    pub images_per_s: f64,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epochs completed (fractional for a final partial epoch).
+    pub epoch: f64,
+    pub step: u64,
+    pub phase: String,
+    pub lr: f64,
+    pub train_loss: f64,
+    /// Training throughput: images through a network per second.
+    pub images_per_s: f64,
+    /// Training seconds so far (validation excluded).
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    /// Top-1/top-5/loss of the reference subnets after BN recalibration.
+    pub val: BTreeMap<String, EvalResult>,
+}
+
+/// Hooks for progress display; the library never writes to the terminal.
+pub trait TrainObserver {
+    fn phase(&mut self, _phase: &Phase) {}
+    fn step(&mut self, _report: &StepReport) {}
+    fn eval(&mut self, _label: &str, _done: usize, _total: usize) {}
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
+    fn note(&mut self, _message: &str) {}
+    /// Asked after every step; `true` checkpoints and stops the run (Ctrl-C).
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+impl TrainObserver for NoObserver {}
+
+/// What a finished run leaves.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub supernet: PathBuf,
+    pub last: Option<EpochMetrics>,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub images: u64,
+    /// The run stopped on request before its last step (resumable).
+    pub interrupted: bool,
+}
+
+/// Validation hold-out and (capped) training indices of a run.
+pub fn split_indices(
+    cfg: &TrainConfig,
+    dataset: &Dataset,
+) -> anyhow::Result<(Vec<usize>, Vec<usize>)> {
+    let n = dataset.train.len();
+    let (val, train) = holdout(n, cfg.val_size, cfg.seed)?;
+    let train = if cfg.max_train_images > 0 && train.len() > cfg.max_train_images {
+        cap_indices_stratified(&train, &dataset.train, cfg.max_train_images, cfg.seed)?
+    } else {
+        train
+    };
+    Ok((val, train))
+}
+
+/// The batches of steps `[from, to)`, built lazily in step order.
+struct Requests {
+    train: Arc<Vec<usize>>,
+    cfg: TrainConfig,
+    space: Space,
+    fixed_resolution: Option<usize>,
+    steps_per_epoch: u64,
+    step: u64,
+    end: u64,
+    order: Option<(u64, Vec<usize>)>,
+}
+
+impl Iterator for Requests {
+    type Item = BatchRequest;
+    fn next(&mut self) -> Option<BatchRequest> {
+        if self.step >= self.end {
+            return None;
+        }
+        let (epoch, pos) = (
+            self.step / self.steps_per_epoch,
+            self.step % self.steps_per_epoch,
+        );
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.order = Some((epoch, epoch_order(&self.train, epoch, self.cfg.seed)));
+        }
+        let order = &self.order.as_ref().expect("set above").1;
+        let bs = self.cfg.batch_size;
+        let indices = order[pos as usize * bs..(pos as usize + 1) * bs].to_vec();
+        let resolution = self
+            .fixed_resolution
+            .unwrap_or_else(|| step_resolution(&self.space, self.cfg.seed, self.step));
+        let req = BatchRequest {
+            indices,
+            resolution,
+            augment: Augment::Train,
+            seed: batch_seed(self.cfg.seed, epoch, self.step),
+        };
+        self.step += 1;
+        Some(req)
+    }
+}
+
+/// Gradients of one step: every planned network's loss (scaled by its ε)
+/// back-propagated and summed, as the reference does before one optimizer
+/// step. Returns the gradients and the mean unscaled loss.
+pub fn step_gradients<B>(
+    net: &Supernet<B>,
+    items: &[Item],
+    x: Tensor<B, 4>,
+    y: Tensor<B, 1, Int>,
+    teacher: Option<&Supernet<B::InnerBackend>>,
+    cfg: &TrainConfig,
+) -> anyhow::Result<(GradientsParams, f64)>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    let teacher_soft = match teacher {
+        Some(t) if items.iter().any(|i| i.kd == Kd::Teacher) => {
+            let max = Arch::max(&t.space).with_resolution(items[0].arch.r);
+            let logits = t.forward(x.clone().inner(), &max, crate::nn::Mode::Eval);
+            Some(Tensor::<B, 2>::from_inner(soft_labels(logits)))
+        }
+        _ => None,
+    };
+    let mut in_place: Option<Tensor<B, 2>> = None;
+    let mut acc = GradientsAccumulator::<Supernet<B>>::new();
+    let mut total = 0.0;
+    for item in items {
+        let logits = net.forward(x.clone(), &item.arch, crate::nn::Mode::Train);
+        let target = match item.kd {
+            Kd::None => None,
+            Kd::Teacher => teacher_soft.as_ref(),
+            Kd::InPlace => in_place.as_ref(),
+        };
+        let loss = subnet_loss(
+            logits.clone(),
+            y.clone(),
+            target,
+            cfg.label_smoothing,
+            cfg.kd_ratio,
+        );
+        let value: f64 = loss
+            .clone()
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .expect("scalar")[0];
+        if !value.is_finite() {
+            anyhow::bail!("loss is {value} for subnet {}", item.arch);
+        }
+        total += value;
+        if in_place.is_none() {
+            in_place = Some(soft_labels(logits));
+        }
+        let grads = (loss * item.scale).backward();
+        acc.accumulate(net, GradientsParams::from_grads(grads, net));
+    }
+    Ok((acc.grads(), total / items.len() as f64))
+}
+
+fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    writeln!(f, "{line}")?;
+    f.sync_data()?;
+    Ok(())
+}
+
+/// Drops metrics lines written after the checkpoint a run resumes from.
+fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<EpochMetrics>(l).is_ok_and(|m| m.step <= step))
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::util::write_text_atomic(path, &out)
+}
+
+/// Trains a supernet of `space` on `dataset` into the run directory `run`.
+/// With `resume`, continues from the newest checkpoint there.
+pub fn train<B>(
+    cfg: &TrainConfig,
+    space: &Space,
+    dataset: Arc<Dataset>,
+    run: &Path,
+    resume: bool,
+    device: &B::Device,
+    obs: &mut dyn TrainObserver,
+) -> anyhow::Result<TrainOutcome>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    cfg.validate(space)?;
+    if dataset.channels != space.in_channels || dataset.classes.len() != space.num_classes {
+        anyhow::bail!(
+            "dataset {} has {} channel(s) and {} classes, but space '{}' expects {} and {}",
+            dataset.name,
+            dataset.channels,
+            dataset.classes.len(),
+            space.name,
+            space.in_channels,
+            space.num_classes
+        );
+    }
+    let (val, train_idx) = split_indices(cfg, &dataset)?;
+    let steps_per_epoch = (train_idx.len() / cfg.batch_size).max(1) as u64;
+    if train_idx.len() < cfg.batch_size {
+        anyhow::bail!(
+            "only {} training images for batch size {}",
+            train_idx.len(),
+            cfg.batch_size
+        );
+    }
+    let plan = phases(cfg, steps_per_epoch);
+    let total = plan.last().map(|p| p.end()).unwrap_or(0);
+    let independent = match cfg.schedule {
+        super::Schedule::Independent => Some(cfg.independent_arch(space)?),
+        _ => None,
+    };
+
+    std::fs::create_dir_all(run)
+        .with_context(|| format!("{}: cannot create run directory", run.display()))?;
+    let metrics_path = run.join("metrics.jsonl");
+    let existing = checkpoint::list(run)?;
+    if !resume && (!existing.is_empty() || metrics_path.exists()) {
+        anyhow::bail!(
+            "{}: already holds a run (checkpoints or metrics); pass --resume to continue it or choose another --out",
+            run.display()
+        );
+    }
+    crate::util::write_text_atomic(&run.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
+    crate::util::write_text_atomic(&run.join("space.toml"), &space.to_toml())?;
+
+    let mut net: Supernet<B> = SupernetConfig::new(space.clone())
+        .with_seed(cfg.seed)
+        .init(device);
+    let mut sgd = Sgd::<B>::new(cfg.sgd.clone());
+    let mut teacher: Option<Supernet<B::InnerBackend>> = None;
+    let mut state = LoopState::default();
+    if let Some(latest) = existing.last().filter(|_| resume) {
+        let ck = checkpoint::load(latest)?;
+        net = net.load_tensor_map(&ck.weights).with_context(|| {
+            format!(
+                "{}: weights do not fit space '{}'",
+                latest.display(),
+                space.name
+            )
+        })?;
+        sgd.load_state(&ck.momentum, device);
+        if let Some(t) = &ck.teacher {
+            let skeleton: Supernet<B::InnerBackend> =
+                SupernetConfig::new(space.clone()).init(device);
+            teacher = Some(skeleton.load_tensor_map(t)?);
+        }
+        state = ck.state;
+        truncate_metrics(&metrics_path, state.step)?;
+        obs.note(&format!(
+            "resuming from {} (step {}/{total})",
+            latest.display(),
+            state.step
+        ));
+    } else if resume {
+        obs.note("no checkpoint found: starting from scratch");
+    }
+
+    let train_idx = Arc::new(train_idx);
+    let eval_data = EvalData::new(
+        dataset.clone(),
+        &train_idx,
+        SplitKind::Train,
+        val,
+        &cfg.eval,
+        cfg.seed,
+    );
+    let requests = Requests {
+        train: train_idx.clone(),
+        cfg: cfg.clone(),
+        space: space.clone(),
+        fixed_resolution: independent.as_ref().map(|a| a.r),
+        steps_per_epoch,
+        step: state.step,
+        end: total,
+        order: None,
+    };
+    let mut batches = Prefetcher::new(dataset.clone(), SplitKind::Train, requests);
+    let mut last: Option<EpochMetrics> = None;
+    let mut window = (Instant::now(), 0u64);
+
+    while state.step < total {
+        let pi = plan
+            .iter()
+            .position(|p| state.step < p.end())
+            .expect("step inside a phase");
+        let phase = &plan[pi];
+        if state.phase_started.is_none_or(|s| s < pi) {
+            obs.phase(phase);
+            if phase.reset_optimizer {
+                sgd.reset();
+            }
+            if phase.snapshot_teacher {
+                teacher = Some(net.valid());
+                obs.note(&format!(
+                    "phase '{}': the network trained so far is the teacher",
+                    phase.name
+                ));
+            }
+            if let Some(stage) = phase.sort_stage {
+                let (sorted, perms) = net.sort_channels(stage);
+                net = sorted;
+                let mut m = sgd.state(&net);
+                apply_permutations(&mut m, &perms);
+                sgd.load_state(&m, device);
+                obs.note(&format!(
+                    "phase '{}': channels sorted by importance (stage {stage})",
+                    phase.name
+                ));
+            }
+            state.phase_started = Some(pi);
+        }
+
+        let t0 = Instant::now();
+        let batch = batches.next().context("data loader ended early")??;
+        let (x, y) = batch_tensors::<B>(&batch, device);
+        let items = plan_step(
+            cfg,
+            space,
+            phase,
+            state.step,
+            steps_per_epoch,
+            independent.as_ref(),
+        );
+        <B as Backend>::seed(device, mix(cfg.seed, state.step, 2));
+        let (grads, loss) = step_gradients(&net, &items, x, y, teacher.as_ref(), cfg)
+            .with_context(|| format!("step {} (phase '{}')", state.step, phase.name))?;
+        let lr = phase.lr_at(state.step);
+        net = sgd.step(net, lr, grads);
+        state.step += 1;
+        let imgs = (batch.batch_size * items.len()) as u64;
+        state.images += imgs;
+        state.seconds += t0.elapsed().as_secs_f64();
+        state.epoch_loss_sum += loss;
+        state.epoch_loss_steps += 1;
+        window.1 += imgs;
+        let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+        if window.0.elapsed().as_secs_f64() > 30.0 {
+            window = (Instant::now(), 0);
+        }
+        let eps = items
+            .iter()
+            .find(|i| i.kd == Kd::InPlace)
+            .map(|i| i.scale)
+            .filter(|_| cfg.schedule == super::Schedule::Deps);
+        obs.step(&StepReport {
+            step: state.step,
+            total,
+            epoch: (state.step - 1) / steps_per_epoch,
+            step_in_epoch: (state.step - 1) % steps_per_epoch + 1,
+            steps_per_epoch,
+            phase: phase.name.clone(),
+            loss,
+            lr,
+            eps,
+            images_per_s: rate,
+        });
+
+        let epoch_end = state.step % steps_per_epoch == 0 || state.step == total;
+        if epoch_end {
+            let t_eval = Instant::now();
+            let inner = net.valid();
+            let mut val = BTreeMap::new();
+            for (label, arch) in reference_archs(space) {
+                let arch = match &independent {
+                    Some(a) if label == "max" => a.clone(),
+                    Some(_) => continue,
+                    None => arch,
+                };
+                let r = evaluate(&inner, &arch, &eval_data, &cfg.eval, device, &mut |d, t| {
+                    obs.eval(&label, d, t)
+                })?;
+                val.insert(
+                    if independent.is_some() {
+                        "arch".into()
+                    } else {
+                        label
+                    },
+                    r,
+                );
+            }
+            let m = EpochMetrics {
+                epoch: state.step as f64 / steps_per_epoch as f64,
+                step: state.step,
+                phase: phase.name.clone(),
+                lr,
+                train_loss: state.epoch_loss_sum / state.epoch_loss_steps.max(1) as f64,
+                images_per_s: state.images as f64 / state.seconds.max(1e-9),
+                train_seconds: state.seconds,
+                eval_seconds: t_eval.elapsed().as_secs_f64(),
+                val,
+            };
+            append_line(&metrics_path, &serde_json::to_string(&m)?)?;
+            obs.epoch_end(&m);
+            last = Some(m);
+            state.epoch_loss_sum = 0.0;
+            state.epoch_loss_steps = 0;
+        }
+        let stop = state.step < total && obs.stop_requested();
+        if epoch_end || stop || state.step % cfg.checkpoint_every == 0 {
+            save_checkpoint(run, &net, &sgd, teacher.as_ref(), &state)?;
+        }
+        if stop {
+            obs.note(&format!(
+                "stopped at step {}/{total}; continue with --resume",
+                state.step
+            ));
+            return Ok(TrainOutcome {
+                supernet: run.join("supernet.safetensors"),
+                last,
+                steps: state.step,
+                train_seconds: state.seconds,
+                images: state.images,
+                interrupted: true,
+            });
+        }
+    }
+    drop(batches);
+    let path = run.join("supernet.safetensors");
+    save_supernet(&net.valid(), &path)?;
+    if last.is_none() {
+        last = read_last_metrics(&metrics_path);
+    }
+    Ok(TrainOutcome {
+        supernet: path,
+        last,
+        steps: state.step,
+        train_seconds: state.seconds,
+        images: state.images,
+        interrupted: false,
+    })
+}
+
+fn read_last_metrics(path: &Path) -> Option<EpochMetrics> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .last()
+}
+
+fn save_checkpoint<B>(
+    run: &Path,
+    net: &Supernet<B>,
+    sgd: &Sgd<B>,
+    teacher: Option<&Supernet<B::InnerBackend>>,
+    state: &LoopState,
+) -> anyhow::Result<()>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    let ck = Checkpoint {
+        state: state.clone(),
+        weights: net.to_tensor_map(),
+        momentum: sgd.state(net),
+        teacher: teacher.map(|t| t.to_tensor_map()),
+    };
+    checkpoint::save(run, &ck, 2)?;
+    Ok(())
+}
