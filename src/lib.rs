@@ -4,8 +4,10 @@
 //! Modules follow the pipeline, and data flows one way:
 //! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`].
 
+pub mod cli;
 pub mod data;
 pub mod nn;
+pub mod search;
 pub mod space;
 pub mod train;
 pub mod util;

@@ -5,7 +5,7 @@ mod common;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use ofa::nn::{ElasticDepthwise, Init, Mode, OfaBackend, Supernet, extract};
+use ofa::nn::{ElasticDepthwise, Init, Mode, Supernet, extract};
 use ofa::space::{Arch, Space, preset};
 
 /// Plain-Rust depthwise convolution with zero padding `k / 2`.
@@ -355,5 +355,89 @@ fn keys_match_the_reference_checkpoint() {
     assert_eq!(ours.len(), want.len());
     for (a, b) in ours.iter().zip(&want) {
         assert_eq!(a, b);
+    }
+}
+
+/// The analytic gradient of a scalar loss through a whole subnet (fused
+/// kernels, slicing, kernel transforms, BN in training mode, SE, residuals)
+/// against central finite differences.
+#[test]
+fn subnet_gradients_match_finite_differences() {
+    use burn::module::Param;
+    use ofa::nn::TensorMap;
+    // ReLU's kink at 0 sits under many activations and makes finite
+    // differences of early weights unreliable; h-swish bends only at ±3.
+    let mut s = preset("tiny").unwrap();
+    s.first_block.act = ofa::space::Activation::HSwish;
+    for st in &mut s.stages {
+        st.act = ofa::space::Activation::HSwish;
+    }
+    let mut arch = Arch::max(&s).with_resolution(12);
+    arch.d = vec![2, 1, 2];
+    arch.ks = vec![3, 5, 7, 7, 3, 3, 5, 3, 3];
+    arch.e = vec![4, 6, 3, 3, 3, 3, 6, 4, 3];
+    let arch = arch.canonical(&s);
+    let base: Supernet<AB> = random_supernet(&s, 41);
+    let x = random_tensor::<AB, 4>([4, 3, 12, 12], 42);
+    let weights = random_tensor::<AB, 2>([4, 10], 43);
+    let loss_of = |net: &Supernet<AB>| -> burn::tensor::Tensor<AB, 1> {
+        (net.forward(x.clone(), &arch, Mode::Train) * weights.clone()).sum()
+    };
+    let grads = loss_of(&base).backward();
+    let names = base.param_names();
+    let mut analytic = std::collections::HashMap::new();
+    struct G<'a> {
+        g: &'a <AB as burn::tensor::backend::AutodiffBackend>::Gradients,
+        names: &'a std::collections::HashMap<burn::module::ParamId, String>,
+        out: &'a mut std::collections::HashMap<String, Vec<f32>>,
+    }
+    impl burn::module::ModuleVisitor<AB> for G<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<AB, D>>) {
+            if let (Some(g), Some(n)) = (p.val().grad(self.g), self.names.get(&p.id)) {
+                self.out.insert(n.clone(), to_vec(g));
+            }
+        }
+    }
+    burn::module::Module::visit(
+        &base,
+        &mut G {
+            g: &grads,
+            names: &names,
+            out: &mut analytic,
+        },
+    );
+    let map: TensorMap = base.to_tensor_map();
+    let probes = [
+        ("first_conv.conv.weight", 5),
+        ("blocks.0.conv.depth_conv.conv.weight", 7),
+        ("blocks.1.conv.inverted_bottleneck.conv.conv.weight", 20),
+        ("blocks.1.conv.depth_conv.conv.conv.weight", 24),
+        ("blocks.2.conv.depth_conv.conv.7to5_matrix", 3),
+        ("blocks.1.conv.depth_conv.conv.5to3_matrix", 10),
+        ("blocks.1.conv.depth_conv.bn.bn.weight", 2),
+        ("blocks.4.conv.depth_conv.se.fc.reduce.weight", 6),
+        ("blocks.4.conv.depth_conv.se.fc.expand.bias", 3),
+        ("blocks.7.conv.point_linear.conv.conv.weight", 11),
+        ("final_expand_layer.bn.bias", 4),
+        ("feature_mix_layer.conv.weight", 9),
+        ("classifier.linear.weight", 13),
+    ];
+    let loss_with = |key: &str, i: usize, delta: f32| -> f64 {
+        let mut m = map.clone();
+        m.get_mut(key).unwrap().data[i] += delta;
+        let net = base.clone().load_tensor_map(&m).unwrap();
+        to_vec(loss_of(&net))[0] as f64
+    };
+    // Batch norm over 4 images makes the loss strongly curved in early
+    // weights: a small step, and a tolerance with an absolute floor.
+    for (key, i) in probes {
+        let h = 1e-3f32;
+        let fd = (loss_with(key, i, h) - loss_with(key, i, -h)) / (2.0 * h as f64);
+        let an = analytic[key][i] as f64;
+        let tol = 0.1 * fd.abs().max(an.abs()) + 0.01;
+        assert!(
+            (fd - an).abs() <= tol,
+            "{key}[{i}]: finite difference {fd} vs analytic {an}"
+        );
     }
 }

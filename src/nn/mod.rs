@@ -30,7 +30,7 @@ pub use state::{
     HostTensor, StateError, TensorMap, load_supernet, read_safetensors, save_supernet,
     write_safetensors,
 };
-pub use subnet::{Subnet, SubnetBlock, extract};
+pub use subnet::{LayerConv, LayerModule, Subnet, SubnetBlock, extract};
 pub use supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
 use burn::tensor::Tensor;

@@ -11,7 +11,7 @@ use super::layers::{ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear}
 use super::supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 use crate::space::Space;
 use burn::module::{Param, ParamId, RunningState};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -23,7 +23,7 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    pub fn from_tensor<B: OfaBackend, const D: usize>(t: Tensor<B, D>) -> Self {
+    pub fn from_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
         let shape = t.dims().to_vec();
         let data = t
             .into_data()
@@ -33,7 +33,7 @@ impl HostTensor {
         HostTensor { shape, data }
     }
 
-    pub fn to_tensor<B: OfaBackend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         let shape: [usize; D] = self
             .shape
             .clone()

@@ -4,9 +4,10 @@
 //! copied — so that its output equals the supernet's for that arch.
 
 use super::OfaBackend;
-use super::layers::{ElasticBn, ElasticConv, activate, h_sigmoid};
+use super::layers::{ElasticBn, ElasticConv, activate, dropout, h_sigmoid};
 use super::state::{HostTensor, StateError, TensorMap};
 use super::supernet::{ConvBnAct, MbConv, Supernet};
+use super::{BnStats, Mode, kernels};
 use crate::space::{Activation, Arch, Space};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -200,15 +201,78 @@ pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     }
 }
 
+/// A burn `Conv2d` run with the fused kernels where they apply.
+fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [out, in_g, k, _] = c.weight.dims();
+    let cin = x.dims()[1];
+    if c.groups == cin && in_g == 1 && out == cin && c.bias.is_none() {
+        return kernels::depthwise(x, c.weight.val(), c.stride[0]);
+    }
+    if k == 1 && c.stride == [1, 1] && c.groups == 1 && c.bias.is_none() {
+        return kernels::pointwise(x, c.weight.val());
+    }
+    c.forward(x)
+}
+
+/// A burn `BatchNorm` with an explicit mode (burn's own picks its mode from
+/// the backend): running statistics in `Eval`, batch statistics (updating
+/// the running ones) in `Train`, batch statistics recorded in `Calibrate`.
+fn bn_forward<B: OfaBackend>(
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    mode: Mode<'_, B>,
+    name: &str,
+) -> Tensor<B, 4> {
+    let [n, _, h, w] = x.dims();
+    match mode {
+        Mode::Eval => {
+            let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
+            let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
+            kernels::channel_affine(x, scale, shift)
+        }
+        Mode::Train => {
+            let (y, mean, var) =
+                kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+            let count = n * h * w;
+            let unbias = if count > 1 {
+                count as f64 / (count - 1) as f64
+            } else {
+                1.0
+            };
+            let m = bn.momentum;
+            let rm = bn.running_mean.value_sync() * (1.0 - m) + mean.detach() * m;
+            let rv = bn.running_var.value_sync() * (1.0 - m) + var.detach() * (unbias * m);
+            bn.running_mean.update(rm);
+            bn.running_var.update(rv);
+            y
+        }
+        Mode::Calibrate(stats) => {
+            let (y, mean, var) =
+                kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+            stats.record(name, mean.detach(), var.detach(), n);
+            y
+        }
+    }
+}
+
 impl<B: OfaBackend> SubnetBlock<B> {
-    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`; `name` keys the BN
+    /// statistics during calibration.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>, name: &str) -> Tensor<B, 4> {
         let mut h = x.clone();
         if let (Some(c), Some(b)) = (&self.expand, &self.expand_bn) {
-            h = activate(b.forward(c.forward(h)), self.act);
+            h = activate(
+                bn_forward(b, conv_forward(c, h), mode, &format!("{name}.expand")),
+                self.act,
+            );
         }
         h = activate(
-            self.depthwise_bn.forward(self.depthwise.forward(h)),
+            bn_forward(
+                &self.depthwise_bn,
+                conv_forward(&self.depthwise, h),
+                mode,
+                &format!("{name}.depthwise"),
+            ),
             self.act,
         );
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
@@ -216,41 +280,96 @@ impl<B: OfaBackend> SubnetBlock<B> {
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
-        let h = self.project_bn.forward(self.project.forward(h));
+        let h = bn_forward(
+            &self.project_bn,
+            conv_forward(&self.project, h),
+            mode,
+            &format!("{name}.project"),
+        );
         if self.residual { h + x } else { h }
     }
 }
 
 impl<B: OfaBackend> Subnet<B> {
-    /// `x: [N, C_in, R, R]` → logits `[N, classes]`. BN runs in training
-    /// mode under an autodiff backend and uses stored statistics otherwise
-    /// (burn's convention for its own layers). Dropout is applied only by
-    /// training code, which calls [`Subnet::features`] and
-    /// [`Subnet::classify`] itself.
+    /// `x: [N, C_in, R, R]` → logits `[N, classes]` with stored BN
+    /// statistics (inference).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.classify(self.features(x))
+        self.forward_mode(x, Mode::Eval)
+    }
+
+    /// Forward with an explicit BN mode; dropout in `Train`.
+    pub fn forward_mode(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
+        self.classify(self.features(x, mode), mode)
     }
 
     /// Everything before global pooling.
-    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = activate(self.stem_bn.forward(self.stem.forward(x)), self.stem_act);
-        for b in &self.blocks {
-            x = b.forward(x);
+    pub fn features(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        let mut x = activate(
+            bn_forward(&self.stem_bn, conv_forward(&self.stem, x), mode, "stem"),
+            self.stem_act,
+        );
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward(x, mode, &format!("block{i}"));
         }
         if let (Some(c), Some(b)) = (&self.pre_pool, &self.pre_pool_bn) {
-            x = activate(b.forward(c.forward(x)), self.head_act);
+            x = activate(
+                bn_forward(b, conv_forward(c, x), mode, "pre_pool"),
+                self.head_act,
+            );
         }
         x
     }
 
-    /// Pooling, post-pool 1×1 conv and classifier.
-    pub fn classify(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    /// Pooling, post-pool 1×1 conv, dropout (in `Train`) and classifier.
+    pub fn classify(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
         let mut x = x.mean_dims(&[2, 3]);
         if let Some(c) = &self.post_pool {
             x = activate(c.forward(x), self.head_act);
         }
         let [n, c, _, _] = x.dims();
-        self.classifier.forward(x.reshape([n, c]))
+        self.classifier
+            .forward(dropout(x.reshape([n, c]), self.dropout, mode))
+    }
+
+    /// Every BN layer with the name used in calibration.
+    pub fn bn_layers(&self) -> Vec<(String, &BatchNorm<B>)> {
+        let mut v = vec![("stem".to_string(), &self.stem_bn)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            if let Some(e) = &b.expand_bn {
+                v.push((format!("block{i}.expand"), e));
+            }
+            v.push((format!("block{i}.depthwise"), &b.depthwise_bn));
+            v.push((format!("block{i}.project"), &b.project_bn));
+        }
+        if let Some(b) = &self.pre_pool_bn {
+            v.push(("pre_pool".to_string(), b));
+        }
+        v
+    }
+
+    /// Resets BN running statistics from `batches` (see `calibrate_bn`).
+    pub fn calibrate(
+        &self,
+        batches: impl IntoIterator<Item = Tensor<B, 4>>,
+    ) -> Result<(), super::CalibrationError> {
+        let stats = BnStats::<B>::new();
+        let mut seen = 0;
+        for x in batches {
+            seen += x.dims()[0];
+            let _ = self.features(x, Mode::Calibrate(&stats));
+        }
+        if seen == 0 {
+            return Err(super::CalibrationError::NoImages);
+        }
+        for (name, bn) in self.bn_layers() {
+            if let Some((m, v)) = stats.averaged(&name) {
+                bn.running_mean.update(m);
+                bn.running_var.update(v);
+                let _ = bn.running_mean.value_sync();
+                let _ = bn.running_var.value_sync();
+            }
+        }
+        Ok(())
     }
 
     /// Weights under the reference's static network keys
@@ -407,5 +526,126 @@ impl<B: OfaBackend> Subnet<B> {
         );
         self.classifier.bias = Some(Param::from_tensor(t1("classifier.linear.bias")));
         self
+    }
+}
+
+/// One operator of a subnet, built on its own with random weights, to time
+/// it (the latency lookup table).
+#[derive(Debug)]
+pub enum LayerModule<B: OfaBackend> {
+    Conv(LayerConv<B>),
+    Block(SubnetBlock<B>),
+    Pool,
+    Linear(burn::nn::Linear<B>),
+}
+
+/// Conv (+ BN) + activation.
+#[derive(Debug)]
+pub struct LayerConv<B: OfaBackend> {
+    pub conv: Conv2d<B>,
+    pub bn: Option<BatchNorm<B>>,
+    pub act: Activation,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn random_conv<B: OfaBackend>(
+    init: &mut super::Init,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let w = init.normal([cout, cin / groups, k, k], 0.1, device);
+    let b = bias.then(|| Tensor::zeros([cout], device));
+    conv(w, b, stride, groups, device)
+}
+
+fn fresh_bn<B: OfaBackend>(c: usize, device: &B::Device) -> BatchNorm<B> {
+    BatchNormConfig::new(c).init(device)
+}
+
+impl<B: OfaBackend> LayerModule<B> {
+    /// A module running `layer`, and the input shape it takes.
+    pub fn new(layer: &crate::space::Layer, device: &B::Device) -> (Self, [usize; 4]) {
+        use crate::space::Layer;
+        let mut init = super::Init::new(1);
+        match *layer {
+            Layer::Conv {
+                in_res,
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                bn,
+                act,
+            } => (
+                LayerModule::Conv(LayerConv {
+                    conv: random_conv(&mut init, in_ch, out_ch, kernel, stride, 1, false, device),
+                    bn: bn.then(|| fresh_bn(out_ch, device)),
+                    act,
+                }),
+                [1, in_ch, in_res, in_res],
+            ),
+            Layer::MbConv {
+                in_res,
+                in_ch,
+                out_ch,
+                mid,
+                expand,
+                kernel,
+                stride,
+                se_mid,
+                act,
+                residual,
+            } => {
+                let block = SubnetBlock {
+                    expand: expand
+                        .then(|| random_conv(&mut init, in_ch, mid, 1, 1, 1, false, device)),
+                    expand_bn: expand.then(|| fresh_bn(mid, device)),
+                    depthwise: random_conv(&mut init, mid, mid, kernel, stride, mid, false, device),
+                    depthwise_bn: fresh_bn(mid, device),
+                    se_reduce: se_mid
+                        .map(|s| random_conv(&mut init, mid, s, 1, 1, 1, true, device)),
+                    se_expand: se_mid
+                        .map(|s| random_conv(&mut init, s, mid, 1, 1, 1, true, device)),
+                    project: random_conv(&mut init, mid, out_ch, 1, 1, 1, false, device),
+                    project_bn: fresh_bn(out_ch, device),
+                    act,
+                    residual,
+                };
+                (LayerModule::Block(block), [1, in_ch, in_res, in_res])
+            }
+            Layer::Pool { in_res, ch } => (LayerModule::Pool, [1, ch, in_res, in_res]),
+            Layer::Linear { in_f, out_f } => (
+                LayerModule::Linear(burn::nn::LinearConfig::new(in_f, out_f).init(device)),
+                [1, in_f, 1, 1],
+            ),
+        }
+    }
+
+    /// Runs the operator (inference mode) on `x` of the shape [`Self::new`]
+    /// returned, with the batch size of `x`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            LayerModule::Conv(c) => {
+                let y = conv_forward(&c.conv, x);
+                let y = match &c.bn {
+                    Some(bn) => bn_forward(bn, y, Mode::Eval, ""),
+                    None => y,
+                };
+                activate(y, c.act)
+            }
+            LayerModule::Block(b) => b.forward(x, Mode::Eval, ""),
+            LayerModule::Pool => x.mean_dims(&[2, 3]),
+            LayerModule::Linear(l) => {
+                let [n, c, _, _] = x.dims();
+                let y = l.forward(x.reshape([n, c]));
+                let o = y.dims()[1];
+                y.reshape([n, o, 1, 1])
+            }
+        }
     }
 }

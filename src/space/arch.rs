@@ -20,6 +20,46 @@ pub struct Arch {
     pub r: usize,
 }
 
+/// Serialised in the reference form `{"ks", "e", "d", "r"}`; reading it back
+/// checks only the shape, [`Arch::from_json`] validates against a space.
+impl Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Reference<'a> {
+            ks: &'a [usize],
+            e: &'a [usize],
+            d: &'a [usize],
+            r: usize,
+        }
+        Reference {
+            ks: &self.ks,
+            e: &self.e,
+            d: &self.d,
+            r: self.r,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Arch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Reference {
+            ks: Vec<usize>,
+            e: Vec<usize>,
+            d: Vec<usize>,
+            r: usize,
+        }
+        let r = Reference::deserialize(d)?;
+        Ok(Arch {
+            ks: r.ks,
+            e: r.e,
+            d: r.d,
+            r: r.r,
+        })
+    }
+}
+
 /// Why an architecture does not belong to a space.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArchError {

@@ -256,6 +256,8 @@ pub struct TrainConfig {
     pub warmup_epochs: f64,
     pub label_smoothing: f64,
     pub kd_ratio: f64,
+    /// Random crop and flip of training images (off: resize only).
+    pub augment: bool,
     /// Checkpoint every this many steps (and at every epoch end).
     pub checkpoint_every: u64,
     pub sgd: SgdConfig,
@@ -293,6 +295,7 @@ impl TrainConfig {
             warmup_epochs: 0.25,
             label_smoothing: 0.1,
             kd_ratio: 1.0,
+            augment: true,
             checkpoint_every: 200,
             sgd: SgdConfig::default(),
             deps: DepsConfig::default(),

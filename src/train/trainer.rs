@@ -137,7 +137,11 @@ impl Iterator for Requests {
         let req = BatchRequest {
             indices,
             resolution,
-            augment: Augment::Train,
+            augment: if self.cfg.augment {
+                Augment::Train
+            } else {
+                Augment::None
+            },
             seed: batch_seed(self.cfg.seed, epoch, self.step),
         };
         self.step += 1;

@@ -1,0 +1,343 @@
+//! `ofa train` and `ofa eval`.
+
+use super::progress::{TrainProgress, interrupt_flag};
+use super::{Cpu, CpuTrain, print_json};
+use crate::data::{Dataset, DatasetSpec, SplitKind, load};
+use crate::nn::load_supernet;
+use crate::space::{Arch, Space};
+use crate::train::{self, EvalData, Schedule, TrainConfig, reference_epochs};
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Search space: preset name or TOML file.
+    #[arg(long, default_value = "mbv3-28-lite")]
+    space: String,
+    /// Dataset (see `ofa data check --help`).
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// ps, deps, sandwich or independent (default: deps, or the preset's).
+    #[arg(long)]
+    schedule: Option<Schedule>,
+    /// Architecture of an `independent` run (JSON, either form; or max/min).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Total epochs over all phases.
+    #[arg(long, conflicts_with = "budget")]
+    epochs: Option<f64>,
+    /// Fraction of the reference (ImageNet) epochs: ps 610, deps 270,
+    /// sandwich 400, independent 180.
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Named training preset: `quick` (the README's main job) or `reference`.
+    #[arg(long)]
+    preset: Option<String>,
+    /// TOML file with any subset of the training configuration.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory (config, checkpoints, metrics, final supernet).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Cap on training images after the validation hold-out.
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Validation images held out of the training set.
+    #[arg(long)]
+    val_size: Option<usize>,
+    /// No progress bars (one line per epoch).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Deep-merges `over` into `base` (tables recursively, other values replaced).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Applies a partial TOML configuration on top of `cfg`; unknown keys are
+/// errors naming the file.
+fn apply_toml(cfg: &TrainConfig, text: &str, source: &str) -> anyhow::Result<TrainConfig> {
+    let mut base = toml::Value::try_from(cfg)?;
+    let over: toml::Value =
+        toml::from_str(text).with_context(|| format!("{source}: not valid TOML"))?;
+    merge(&mut base, over);
+    base.try_into::<TrainConfig>()
+        .with_context(|| format!("{source}: not a training configuration"))
+}
+
+/// The `quick` preset: DϵpS sized to train in about ten minutes on a
+/// 2-core CPU (see BENCHMARKS.md).
+const QUICK: &str = r#"
+schedule = "deps"
+epochs = 3.0
+batch_size = 64
+max_train_images = 30000
+lr = 0.1
+warmup_epochs = 0.1
+[deps]
+full_model_fraction = 0.5
+subnets_per_step = 4
+eps_ramp_epochs = 0.5
+[eval]
+calib_images = 1000
+max_images = 2000
+"#;
+
+fn preset_toml(name: &str) -> anyhow::Result<&'static str> {
+    match name {
+        "quick" => Ok(QUICK),
+        "reference" => Ok("batch_size = 64\nlr = 0.1\n"),
+        other => anyhow::bail!("unknown training preset '{other}' (quick, reference)"),
+    }
+}
+
+/// Loads the dataset and fits the space's input channels and classes to it.
+pub fn load_data_for(space: &mut Space, data: &str) -> anyhow::Result<Arc<Dataset>> {
+    let spec: DatasetSpec = data.parse()?;
+    let ds = load(&spec)?;
+    if space.in_channels != ds.channels || space.num_classes != ds.classes.len() {
+        eprintln!(
+            "space '{}' adapted to {}: {} input channel(s), {} classes",
+            space.name,
+            ds.name,
+            ds.channels,
+            ds.classes.len()
+        );
+        space.in_channels = ds.channels;
+        space.num_classes = ds.classes.len();
+    }
+    Ok(Arc::new(ds))
+}
+
+fn resolve_config(a: &TrainArgs, space: &Space) -> anyhow::Result<TrainConfig> {
+    let mut cfg = TrainConfig::new(a.schedule.unwrap_or(Schedule::Deps), space, &a.data);
+    if let Some(p) = &a.preset {
+        cfg = apply_toml(&cfg, preset_toml(p)?, &format!("preset '{p}'"))?;
+        if p == "reference" {
+            cfg.epochs = reference_epochs(cfg.schedule, &cfg.ps);
+        }
+    }
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        cfg = apply_toml(&cfg, &text, &path.display().to_string())?;
+    }
+    // Explicit flags win over presets and files.
+    if let Some(s) = a.schedule {
+        cfg.schedule = s;
+    }
+    cfg.data = a.data.clone();
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = a.budget {
+        cfg.epochs = b * reference_epochs(cfg.schedule, &cfg.ps);
+    }
+    if let Some(v) = a.max_train_images {
+        cfg.max_train_images = v;
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = a.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        cfg.lr = v;
+    }
+    if let Some(v) = a.val_size {
+        cfg.val_size = v;
+    }
+    if let Some(arch) = &a.arch {
+        cfg.arch = Some(Arch::parse_arg(arch, space)?.to_reference_json());
+    }
+    Ok(cfg)
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let (cfg, space, ds) = if a.resume && a.out.join("config.toml").exists() {
+        let read = |name: &str| {
+            let p = a.out.join(name);
+            std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
+        };
+        let cfg: TrainConfig =
+            toml::from_str(&read("config.toml")?).context("config.toml of the run")?;
+        let mut space = Space::from_toml(&read("space.toml")?).context("space.toml of the run")?;
+        let ds = load_data_for(&mut space, &cfg.data)?;
+        (cfg, space, ds)
+    } else {
+        let mut space = Space::resolve(&a.space)?;
+        let ds = load_data_for(&mut space, &a.data)?;
+        (resolve_config(&a, &space)?, space, ds)
+    };
+    eprintln!(
+        "training {} on {} with schedule {} for {} epochs into {}",
+        space.name,
+        ds.name,
+        cfg.schedule,
+        cfg.epochs,
+        a.out.display()
+    );
+    let device = Default::default();
+    let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
+    let out = train::train::<CpuTrain>(&cfg, &space, ds, &a.out, a.resume, &device, &mut progress)?;
+    if out.interrupted {
+        eprintln!(
+            "interrupted after step {}; resume with: ofa train --out {} --resume",
+            out.steps,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "done: {} steps, {:.0} s training, {} images; supernet: {}",
+        out.steps,
+        out.train_seconds,
+        out.images,
+        out.supernet.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Supernet file (safetensors written by `ofa train` or `ofa import`).
+    #[arg(long)]
+    supernet: PathBuf,
+    /// `max`, `min`, or an architecture JSON file.
+    #[arg(long, default_value = "max")]
+    arch: String,
+    /// Override the architecture's resolution.
+    #[arg(long)]
+    resolution: Option<usize>,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// `val` (the hold-out of the training set) or `test`.
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Hold-out size and seed (default: from the run's config.toml beside
+    /// the supernet, else 5000 and 0).
+    #[arg(long)]
+    val_size: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 2000)]
+    calib_images: usize,
+    #[arg(long, default_value_t = 200)]
+    calib_batch: usize,
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Cap on evaluated images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_images: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The training configuration saved beside a supernet, if any.
+pub fn run_config_near(supernet: &Path) -> Option<TrainConfig> {
+    let dir = supernet.parent()?;
+    toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).ok()?).ok()
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let net = load_supernet::<Cpu>(&a.supernet, None, &device)?;
+    let space = net.space.clone();
+    let mut data_space = space.clone();
+    let ds = load_data_for(&mut data_space, &a.data)?;
+    if data_space != space {
+        anyhow::bail!(
+            "{}: supernet expects {} channel(s) and {} classes, dataset {} has {} and {}",
+            a.supernet.display(),
+            space.in_channels,
+            space.num_classes,
+            ds.name,
+            ds.channels,
+            ds.classes.len()
+        );
+    }
+    let mut arch = Arch::parse_arg(&a.arch, &space)?;
+    if let Some(r) = a.resolution {
+        arch.r = r;
+        arch.validate(&space)?;
+    }
+    let run_cfg = run_config_near(&a.supernet);
+    let mut cfg = run_cfg
+        .clone()
+        .unwrap_or_else(|| TrainConfig::new(Schedule::Deps, &space, &a.data));
+    if let Some(v) = a.val_size {
+        cfg.val_size = v;
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    let eval_cfg = train::EvalConfig {
+        calib_images: a.calib_images,
+        calib_batch: a.calib_batch,
+        batch: a.batch,
+        max_images: a.max_images,
+    };
+    let (val, train_idx) = train::split_indices(&cfg, &ds)?;
+    let (split, eval_idx) = match a.split.as_str() {
+        "val" => (SplitKind::Train, val),
+        "test" => (SplitKind::Test, (0..ds.test.len()).collect()),
+        other => anyhow::bail!("unknown split '{other}' (val, test)"),
+    };
+    let data = EvalData::new(ds.clone(), &train_idx, split, eval_idx, &eval_cfg, cfg.seed);
+    let pb = indicatif::ProgressBar::new(data.eval.len() as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} ({elapsed} < {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t = std::time::Instant::now();
+    let r = train::evaluate(&net, &arch, &data, &eval_cfg, &device, &mut |d, _| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    let cost = arch.cost(&space);
+    if a.json {
+        return print_json(&serde_json::json!({
+            "arch": arch.to_reference_json(), "split": a.split, "top1": r.top1, "top5": r.top5,
+            "loss": r.loss, "images": r.images, "mflops": cost.mflops(), "mparams": cost.mparams(),
+            "seconds": t.elapsed().as_secs_f64(),
+        }));
+    }
+    println!("{arch}");
+    println!(
+        "{} split, {} images: top-1 {:.2}%, top-5 {:.2}%, loss {:.4} ({:.2} MFLOPs, {:.3} M params, {:.1} s)",
+        a.split,
+        r.images,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.loss,
+        cost.mflops(),
+        cost.mparams(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

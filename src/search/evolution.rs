@@ -1,0 +1,534 @@
+//! Evolutionary search (DESIGN §6): a population of subnets that satisfy a
+//! scenario's constraints, improved by mutation and crossover, ranked by
+//! the accuracy predictor. Many scenarios run in one call.
+
+use super::latency::{FastCost, LatencyTable};
+use crate::space::{Arch, Layer, Space};
+use anyhow::Context;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// An efficiency measure of a subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Milliseconds, from a latency lookup table.
+    Latency,
+    /// Multiply-adds, in millions.
+    Flops,
+    /// Parameters, in millions.
+    Params,
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Latency => "latency",
+            Metric::Flops => "flops",
+            Metric::Params => "params",
+        })
+    }
+}
+
+impl Metric {
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Metric::Latency => "ms",
+            Metric::Flops => "MFLOPs",
+            Metric::Params => "M params",
+        }
+    }
+}
+
+/// `metric <= limit` (latency in ms, FLOPs and params in millions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub metric: Metric,
+    pub limit: f64,
+}
+
+impl FromStr for Constraint {
+    type Err = anyhow::Error;
+    /// `latency<=4ms`, `latency<=800us`, `flops<=30M`, `flops<=1.2G`,
+    /// `params<=500K`, `params<=1.5M` (a bare number is ms / millions).
+    fn from_str(s: &str) -> anyhow::Result<Constraint> {
+        let bad = || {
+            anyhow::anyhow!(
+                "constraint '{s}': expected METRIC<=VALUE, e.g. latency<=4ms, flops<=30M, params<=1.5M"
+            )
+        };
+        let (name, value) = s.split_once("<=").ok_or_else(bad)?;
+        let metric = match name.trim().to_ascii_lowercase().as_str() {
+            "latency" | "lat" => Metric::Latency,
+            "flops" | "macs" | "mflops" => Metric::Flops,
+            "params" | "parameters" => Metric::Params,
+            _ => return Err(bad()),
+        };
+        let v = value.trim().to_ascii_lowercase();
+        let split = v
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+            .unwrap_or(v.len());
+        let (num, unit) = v.split_at(split);
+        let x: f64 = num.parse().map_err(|_| bad())?;
+        let scale = match (metric, unit.trim()) {
+            (Metric::Latency, "" | "ms") => 1.0,
+            (Metric::Latency, "us" | "µs") => 1e-3,
+            (Metric::Latency, "s") => 1e3,
+            (Metric::Flops | Metric::Params, "" | "m" | "mflops") => 1.0,
+            (Metric::Flops | Metric::Params, "k") => 1e-3,
+            (Metric::Flops | Metric::Params, "g" | "gflops") => 1e3,
+            _ => return Err(bad()),
+        };
+        if !(x > 0.0) {
+            return Err(bad());
+        }
+        Ok(Constraint {
+            metric,
+            limit: x * scale,
+        })
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}<={}{}",
+            self.metric,
+            self.limit,
+            match self.metric {
+                Metric::Latency => "ms",
+                _ => "M",
+            }
+        )
+    }
+}
+
+/// A deployment scenario: a device (its latency table, if latency is
+/// constrained) and budgets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    /// Latency lookup table of the device (JSON file).
+    #[serde(default)]
+    pub lut: Option<String>,
+    pub constraints: Vec<String>,
+}
+
+/// A scenarios file: `[[scenario]]` tables.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ScenarioFile {
+    pub scenario: Vec<Scenario>,
+}
+
+/// Evolution settings (the reference's defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvoConfig {
+    pub population: usize,
+    pub parent_ratio: f64,
+    pub mutation_ratio: f64,
+    /// Probability to resample a block's (k, e) and a stage's depth.
+    pub mutate_prob: f64,
+    pub resolution_mutate_prob: f64,
+    pub generations: usize,
+    /// Draws allowed to find one subnet meeting the constraints.
+    pub max_tries: usize,
+    pub seed: u64,
+}
+
+impl Default for EvoConfig {
+    fn default() -> Self {
+        EvoConfig {
+            population: 100,
+            parent_ratio: 0.25,
+            mutation_ratio: 0.5,
+            mutate_prob: 0.1,
+            resolution_mutate_prob: 0.5,
+            generations: 500,
+            max_tries: 10_000,
+            seed: 0,
+        }
+    }
+}
+
+/// A subnet with its predicted accuracy and efficiency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub arch: Arch,
+    pub accuracy: f64,
+    pub mflops: f64,
+    pub mparams: f64,
+    pub latency_ms: Option<f64>,
+}
+
+impl Candidate {
+    pub fn value(&self, m: Metric) -> Option<f64> {
+        match m {
+            Metric::Latency => self.latency_ms,
+            Metric::Flops => Some(self.mflops),
+            Metric::Params => Some(self.mparams),
+        }
+    }
+}
+
+/// Efficiency of subnets: FLOPs and params always, latency with a LUT.
+pub struct Efficiency {
+    flops: FastCost,
+    params: FastCost,
+    latency: Option<FastCost>,
+}
+
+impl Efficiency {
+    pub fn new(space: &Space, lut: Option<&LatencyTable>) -> anyhow::Result<Efficiency> {
+        let flops = FastCost::new(space, &|l: &Layer| Ok(l.cost().macs as f64 / 1e6))?;
+        let params = FastCost::new(space, &|l: &Layer| Ok(l.cost().params as f64 / 1e6))?;
+        let latency = match lut {
+            Some(t) => {
+                if t.space.blocks() != space.blocks() || t.space.resolutions != space.resolutions {
+                    anyhow::bail!(
+                        "the latency table was measured for space '{}', not '{}'",
+                        t.space.name,
+                        space.name
+                    );
+                }
+                Some(FastCost::new(space, &|l: &Layer| {
+                    t.entries.get(&l.key()).map(|x| x.median_ms).ok_or_else(|| {
+                        anyhow::anyhow!("layer '{}' missing from the latency table", l.key())
+                    })
+                })?)
+            }
+            None => None,
+        };
+        Ok(Efficiency {
+            flops,
+            params,
+            latency,
+        })
+    }
+
+    pub fn has_latency(&self) -> bool {
+        self.latency.is_some()
+    }
+
+    fn measure(&self, arch: &Arch) -> (f64, f64, Option<f64>) {
+        (
+            self.flops.cost(arch),
+            self.params.cost(arch),
+            self.latency.as_ref().map(|l| l.cost(arch)),
+        )
+    }
+
+    fn ok(&self, arch: &Arch, cs: &[Constraint]) -> bool {
+        let (f, p, l) = self.measure(arch);
+        cs.iter().all(|c| match c.metric {
+            Metric::Flops => f <= c.limit,
+            Metric::Params => p <= c.limit,
+            Metric::Latency => l.is_some_and(|l| l <= c.limit),
+        })
+    }
+}
+
+/// The outcome of one scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub scenario: String,
+    pub constraints: Vec<Constraint>,
+    pub best: Candidate,
+    /// Best predicted accuracy after each generation.
+    pub history: Vec<f64>,
+    pub seconds: f64,
+    /// Every subnet the search scored (for Pareto fronts).
+    #[serde(skip)]
+    pub visited: Vec<Candidate>,
+}
+
+struct Evolver<'a> {
+    space: &'a Space,
+    eff: &'a Efficiency,
+    constraints: &'a [Constraint],
+    cfg: &'a EvoConfig,
+    rng: ChaCha8Rng,
+}
+
+impl Evolver<'_> {
+    fn random(&mut self) -> Option<Arch> {
+        (0..self.cfg.max_tries)
+            .map(|_| Arch::sample(self.space, &mut self.rng))
+            .find(|a| self.eff.ok(a, self.constraints))
+    }
+
+    fn pick(&mut self, v: &[usize]) -> usize {
+        v[self.rng.random_range(0..v.len())]
+    }
+
+    fn mutate(&mut self, parent: &Arch) -> Option<Arch> {
+        let s = self.space;
+        for _ in 0..self.cfg.max_tries {
+            let mut a = parent.clone();
+            if self.rng.random::<f64>() < self.cfg.resolution_mutate_prob {
+                a.r = self.pick(&s.resolutions);
+            }
+            for b in 0..a.ks.len() {
+                if self.rng.random::<f64>() < self.cfg.mutate_prob {
+                    a.ks[b] = self.pick(&s.kernel_choices);
+                    a.e[b] = self.pick(&s.expand_choices);
+                }
+            }
+            for st in 0..a.d.len() {
+                if self.rng.random::<f64>() < self.cfg.mutate_prob {
+                    a.d[st] = self.pick(&s.stage_depths(st));
+                }
+            }
+            let a = a.canonical(s);
+            if self.eff.ok(&a, self.constraints) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    fn crossover(&mut self, p1: &Arch, p2: &Arch) -> Option<Arch> {
+        for _ in 0..self.cfg.max_tries {
+            let mut a = p1.clone();
+            let coin = |rng: &mut ChaCha8Rng| rng.random::<bool>();
+            for b in 0..a.ks.len() {
+                if coin(&mut self.rng) {
+                    a.ks[b] = p2.ks[b];
+                }
+                if coin(&mut self.rng) {
+                    a.e[b] = p2.e[b];
+                }
+            }
+            for st in 0..a.d.len() {
+                if coin(&mut self.rng) {
+                    a.d[st] = p2.d[st];
+                }
+            }
+            if coin(&mut self.rng) {
+                a.r = p2.r;
+            }
+            let a = a.canonical(self.space);
+            if self.eff.ok(&a, self.constraints) {
+                return Some(a);
+            }
+        }
+        None
+    }
+}
+
+/// Runs the evolutionary search for one scenario. `predict` gives predicted
+/// accuracies of a batch of architectures.
+pub fn evolve(
+    space: &Space,
+    eff: &Efficiency,
+    name: &str,
+    constraints: &[Constraint],
+    predict: &dyn Fn(&[Arch]) -> Vec<f64>,
+    cfg: &EvoConfig,
+) -> anyhow::Result<SearchResult> {
+    let t = std::time::Instant::now();
+    if constraints.iter().any(|c| c.metric == Metric::Latency) && !eff.has_latency() {
+        anyhow::bail!("scenario '{name}' constrains latency but has no latency table (lut)");
+    }
+    let mut ev = Evolver {
+        space,
+        eff,
+        constraints,
+        cfg,
+        rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+    };
+    let smallest = Arch::min(space);
+    if !eff.ok(&smallest, constraints) {
+        let (f, p, l) = eff.measure(&smallest);
+        anyhow::bail!(
+            "scenario '{name}': no subnet can meet {}: the smallest has {f:.2} MFLOPs, {p:.3} M params{}",
+            constraints
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.map(|l| format!(", {l:.3} ms")).unwrap_or_default()
+        );
+    }
+    let score = |archs: Vec<Arch>| -> Vec<Candidate> {
+        let acc = predict(&archs);
+        archs
+            .into_iter()
+            .zip(acc)
+            .map(|(arch, accuracy)| {
+                let (f, p, l) = eff.measure(&arch);
+                Candidate {
+                    arch,
+                    accuracy,
+                    mflops: f,
+                    mparams: p,
+                    latency_ms: l,
+                }
+            })
+            .collect()
+    };
+    let mut first = Vec::with_capacity(cfg.population);
+    for _ in 0..cfg.population {
+        // Fall back on the smallest subnet when sampling rarely satisfies
+        // a tight budget.
+        first.push(ev.random().unwrap_or_else(|| smallest.clone()));
+    }
+    let mut population = score(first);
+    let mut visited = population.clone();
+    let n_parents = ((cfg.parent_ratio * cfg.population as f64).round() as usize).max(1);
+    let n_mutate = (cfg.mutation_ratio * cfg.population as f64).round() as usize;
+    let mut history = Vec::with_capacity(cfg.generations);
+    let mut best = population[0].clone();
+    for _ in 0..cfg.generations {
+        population.sort_by(|a, b| b.accuracy.total_cmp(&a.accuracy));
+        population.truncate(n_parents);
+        if population[0].accuracy > best.accuracy {
+            best = population[0].clone();
+        }
+        history.push(best.accuracy);
+        let mut children = Vec::with_capacity(cfg.population);
+        for i in 0..cfg.population {
+            let p1 = population[ev.rng.random_range(0..population.len())]
+                .arch
+                .clone();
+            let child = if i < n_mutate {
+                ev.mutate(&p1)
+            } else {
+                let p2 = population[ev.rng.random_range(0..population.len())]
+                    .arch
+                    .clone();
+                ev.crossover(&p1, &p2)
+            };
+            if let Some(c) = child {
+                children.push(c);
+            }
+        }
+        let scored = score(children);
+        visited.extend(scored.iter().cloned());
+        population.extend(scored);
+    }
+    population.sort_by(|a, b| b.accuracy.total_cmp(&a.accuracy));
+    if population[0].accuracy > best.accuracy {
+        best = population[0].clone();
+    }
+    Ok(SearchResult {
+        scenario: name.to_string(),
+        constraints: constraints.to_vec(),
+        best,
+        history,
+        seconds: t.elapsed().as_secs_f64(),
+        visited,
+    })
+}
+
+/// Parses constraint strings, naming the scenario on error.
+pub fn parse_constraints(name: &str, cs: &[String]) -> anyhow::Result<Vec<Constraint>> {
+    cs.iter()
+        .map(|c| {
+            c.parse::<Constraint>()
+                .with_context(|| format!("scenario '{name}'"))
+        })
+        .collect()
+}
+
+/// Indices of the points on the Pareto front: no other point is at least as
+/// efficient and strictly more accurate (or vice versa). Sorted by cost.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..points.len()).collect();
+    idx.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+    });
+    let mut front = Vec::new();
+    let mut best = f64::NEG_INFINITY;
+    for i in idx {
+        if points[i].1 > best {
+            best = points[i].1;
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// A sample of the space for the background of a Pareto plot.
+pub fn random_population(space: &Space, n: usize, seed: u64) -> Vec<Arch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| Arch::sample(space, &mut rng)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::preset;
+
+    #[test]
+    fn constraints_parse_with_units() {
+        let c: Constraint = "latency<=4ms".parse().unwrap();
+        assert_eq!((c.metric, c.limit), (Metric::Latency, 4.0));
+        let c: Constraint = "latency<=800us".parse().unwrap();
+        assert!((c.limit - 0.8).abs() < 1e-12);
+        let c: Constraint = "flops<=1.2G".parse().unwrap();
+        assert_eq!((c.metric, c.limit), (Metric::Flops, 1200.0));
+        let c: Constraint = "params<=500K".parse().unwrap();
+        assert!((c.limit - 0.5).abs() < 1e-12);
+        assert!("speed<=3".parse::<Constraint>().is_err());
+        assert!("flops<=abc".parse::<Constraint>().is_err());
+    }
+
+    #[test]
+    fn pareto_front_of_known_points() {
+        let pts = [(1.0, 0.5), (2.0, 0.4), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9)];
+        assert_eq!(pareto_front(&pts), vec![0, 2, 4]);
+    }
+
+    /// A toy predictor with a known optimum under a FLOPs budget: accuracy
+    /// grows with FLOPs, so the optimum is the most expensive feasible arch.
+    #[test]
+    fn finds_a_known_optimum_and_respects_constraints() {
+        let s = preset("tiny").unwrap();
+        let eff = Efficiency::new(&s, None).unwrap();
+        // Score: count of k=7 blocks (a separable, known optimum when FLOPs
+        // are unconstrained: every block active with k=7).
+        let predict = |archs: &[Arch]| -> Vec<f64> {
+            archs
+                .iter()
+                .map(|a| {
+                    a.active_blocks(&s)
+                        .iter()
+                        .filter(|(_, k, _)| *k == 7)
+                        .count() as f64
+                        / 9.0
+                })
+                .collect()
+        };
+        let cfg = EvoConfig {
+            generations: 60,
+            ..EvoConfig::default()
+        };
+        let r = evolve(&s, &eff, "free", &[], &predict, &cfg).unwrap();
+        assert_eq!(r.best.accuracy, 1.0, "{:?}", r.best.arch);
+        let limit = 2.0;
+        let cs = vec![Constraint {
+            metric: Metric::Flops,
+            limit,
+        }];
+        let r1 = evolve(&s, &eff, "budget", &cs, &predict, &cfg).unwrap();
+        assert!(r1.best.mflops <= limit);
+        assert!(r1.visited.iter().all(|c| c.mflops <= limit));
+        let r2 = evolve(&s, &eff, "budget", &cs, &predict, &cfg).unwrap();
+        assert_eq!(r1.best, r2.best, "same seed ⇒ same result");
+        let impossible = vec![Constraint {
+            metric: Metric::Flops,
+            limit: 0.001,
+        }];
+        let e = evolve(&s, &eff, "tight", &impossible, &predict, &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("smallest"), "{e}");
+    }
+}

@@ -1,0 +1,336 @@
+//! Efficiency models (DESIGN §6): exact FLOPs and parameters, and a latency
+//! lookup table measured on the machine where `ofa profile` runs — every
+//! distinct layer configuration of the space timed on its own, summed per
+//! subnet — checked against end-to-end timings of real extracted subnets.
+
+use crate::nn::{LayerModule, OfaBackend, Subnet};
+use crate::space::{Arch, Layer, Space, layers};
+use anyhow::Context;
+use burn::tensor::{Distribution, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+/// Timing statistics of repeated runs, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    pub reps: usize,
+}
+
+impl Timing {
+    fn from_samples(mut ms: Vec<f64>) -> Timing {
+        ms.sort_by(f64::total_cmp);
+        let q = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+        Timing {
+            median_ms: q(0.5),
+            p10_ms: q(0.1),
+            p90_ms: q(0.9),
+            reps: ms.len(),
+        }
+    }
+}
+
+/// How to time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileConfig {
+    pub batch: usize,
+    pub warmup: usize,
+    pub reps: usize,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            batch: 1,
+            warmup: 5,
+            reps: 30,
+        }
+    }
+}
+
+/// LUT prediction against measurement on sampled subnets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LutValidation {
+    pub subnets: usize,
+    /// Mean and largest |predicted − measured| / measured, in percent.
+    pub mean_abs_error_pct: f64,
+    pub max_abs_error_pct: f64,
+    /// Rank agreement of predicted and measured latencies.
+    pub kendall_tau: f64,
+    /// (reference arch JSON, predicted ms, measured ms).
+    pub samples: Vec<(serde_json::Value, f64, f64)>,
+}
+
+/// Per-layer latencies of one device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTable {
+    pub format: String,
+    /// Where it was measured: CPU model and threads, backend.
+    pub device: String,
+    pub backend: String,
+    pub threads: usize,
+    pub config: ProfileConfig,
+    pub space: Space,
+    pub entries: BTreeMap<String, Timing>,
+    pub validation: Option<LutValidation>,
+}
+
+/// A short description of this machine's CPU.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Every distinct layer any subnet of the space runs, over all resolutions.
+pub fn distinct_layers(space: &Space) -> Vec<Layer> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for &r in &space.resolutions {
+        for &k in &space.kernel_choices {
+            for &e in &space.expand_choices {
+                let mut a = Arch::max(space).with_resolution(r);
+                a.ks.iter_mut().for_each(|x| *x = k);
+                a.e.iter_mut().for_each(|x| *x = e);
+                for l in layers(space, &a) {
+                    if seen.insert(l.key()) {
+                        out.push(l);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn time_it<F: FnMut()>(cfg: &ProfileConfig, mut f: F) -> Timing {
+    for _ in 0..cfg.warmup {
+        f();
+    }
+    let samples = (0..cfg.reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    Timing::from_samples(samples)
+}
+
+/// Times one layer on its own.
+pub fn time_layer<B: OfaBackend>(layer: &Layer, cfg: &ProfileConfig, device: &B::Device) -> Timing {
+    let (module, mut shape) = LayerModule::<B>::new(layer, device);
+    shape[0] = cfg.batch;
+    let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    time_it(cfg, || {
+        let y = module.forward(x.clone());
+        let _ = B::sync(device);
+        drop(y);
+    })
+}
+
+/// Times a whole extracted subnet at its resolution.
+pub fn time_subnet<B: OfaBackend>(
+    net: &Subnet<B>,
+    cfg: &ProfileConfig,
+    device: &B::Device,
+) -> Timing {
+    let r = net.arch.r;
+    let x = Tensor::<B, 4>::random(
+        [cfg.batch, net.space.in_channels, r, r],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    time_it(cfg, || {
+        let y = net.forward(x.clone());
+        let _ = B::sync(device);
+        drop(y);
+    })
+}
+
+impl LatencyTable {
+    /// Times every distinct layer of `space`. `progress(done, total)`.
+    pub fn profile<B: OfaBackend>(
+        space: &Space,
+        cfg: &ProfileConfig,
+        backend: &str,
+        device: &B::Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> LatencyTable {
+        let ls = distinct_layers(space);
+        let mut entries = BTreeMap::new();
+        for (i, l) in ls.iter().enumerate() {
+            entries.insert(l.key(), time_layer::<B>(l, cfg, device));
+            progress(i + 1, ls.len());
+        }
+        LatencyTable {
+            format: "ofa-lut/1".into(),
+            device: cpu_name(),
+            backend: backend.into(),
+            threads: rayon::current_num_threads(),
+            config: cfg.clone(),
+            space: space.clone(),
+            entries,
+            validation: None,
+        }
+    }
+
+    /// Predicted latency of a subnet: the sum of its layers' medians.
+    pub fn predict(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
+        layers(space, arch)
+            .iter()
+            .map(|l| {
+                self.entries
+                    .get(&l.key())
+                    .map(|t| t.median_ms)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("layer '{}' is not in the latency table", l.key())
+                    })
+            })
+            .sum()
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        crate::util::write_text_atomic(path, &serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<LatencyTable> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let t: LatencyTable = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a latency table", path.display()))?;
+        if t.format != "ofa-lut/1" {
+            anyhow::bail!(
+                "{}: unknown latency table format '{}'",
+                path.display(),
+                t.format
+            );
+        }
+        Ok(t)
+    }
+}
+
+/// A per-subnet cost computed in O(blocks): for every resolution, the
+/// fixed layers' cost and every block position's cost for each (k, e).
+/// FLOPs, parameters and LUT latency all become one of these, so the
+/// search never formats a layer key in its inner loop.
+#[derive(Clone, Debug)]
+pub struct FastCost {
+    kernels: Vec<usize>,
+    expands: Vec<usize>,
+    /// By resolution: (fixed cost, [block][k·|E| + e] cost).
+    table: HashMap<usize, (f64, Vec<Vec<f64>>)>,
+    /// (stage, position) of each block.
+    blocks: Vec<(usize, usize)>,
+}
+
+impl FastCost {
+    /// Tabulates `cost(layer)` over the space.
+    pub fn new(
+        space: &Space,
+        cost: &dyn Fn(&Layer) -> anyhow::Result<f64>,
+    ) -> anyhow::Result<FastCost> {
+        let blocks: Vec<(usize, usize)> = space
+            .blocks()
+            .iter()
+            .map(|b| (b.stage, b.depth_pos))
+            .collect();
+        let n = blocks.len();
+        let mut table = HashMap::new();
+        for &r in &space.resolutions {
+            let mut fixed = 0.0;
+            let mut per_block =
+                vec![vec![0.0; space.kernel_choices.len() * space.expand_choices.len()]; n];
+            for (ki, &k) in space.kernel_choices.iter().enumerate() {
+                for (ei, &e) in space.expand_choices.iter().enumerate() {
+                    let mut a = Arch::max(space).with_resolution(r);
+                    a.ks.iter_mut().for_each(|x| *x = k);
+                    a.e.iter_mut().for_each(|x| *x = e);
+                    let ls = layers(space, &a);
+                    // layers(): stem, first block, n elastic blocks, head.
+                    for (b, l) in ls[2..2 + n].iter().enumerate() {
+                        per_block[b][ki * space.expand_choices.len() + ei] = cost(l)?;
+                    }
+                    if ki == 0 && ei == 0 {
+                        fixed = ls[..2]
+                            .iter()
+                            .chain(&ls[2 + n..])
+                            .map(cost)
+                            .sum::<anyhow::Result<f64>>()?;
+                    }
+                }
+            }
+            table.insert(r, (fixed, per_block));
+        }
+        Ok(FastCost {
+            kernels: space.kernel_choices.clone(),
+            expands: space.expand_choices.clone(),
+            table,
+            blocks,
+        })
+    }
+
+    /// The cost of a (valid) subnet.
+    pub fn cost(&self, arch: &Arch) -> f64 {
+        let (fixed, per_block) = &self.table[&arch.r];
+        let mut c = *fixed;
+        for (b, &(stage, pos)) in self.blocks.iter().enumerate() {
+            if pos < arch.d[stage] {
+                let ki = self
+                    .kernels
+                    .iter()
+                    .position(|&k| k == arch.ks[b])
+                    .unwrap_or(0);
+                let ei = self
+                    .expands
+                    .iter()
+                    .position(|&e| e == arch.e[b])
+                    .unwrap_or(0);
+                c += per_block[b][ki * self.expands.len() + ei];
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::preset;
+    use rand::SeedableRng;
+
+    #[test]
+    fn fast_cost_equals_layer_sums() {
+        let s = preset("ofa-mbv3-w1.0").unwrap();
+        let flops = FastCost::new(&s, &|l: &Layer| Ok(l.cost().macs as f64)).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..50 {
+            let a = Arch::sample(&s, &mut rng);
+            assert_eq!(flops.cost(&a), a.cost(&s).macs as f64, "{a}");
+        }
+    }
+
+    #[test]
+    fn distinct_layers_cover_every_subnet() {
+        let s = preset("tiny").unwrap();
+        let keys: std::collections::HashSet<String> =
+            distinct_layers(&s).iter().map(|l| l.key()).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..200 {
+            let a = Arch::sample(&s, &mut rng);
+            for l in layers(&s, &a) {
+                assert!(keys.contains(&l.key()), "{} missing", l.key());
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Specialisation (DESIGN §6): the accuracy table, the accuracy predictor,
+//! efficiency models (FLOPs, params, a per-device latency lookup table),
+//! the evolutionary search over deployment scenarios, and Pareto fronts.
+
+pub mod evolution;
+pub mod latency;
+pub mod plot;
+pub mod predictor;
+pub mod table;
+
+pub use evolution::{
+    Candidate, Constraint, Efficiency, EvoConfig, Metric, Scenario, ScenarioFile, SearchResult,
+    evolve, pareto_front,
+};
+pub use latency::{FastCost, LatencyTable, LutValidation, ProfileConfig, Timing};
+pub use predictor::{Encoding, FitConfig, Predictor, PredictorReport, fit};
+pub use table::{Table, TableMeta, TableRow};

@@ -1,0 +1,355 @@
+//! The accuracy table (DESIGN §6): sampled subnets × resolutions, each
+//! evaluated after BN recalibration on the held-out validation split.
+//!
+//! Stored in SQLite: every row is committed on its own, so a killed builder
+//! loses nothing it reported, and a restarted one skips what is done.
+//! `--shard i/N` splits the work across machines; [`merge`] joins the parts.
+
+use crate::nn::{OfaBackend, Supernet};
+use crate::space::{Arch, Space};
+use crate::train::{EvalConfig, EvalData, EvalResult, evaluate};
+use anyhow::Context;
+use rand::SeedableRng;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What a table was built from; shards and resumed builds must agree on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableMeta {
+    pub space: Space,
+    /// SHA-256 of the supernet file.
+    pub supernet_digest: String,
+    pub supernet: String,
+    pub data: String,
+    /// Hold-out (size, seed) the validation images come from.
+    pub val_size: usize,
+    pub split_seed: u64,
+    pub eval: EvalConfig,
+    /// Architectures are `Arch::sample` draws number 0..subnets of this seed.
+    pub arch_seed: u64,
+    pub subnets: usize,
+    pub resolutions: Vec<usize>,
+}
+
+/// One evaluated (subnet, resolution).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableRow {
+    /// Which draw of the architecture sampler.
+    pub index: usize,
+    /// The architecture, `r` = the evaluated resolution.
+    pub arch: Arch,
+    pub result: EvalResult,
+    pub mflops: f64,
+    pub params: u64,
+    pub seconds: f64,
+}
+
+/// An open accuracy table.
+pub struct Table {
+    conn: Connection,
+    pub meta: TableMeta,
+}
+
+/// The architectures of a table, in draw order (resolution left at the
+/// draw's; rows override it).
+pub fn table_archs(meta: &TableMeta) -> Vec<Arch> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(meta.arch_seed);
+    (0..meta.subnets)
+        .map(|_| Arch::sample(&meta.space, &mut rng))
+        .collect()
+}
+
+/// SHA-256 of a file, hex.
+pub fn file_digest(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS rows (
+             arch_index INTEGER NOT NULL,
+             resolution INTEGER NOT NULL,
+             arch TEXT NOT NULL,
+             top1 REAL NOT NULL, top5 REAL NOT NULL, loss REAL NOT NULL, images INTEGER NOT NULL,
+             mflops REAL NOT NULL, params INTEGER NOT NULL, seconds REAL NOT NULL,
+             PRIMARY KEY (arch_index, resolution));",
+    )
+}
+
+impl Table {
+    /// Creates a table, or opens an existing one after checking that it was
+    /// built from the same supernet, data and sampling.
+    pub fn create_or_open(path: &Path, meta: TableMeta) -> anyhow::Result<Table> {
+        let existed = path.exists();
+        let conn =
+            Connection::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        schema(&conn).with_context(|| format!("{}: not an accuracy table", path.display()))?;
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'meta'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match stored {
+            Some(s) => {
+                let old: TableMeta = serde_json::from_str(&s)
+                    .with_context(|| format!("{}: corrupt metadata", path.display()))?;
+                check_compatible(&old, &meta)
+                    .with_context(|| format!("{}: cannot resume", path.display()))?;
+                Ok(Table { conn, meta: old })
+            }
+            None => {
+                if existed && Self::count_rows(&conn)? > 0 {
+                    anyhow::bail!("{}: has rows but no metadata", path.display());
+                }
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('meta', ?1)",
+                    params![serde_json::to_string(&meta)?],
+                )?;
+                Ok(Table { conn, meta })
+            }
+        }
+    }
+
+    /// Opens an existing table.
+    pub fn open(path: &Path) -> anyhow::Result<Table> {
+        if !path.exists() {
+            anyhow::bail!("{}: no such accuracy table", path.display());
+        }
+        let conn =
+            Connection::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let s: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'meta'", [], |r| {
+                r.get(0)
+            })
+            .with_context(|| format!("{}: not an accuracy table", path.display()))?;
+        let meta = serde_json::from_str(&s)
+            .with_context(|| format!("{}: corrupt metadata", path.display()))?;
+        Ok(Table { conn, meta })
+    }
+
+    fn count_rows(conn: &Connection) -> rusqlite::Result<usize> {
+        conn.query_row("SELECT COUNT(*) FROM rows", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+    }
+
+    pub fn len(&self) -> anyhow::Result<usize> {
+        Ok(Self::count_rows(&self.conn)?)
+    }
+
+    pub fn is_empty(&self) -> anyhow::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    pub fn has(&self, index: usize, resolution: usize) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM rows WHERE arch_index = ?1 AND resolution = ?2",
+                params![index as i64, resolution as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Adds a row in its own transaction; a row already present is an error.
+    pub fn insert(&self, row: &TableRow) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO rows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                row.index as i64,
+                row.arch.r as i64,
+                serde_json::to_string(&row.arch.to_reference_json())?,
+                row.result.top1,
+                row.result.top5,
+                row.result.loss,
+                row.result.images as i64,
+                row.mflops,
+                row.params as i64,
+                row.seconds
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every row, ordered by (index, resolution).
+    pub fn rows(&self) -> anyhow::Result<Vec<TableRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT arch_index, resolution, arch, top1, top5, loss, images, mflops, params, seconds
+             FROM rows ORDER BY arch_index, resolution",
+        )?;
+        let raw = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                (
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, f64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ),
+                (
+                    r.get::<_, f64>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, f64>(9)?,
+                ),
+            ))
+        })?;
+        let mut out = Vec::new();
+        for item in raw {
+            let (index, res, arch, (top1, top5, loss, images), (mflops, params, seconds)) = item?;
+            let v: serde_json::Value = serde_json::from_str(&arch)?;
+            let arch = Arch::from_json(&v, &self.meta.space)?.with_resolution(res as usize);
+            out.push(TableRow {
+                index: index as usize,
+                arch,
+                result: EvalResult {
+                    top1,
+                    top5,
+                    loss,
+                    images: images as usize,
+                },
+                mflops,
+                params: params as u64,
+                seconds,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the rows as CSV (one line per subnet and resolution).
+    pub fn export_csv(&self, path: &Path) -> anyhow::Result<()> {
+        let mut s =
+            String::from("index,resolution,top1,top5,loss,images,mflops,params,seconds,arch\n");
+        for r in self.rows()? {
+            s.push_str(&format!(
+                "{},{},{:.6},{:.6},{:.6},{},{:.4},{},{:.3},\"{}\"\n",
+                r.index,
+                r.arch.r,
+                r.result.top1,
+                r.result.top5,
+                r.result.loss,
+                r.result.images,
+                r.mflops,
+                r.params,
+                r.seconds,
+                r.arch.to_reference_json().to_string().replace('"', "\"\"")
+            ));
+        }
+        crate::util::write_text_atomic(path, &s)
+    }
+}
+
+fn check_compatible(old: &TableMeta, new: &TableMeta) -> anyhow::Result<()> {
+    let differs = |what: &str| Err(anyhow::anyhow!("it was built with a different {what}"));
+    if old.space != new.space {
+        return differs("search space");
+    }
+    if old.supernet_digest != new.supernet_digest {
+        return differs("supernet (file contents differ)");
+    }
+    if old.val_size != new.val_size || old.split_seed != new.split_seed || old.data != new.data {
+        return differs("dataset or validation hold-out");
+    }
+    if old.eval != new.eval {
+        return differs("evaluation setting (calibration images, batch sizes, image cap)");
+    }
+    if old.arch_seed != new.arch_seed || old.resolutions != new.resolutions {
+        return differs("architecture seed or resolution list");
+    }
+    // A larger --subnets extends the same draw sequence; a smaller one is fine.
+    Ok(())
+}
+
+/// Which architecture draws a shard `i/N` evaluates.
+pub fn shard_indices(subnets: usize, shard: (usize, usize)) -> Vec<usize> {
+    (0..subnets).filter(|i| i % shard.1 == shard.0).collect()
+}
+
+/// Fills the table: every (architecture, resolution) of the shard that is
+/// not already there. `progress(done, total, last)` after every row.
+pub fn build<B: OfaBackend>(
+    net: &Supernet<B>,
+    table: &mut Table,
+    data: &EvalData,
+    shard: (usize, usize),
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize, Option<&TableRow>),
+) -> anyhow::Result<usize> {
+    let archs = table_archs(&table.meta);
+    let work: Vec<(usize, usize)> = shard_indices(archs.len(), shard)
+        .into_iter()
+        .flat_map(|i| {
+            table
+                .meta
+                .resolutions
+                .clone()
+                .into_iter()
+                .map(move |r| (i, r))
+        })
+        .collect();
+    let total = work.len();
+    let mut done = 0;
+    let mut added = 0;
+    progress(0, total, None);
+    for (i, r) in work {
+        if table.has(i, r)? {
+            done += 1;
+            continue;
+        }
+        let arch = archs[i].clone().with_resolution(r);
+        let t = std::time::Instant::now();
+        let result = evaluate(net, &arch, data, &table.meta.eval, device, &mut |_, _| {})?;
+        let cost = arch.cost(&net.space);
+        let row = TableRow {
+            index: i,
+            arch,
+            result,
+            mflops: cost.mflops(),
+            params: cost.params,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        table.insert(&row)?;
+        done += 1;
+        added += 1;
+        progress(done, total, Some(&row));
+    }
+    Ok(added)
+}
+
+/// Joins shards into `out`: their metadata must agree; a row present in
+/// several inputs is kept once (and must carry the same values).
+pub fn merge(out: &Path, inputs: &[&Path]) -> anyhow::Result<usize> {
+    let first = inputs.first().context("nothing to merge")?;
+    let meta = Table::open(first)?.meta;
+    if out.exists() {
+        anyhow::bail!("{}: already exists", out.display());
+    }
+    let tmp = out.with_extension("merging.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let merged = Table::create_or_open(&tmp, meta.clone())?;
+    let mut n = 0;
+    for p in inputs {
+        let t = Table::open(p)?;
+        let mut m = t.meta.clone();
+        m.subnets = meta.subnets;
+        check_compatible(&meta, &m).with_context(|| format!("{}: cannot merge", p.display()))?;
+        for row in t.rows()? {
+            if merged.has(row.index, row.arch.r)? {
+                continue;
+            }
+            merged.insert(&row)?;
+            n += 1;
+        }
+    }
+    drop(merged);
+    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(n)
+}
