@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod nn;
 pub mod search;
 pub mod space;

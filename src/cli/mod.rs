@@ -3,7 +3,10 @@
 
 mod data_cmd;
 mod progress;
+mod run_cmd;
+mod ship_cmd;
 mod space_cmd;
+mod specialize_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +47,30 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Evaluate one subnet of a supernet (BN recalibrated) on a dataset.
     Eval(train_cmd::EvalArgs),
+    /// Accuracy table: sampled subnets × resolutions (build, merge, export).
+    Table(specialize_cmd::TableCommand),
+    /// Accuracy predictor: fit on a table, or evaluate on another.
+    #[command(subcommand)]
+    Predictor(specialize_cmd::PredictorCommand),
+    /// Time every layer configuration on this machine (latency table).
+    Profile(specialize_cmd::ProfileArgs),
+    /// Predict (lookup table) or measure the latency of a subnet.
+    Latency(specialize_cmd::LatencyArgs),
+    /// Evolutionary search for one or many deployment scenarios.
+    Search(specialize_cmd::SearchArgs),
+    /// Extract a standalone subnet (BN recalibrated) from a supernet.
+    Extract(ship_cmd::ExtractArgs),
+    /// Export an extracted subnet to ONNX (and check it in tract).
+    Export(ship_cmd::ExportArgs),
+    /// Fine-tune an extracted subnet, optionally distilling from a supernet.
+    Finetune(ship_cmd::FinetuneArgs),
+    /// Import a public OFA PyTorch checkpoint as a supernet file.
+    Import(ship_cmd::ImportArgs),
+    /// Run a supernet subnet or an extracted subnet on a .npy batch.
+    Predict(ship_cmd::PredictArgs),
+    /// The whole chain on one dataset: train, table, predictor, latency,
+    /// search, extract, export, report.
+    Run(run_cmd::RunArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -62,6 +89,17 @@ pub fn main() -> std::process::ExitCode {
         Command::Data(c) => data_cmd::data(c),
         Command::Train(a) => train_cmd::train(a),
         Command::Eval(a) => train_cmd::eval(a),
+        Command::Table(c) => specialize_cmd::table(c),
+        Command::Predictor(c) => specialize_cmd::predictor(c),
+        Command::Profile(a) => specialize_cmd::profile(a),
+        Command::Latency(a) => specialize_cmd::latency(a),
+        Command::Search(a) => specialize_cmd::search(a),
+        Command::Extract(a) => ship_cmd::extract_cmd(a),
+        Command::Export(a) => ship_cmd::export_cmd(a),
+        Command::Finetune(a) => ship_cmd::finetune_cmd(a),
+        Command::Import(a) => ship_cmd::import_cmd(a),
+        Command::Predict(a) => ship_cmd::predict_cmd(a),
+        Command::Run(a) => run_cmd::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

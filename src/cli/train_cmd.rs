@@ -133,13 +133,19 @@ pub fn load_data_for(space: &mut Space, data: &str) -> anyhow::Result<Arc<Datase
     Ok(Arc::new(ds))
 }
 
+/// A named training preset applied on top of `cfg`.
+pub fn apply_preset(cfg: &TrainConfig, name: &str) -> anyhow::Result<TrainConfig> {
+    let mut out = apply_toml(cfg, preset_toml(name)?, &format!("preset '{name}'"))?;
+    if name == "reference" {
+        out.epochs = reference_epochs(out.schedule, &out.ps);
+    }
+    Ok(out)
+}
+
 fn resolve_config(a: &TrainArgs, space: &Space) -> anyhow::Result<TrainConfig> {
     let mut cfg = TrainConfig::new(a.schedule.unwrap_or(Schedule::Deps), space, &a.data);
     if let Some(p) = &a.preset {
-        cfg = apply_toml(&cfg, preset_toml(p)?, &format!("preset '{p}'"))?;
-        if p == "reference" {
-            cfg.epochs = reference_epochs(cfg.schedule, &cfg.ps);
-        }
+        cfg = apply_preset(&cfg, p)?;
     }
     if let Some(path) = &a.config {
         let text = std::fs::read_to_string(path)

@@ -209,6 +209,15 @@ impl Efficiency {
         })
     }
 
+    /// One metric of a subnet (latency only with a table).
+    pub fn value(&self, arch: &Arch, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::Flops => Some(self.flops.cost(arch)),
+            Metric::Params => Some(self.params.cost(arch)),
+            Metric::Latency => self.latency.as_ref().map(|l| l.cost(arch)),
+        }
+    }
+
     pub fn has_latency(&self) -> bool {
         self.latency.is_some()
     }

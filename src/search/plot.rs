@@ -137,8 +137,9 @@ where
     Ok(())
 }
 
-/// Writes `stem.svg`, and `stem.png` when a font is installed; returns the
-/// files written.
+/// Writes `stem.svg` and `stem.png`; returns the files written. Text needs
+/// the DejaVu font (Debian's `fonts-dejavu-core`, installed by
+/// `scripts/setup.sh`).
 pub fn scatter(
     stem: &Path,
     title: &str,
@@ -146,6 +147,9 @@ pub fn scatter(
     series: &[Series],
     labels: &[(f64, f64, String)],
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    if !register_font() {
+        anyhow::bail!("plots need the font {FONT} (Debian package fonts-dejavu-core)");
+    }
     let mut written = Vec::new();
     let svg = stem.with_extension("svg");
     {
@@ -153,11 +157,11 @@ pub fn scatter(
         draw(root, title, x_label, series, labels)?;
     }
     written.push(svg);
-    if register_font() {
-        let png = stem.with_extension("png");
+    let png = stem.with_extension("png");
+    {
         let root = BitMapBackend::new(&png, (900, 600)).into_drawing_area();
         draw(root, title, x_label, series, labels)?;
-        written.push(png);
     }
+    written.push(png);
     Ok(written)
 }

@@ -75,7 +75,7 @@ pub struct EvalResult {
 }
 
 /// Top-1/top-5 hits and summed cross-entropy of a logits batch.
-fn score(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usize, f64) {
+pub(crate) fn score(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usize, f64) {
     let (mut t1, mut t5, mut loss) = (0, 0, 0.0);
     for (row, &y) in logits.chunks_exact(classes).zip(labels) {
         let target = row[y as usize];

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 mod config;
 pub mod eval;
+pub mod finetune;
 mod loss;
 mod optim;
 pub mod schedule;

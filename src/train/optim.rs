@@ -97,18 +97,30 @@ where
         }
     }
 
-    /// One update with learning rate `lr` from (accumulated) gradients.
-    /// Parameters without a gradient are left untouched, as in PyTorch.
-    pub fn step(&mut self, net: Supernet<B>, lr: f64, mut grads: GradientsParams) -> Supernet<B> {
+    /// One update of a supernet with learning rate `lr` from (accumulated)
+    /// gradients. Parameters without a gradient are left untouched, as in
+    /// PyTorch.
+    pub fn step(&mut self, net: Supernet<B>, lr: f64, grads: GradientsParams) -> Supernet<B> {
         let names = net.param_names();
+        self.step_module(net, lr, grads, &names)
+    }
+
+    /// One update of any module whose parameters are named by `names`.
+    pub fn step_module<M: burn::module::Module<B>>(
+        &mut self,
+        module: M,
+        lr: f64,
+        mut grads: GradientsParams,
+        names: &HashMap<ParamId, String>,
+    ) -> M {
         let mut mapper = StepMapper::<B> {
             lr,
             config: &self.config,
-            names: &names,
+            names,
             grads: &mut grads,
             buffers: &mut self.buffers,
         };
-        burn::module::Module::map(net, &mut mapper)
+        module.map(&mut mapper)
     }
 
     /// Momentum buffers as host tensors shaped like their parameters.

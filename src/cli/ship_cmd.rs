@@ -1,0 +1,393 @@
+//! `ofa extract`, `ofa export`, `ofa finetune`, `ofa import`, `ofa predict`.
+
+use super::progress::{TrainProgress, interrupt_flag};
+use super::specialize_cmd::eval_data;
+use super::train_cmd::load_data_for;
+use super::{Cpu, CpuTrain, print_json};
+use crate::data::{Augment, make_batch};
+use crate::export::{self, npy};
+use crate::nn::{OfaBackend, Subnet, calibrate_bn, extract, load_supernet, save_supernet};
+use crate::space::{Arch, Space};
+use crate::train::finetune::{FinetuneConfig, evaluate_subnet, finetune};
+use crate::train::{EvalConfig, EvalData, batch_tensors, split_indices};
+use anyhow::Context;
+use burn::tensor::{Tensor, TensorData};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    #[arg(long)]
+    supernet: PathBuf,
+    /// `max`, `min`, or an architecture JSON file (either form, or a search
+    /// result).
+    #[arg(long)]
+    arch: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Dataset for BN recalibration (and --eval).
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Keep the supernet's BN statistics instead of recalibrating.
+    #[arg(long)]
+    no_calibrate: bool,
+    #[arg(long, default_value_t = 2000)]
+    calib_images: usize,
+    /// Also evaluate the extracted subnet on the validation hold-out.
+    #[arg(long)]
+    eval: bool,
+}
+
+/// Recalibrates BN for `arch` on the supernet's training images.
+pub fn calibrate_for(
+    net: &crate::nn::Supernet<Cpu>,
+    arch: &Arch,
+    data: &EvalData,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let device = Default::default();
+    let mut batches = Vec::new();
+    for chunk in data.calib.chunks(batch) {
+        let b = make_batch(
+            &data.dataset,
+            &data.dataset.train,
+            chunk,
+            arch.r,
+            Augment::None,
+            0,
+        )?;
+        batches.push(batch_tensors::<Cpu>(&b, &device).0);
+    }
+    calibrate_bn(net, arch, batches)?;
+    Ok(())
+}
+
+pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let net = load_supernet::<Cpu>(&a.supernet, None, &device)?;
+    let arch = Arch::parse_arg(&a.arch, &net.space)?;
+    let eval_cfg = EvalConfig {
+        calib_images: a.calib_images,
+        ..EvalConfig::default()
+    };
+    let data = if !a.no_calibrate || a.eval {
+        Some(eval_data(&a.supernet, &net.space, &a.data, &eval_cfg)?)
+    } else {
+        None
+    };
+    if let (false, Some(d)) = (a.no_calibrate, &data) {
+        calibrate_for(&net, &arch, d, eval_cfg.calib_batch)?;
+    }
+    let sub = extract(&net, &arch);
+    let mut extra = serde_json::json!({
+        "supernet": a.supernet.display().to_string(),
+        "bn_recalibrated": !a.no_calibrate,
+    });
+    if let (true, Some(d)) = (a.eval, &data) {
+        let r = evaluate_subnet(&sub, d, 200, &device)?;
+        println!(
+            "validation top-1 {:.2}%, top-5 {:.2}% ({} images)",
+            100.0 * r.top1,
+            100.0 * r.top5,
+            r.images
+        );
+        extra["validation"] = serde_json::to_value(r)?;
+    }
+    export::save_subnet(&sub, &a.out, extra)?;
+    let c = arch.cost(&net.space);
+    println!(
+        "{}: {arch} ({:.2} MFLOPs, {:.3} M params)",
+        a.out.display(),
+        c.mflops(),
+        c.mparams()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Subnet folder written by `ofa extract` or `ofa finetune`.
+    #[arg(long)]
+    subnet: PathBuf,
+    /// Write an ONNX model here.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Run the ONNX file in tract and compare with our logits.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Logits of a subnet and of its ONNX export on the same random batch;
+/// returns the largest difference relative to the logit scale.
+pub fn check_onnx<B: OfaBackend>(
+    net: &Subnet<B>,
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<f64> {
+    let (c, r) = (net.space.in_channels, net.arch.r);
+    let n = 4;
+    let input = npy::Array {
+        shape: vec![n, c, r, r],
+        data: (0..n * c * r * r)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect(),
+    };
+    let x = Tensor::<B, 4>::from_data(TensorData::new(input.data.clone(), [n, c, r, r]), device);
+    let ours = net
+        .forward(x)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32");
+    let theirs = export::onnx::run_tract(path, &input)?;
+    if theirs.data.len() != ours.len() {
+        anyhow::bail!(
+            "{}: tract produced shape {:?}",
+            path.display(),
+            theirs.shape
+        );
+    }
+    let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(&theirs.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    Ok((diff / scale) as f64)
+}
+
+pub fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let net = export::load_subnet::<Cpu>(&a.subnet, &device)?;
+    export::onnx::export(&net, &a.onnx)?;
+    println!(
+        "{}: ONNX opset 14, input [batch, {}, {r}, {r}]",
+        a.onnx.display(),
+        net.space.in_channels,
+        r = net.arch.r
+    );
+    if a.check {
+        let rel = check_onnx(&net, &a.onnx, &device)?;
+        println!("tract runs it: max |Δlogit| / max |logit| = {rel:.2e}");
+        if rel > 1e-4 {
+            anyhow::bail!(
+                "{}: ONNX logits differ from ours by {rel:.2e} (relative)",
+                a.onnx.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[arg(long)]
+    subnet: PathBuf,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    #[arg(long, default_value_t = FinetuneConfig::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Distil from this supernet's full network.
+    #[arg(long)]
+    kd_from: Option<PathBuf>,
+    #[arg(long)]
+    no_augment: bool,
+    /// Output subnet folder (default: overwrite --subnet).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Validation hold-out (must match the supernet's training run).
+    #[arg(long, default_value_t = 5000)]
+    val_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn finetune_cmd(a: FinetuneArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let sub = export::load_subnet::<CpuTrain>(&a.subnet, &device)?;
+    let mut space: Space = sub.space.clone();
+    let ds = load_data_for(&mut space, &a.data)?;
+    if space != sub.space {
+        anyhow::bail!(
+            "{}: subnet and dataset {} disagree on channels or classes",
+            a.subnet.display(),
+            ds.name
+        );
+    }
+    let teacher = match &a.kd_from {
+        Some(p) => {
+            let t = load_supernet::<Cpu>(p, None, &device)?;
+            if t.space.blocks() != space.blocks() {
+                anyhow::bail!("{}: supernet of another space", p.display());
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let mut tc = crate::train::TrainConfig::new(crate::train::Schedule::Deps, &space, &a.data);
+    tc.val_size = a.val_size;
+    tc.seed = a.seed;
+    let (val, train) = split_indices(&tc, &ds)?;
+    let data = EvalData::new(
+        ds.clone(),
+        &train,
+        crate::data::SplitKind::Train,
+        val,
+        &EvalConfig::default(),
+        a.seed,
+    );
+    let before = evaluate_subnet(
+        &burn::module::AutodiffModule::valid(&sub),
+        &data,
+        200,
+        &device,
+    )?;
+    let cfg = FinetuneConfig {
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_size: a.batch_size,
+        augment: !a.no_augment,
+        seed: a.seed,
+        kd_ratio: if teacher.is_some() { 1.0 } else { 0.0 },
+        ..FinetuneConfig::default()
+    };
+    let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
+    let tuned = finetune::<CpuTrain>(
+        sub,
+        teacher.as_ref(),
+        ds,
+        &train,
+        &cfg,
+        &device,
+        &mut progress,
+    )?;
+    let after = evaluate_subnet(&tuned, &data, 200, &device)?;
+    let out = a.out.unwrap_or(a.subnet.clone());
+    export::save_subnet(
+        &tuned,
+        &out,
+        serde_json::json!({"finetune": {"config": cfg, "before": before, "after": after}}),
+    )?;
+    println!(
+        "fine-tuned {} epochs: validation top-1 {:.2}% → {:.2}%; saved {}",
+        a.epochs,
+        100.0 * before.top1,
+        100.0 * after.top1,
+        out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A public OFA checkpoint (`.pth`, zip or legacy format).
+    #[arg(long)]
+    from_pytorch: PathBuf,
+    /// ofa-mbv3-w1.0, ofa-mbv3-w1.2, ofa-proxyless-w1.3 (or a TOML file).
+    #[arg(long)]
+    space: String,
+    /// Classifier outputs (default: the space's, 1000).
+    #[arg(long)]
+    classes: Option<usize>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn import_cmd(a: ImportArgs) -> anyhow::Result<()> {
+    let mut space = Space::resolve(&a.space)?;
+    if let Some(c) = a.classes {
+        space.num_classes = c;
+    }
+    let device = Default::default();
+    let (net, report) = export::pytorch::import::<Cpu>(&a.from_pytorch, &space, &device)?;
+    save_supernet(&net, &a.out)?;
+    println!(
+        "{}: {} tensors mapped ({} values); {} legacy 'mobile_inverted_conv' keys renamed, {} BN counters dropped",
+        a.from_pytorch.display(),
+        report.tensors,
+        report.values,
+        report.renamed_legacy,
+        report.dropped_counters
+    );
+    println!(
+        "supernet of space '{}' written to {}",
+        space.name,
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[arg(long, conflicts_with = "subnet")]
+    supernet: Option<PathBuf>,
+    /// With --supernet: the subnet to run (default max).
+    #[arg(long, default_value = "max")]
+    arch: String,
+    /// An extracted subnet folder.
+    #[arg(long)]
+    subnet: Option<PathBuf>,
+    /// float32 NCHW batch (.npy).
+    #[arg(long)]
+    input: PathBuf,
+    /// Logits (.npy).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn predict_cmd(a: PredictArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let x = npy::read(&a.input)?;
+    let check = |channels: usize| -> anyhow::Result<[usize; 4]> {
+        match x.shape.as_slice() {
+            &[n, c, h, w] if c == channels && h == w && n > 0 => Ok([n, c, h, w]),
+            s => anyhow::bail!(
+                "{}: shape {s:?}, expected [N, {channels}, R, R]",
+                a.input.display()
+            ),
+        }
+    };
+    let logits = match (&a.supernet, &a.subnet) {
+        (Some(p), None) => {
+            let net = load_supernet::<Cpu>(p, None, &device)?;
+            let arch = Arch::parse_arg(&a.arch, &net.space)?;
+            let shape = check(net.space.in_channels)?;
+            let t = Tensor::<Cpu, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            net.forward(t, &arch, crate::nn::Mode::Eval)
+        }
+        (None, Some(d)) => {
+            let net = export::load_subnet::<Cpu>(d, &device)?;
+            let shape = check(net.space.in_channels)?;
+            let t = Tensor::<Cpu, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            net.forward(t)
+        }
+        _ => anyhow::bail!("give --supernet FILE [--arch ARCH] or --subnet DIR"),
+    };
+    let dims = logits.dims();
+    let data = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .context("logits")?;
+    npy::write(
+        &a.output,
+        &npy::Array {
+            shape: dims.to_vec(),
+            data,
+        },
+    )?;
+    if a.json {
+        return print_json(
+            &serde_json::json!({"output": a.output.display().to_string(), "shape": dims}),
+        );
+    }
+    println!("{}: logits {:?}", a.output.display(), dims);
+    Ok(())
+}
