@@ -1,6 +1,7 @@
 //! The `ofa` command line: argument parsing, progress display and file
 //! choices. Every command calls the library; nothing here computes.
 
+mod bench_cmd;
 mod data_cmd;
 mod progress;
 mod run_cmd;
@@ -68,6 +69,9 @@ enum Command {
     Import(ship_cmd::ImportArgs),
     /// Run a supernet subnet or an extracted subnet on a .npy batch.
     Predict(ship_cmd::PredictArgs),
+    /// Benchmarks: training steps and inference throughput.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
     /// The whole chain on one dataset: train, table, predictor, latency,
     /// search, extract, export, report.
     Run(run_cmd::RunArgs),
@@ -100,6 +104,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Import(a) => ship_cmd::import_cmd(a),
         Command::Predict(a) => ship_cmd::predict_cmd(a),
         Command::Run(a) => run_cmd::run(a),
+        Command::Bench(c) => bench_cmd::bench(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

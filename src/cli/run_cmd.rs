@@ -8,7 +8,7 @@
 use super::progress::{TrainProgress, interrupt_flag};
 use super::ship_cmd::{calibrate_for, check_onnx};
 use super::specialize_cmd::{
-    eval_data, run_scenarios, slug, validate_lut, write_pareto, write_results,
+    eval_data, run_scenarios, slug, sweep_scenarios, validate_lut, write_pareto, write_results,
 };
 use super::train_cmd::load_data_for;
 use super::{Cpu, CpuTrain};
@@ -342,10 +342,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| (c.scenario.clone(), c.mflops, 100.0 * c.measured_top1))
         .collect();
+    let evo = EvoConfig {
+        generations: a.generations.min(100),
+        ..EvoConfig::default()
+    };
+    let mut all = results.clone();
+    for m in [Metric::Latency, Metric::Flops] {
+        all.extend(run_scenarios(
+            &predictor,
+            &sweep_scenarios(&space, m, Some(&lut), 8)?,
+            &evo,
+        )?);
+    }
     let mut plots = write_pareto(
         &search_dir,
         &predictor,
-        &results,
+        &all,
         Metric::Latency,
         Some(&lut),
         &measured_lat,
@@ -353,7 +365,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     plots.extend(write_pareto(
         &search_dir,
         &predictor,
-        &results,
+        &all,
         Metric::Flops,
         Some(&lut),
         &measured_flops,

@@ -579,6 +579,15 @@ pub struct SearchArgs {
     mutation_ratio: f64,
     #[arg(long, default_value_t = EvoConfig::default().mutate_prob)]
     mutate_prob: f64,
+    #[arg(long, default_value_t = EvoConfig::default().resolution_mutate_prob)]
+    resolution_mutate_prob: f64,
+    /// Draws allowed to find one child that meets the constraints.
+    #[arg(long, default_value_t = EvoConfig::default().max_tries)]
+    max_tries: usize,
+    /// With --pareto: extra budgets swept across the metric's range so the
+    /// front spans it.
+    #[arg(long, default_value_t = 8)]
+    sweep: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -610,6 +619,35 @@ pub fn run_scenarios(
             )
         })
         .collect()
+}
+
+/// Budgets spread evenly between the smallest and the largest subnet on a
+/// metric, to trace the whole Pareto front.
+pub fn sweep_scenarios(
+    space: &Space,
+    metric: Metric,
+    lut: Option<&LatencyTable>,
+    n: usize,
+) -> anyhow::Result<Vec<(String, Option<LatencyTable>, Vec<String>)>> {
+    let eff = Efficiency::new(space, lut)?;
+    let (lo, hi) = match (
+        eff.value(&Arch::min(space), metric),
+        eff.value(&Arch::max(space), metric),
+    ) {
+        (Some(lo), Some(hi)) => (lo, hi),
+        _ => anyhow::bail!("no {metric} model for the Pareto sweep"),
+    };
+    let unit = if metric == Metric::Latency { "ms" } else { "M" };
+    Ok((1..=n)
+        .map(|i| {
+            let b = lo + (hi - lo) * i as f64 / n as f64;
+            (
+                format!("sweep-{metric}<={b:.4}{unit}"),
+                lut.cloned(),
+                vec![format!("{metric}<={b:.6}{unit}")],
+            )
+        })
+        .collect())
 }
 
 /// File-name-safe version of a scenario name.
@@ -793,8 +831,9 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         parent_ratio: a.parent_ratio,
         mutation_ratio: a.mutation_ratio,
         mutate_prob: a.mutate_prob,
+        resolution_mutate_prob: a.resolution_mutate_prob,
+        max_tries: a.max_tries,
         seed: a.seed,
-        ..EvoConfig::default()
     };
     let t = std::time::Instant::now();
     let results = run_scenarios(&predictor, &scenarios, &cfg)?;
@@ -828,7 +867,17 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         } else {
             Metric::Flops
         };
-        for f in write_pareto(&a.out, &predictor, &results, metric, main_lut.as_ref(), &[])? {
+        let sweep = sweep_scenarios(&predictor.space, metric, main_lut.as_ref(), a.sweep)?;
+        let evo = EvoConfig {
+            generations: cfg.generations.min(100),
+            ..cfg
+        };
+        let all: Vec<SearchResult> = results
+            .iter()
+            .cloned()
+            .chain(run_scenarios(&predictor, &sweep, &evo)?)
+            .collect();
+        for f in write_pareto(&a.out, &predictor, &all, metric, main_lut.as_ref(), &[])? {
             println!("{}", f.display());
         }
     }

@@ -28,7 +28,7 @@ pub struct TrainArgs {
     /// Total epochs over all phases.
     #[arg(long, conflicts_with = "budget")]
     epochs: Option<f64>,
-    /// Fraction of the reference (ImageNet) epochs: ps 610, deps 270,
+    /// Fraction of the reference (ImageNet) epochs: ps 590, deps 270,
     /// sandwich 400, independent 180.
     #[arg(long)]
     budget: Option<f64>,
@@ -93,18 +93,18 @@ fn apply_toml(cfg: &TrainConfig, text: &str, source: &str) -> anyhow::Result<Tra
 /// 2-core CPU (see BENCHMARKS.md).
 const QUICK: &str = r#"
 schedule = "deps"
-epochs = 3.0
+epochs = 2.0
 batch_size = 64
-max_train_images = 30000
 lr = 0.1
-warmup_epochs = 0.1
+warmup_epochs = 0.05
+augment = false
 [deps]
-full_model_fraction = 0.5
+full_model_fraction = 0.6
 subnets_per_step = 4
-eps_ramp_epochs = 0.5
+eps_ramp_epochs = 0.3
 [eval]
 calib_images = 1000
-max_images = 2000
+max_images = 2500
 "#;
 
 fn preset_toml(name: &str) -> anyhow::Result<&'static str> {

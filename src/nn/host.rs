@@ -156,7 +156,14 @@ fn dw_block_backward_input(g: &DwShape, wb: &[f32], dy: &[f32], dpad: &mut [f32]
 /// Weight gradient of one block: per tap, a register-resident sum over
 /// all output pixels.
 #[multiversion::multiversion(targets = "simd")]
-fn dw_block_backward_weight(g: &DwShape, pad: &[f32], dy: &[f32], dwb: &mut [f32]) {
+fn dw_block_backward_weight(
+    g: &DwShape,
+    pad: &[f32],
+    dy: &[f32],
+    dy_pw: usize,
+    dy_off: usize,
+    dwb: &mut [f32],
+) {
     for ky in 0..g.k {
         for kx in 0..g.k {
             let mut acc = [0f32; LANES];
@@ -164,7 +171,7 @@ fn dw_block_backward_weight(g: &DwShape, pad: &[f32], dy: &[f32], dwb: &mut [f32
                 let row = (oy * g.s + ky) * g.pw + kx;
                 for ox in 0..g.ow {
                     let px = lanes(pad, row + ox * g.s);
-                    let gv = lanes(dy, oy * g.ow + ox);
+                    let gv = lanes(dy, dy_off + oy * dy_pw + ox);
                     for l in 0..LANES {
                         acc[l] += gv[l] * px[l];
                     }
@@ -251,6 +258,11 @@ pub fn depthwise_backward(
         .map(|(b, chunks)| {
             let (c0, cn) = (b * LANES, LANES.min(d.c - b * LANES));
             let wb = block_weights(w, k, c0, cn);
+            let mut flipped = vec![0f32; k * k * LANES];
+            for t in 0..k * k {
+                flipped[(k * k - 1 - t) * LANES..][..LANES]
+                    .copy_from_slice(&wb[t * LANES..][..LANES]);
+            }
             let mut dwb = vec![0f32; k * k * LANES];
             let (mut pad, mut gy, mut dpad, mut crop) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -262,6 +274,26 @@ pub fn depthwise_backward(
                     cn,
                     &mut pad,
                 );
+                if stride == 1 {
+                    // dx is the correlation of dy (padded by p) with the
+                    // flipped kernel: the forward kernel, accumulating in
+                    // registers instead of scattering into memory.
+                    let dy_shape = DwShape::new(g.oh, g.ow, k, 1);
+                    gather_padded(
+                        &dy[n * d.c * od.plane()..][..d.c * od.plane()],
+                        &dy_shape,
+                        c0,
+                        cn,
+                        &mut gy,
+                    );
+                    let off = dy_shape.p * dy_shape.pw + dy_shape.p;
+                    dw_block_backward_weight(&g, &pad, &gy, dy_shape.pw, off, &mut dwb);
+                    crop.clear();
+                    crop.resize(d.plane() * LANES, 0.0);
+                    dw_block_forward(&dy_shape, &flipped, &gy, &mut crop);
+                    scatter_block(&crop, d.plane(), cn, dst);
+                    continue;
+                }
                 // dy of this block, pixel-major (no padding needed).
                 let out_shape = DwShape {
                     h: g.oh,
@@ -278,7 +310,7 @@ pub fn depthwise_backward(
                     cn,
                     &mut gy,
                 );
-                dw_block_backward_weight(&g, &pad, &gy, &mut dwb);
+                dw_block_backward_weight(&g, &pad, &gy, g.ow, 0, &mut dwb);
                 dpad.clear();
                 dpad.resize(g.ph * g.pw * LANES, 0.0);
                 dw_block_backward_input(&g, &wb, &gy, &mut dpad);

@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn ps_phase_table_samples_only_the_phase_choices() {
         let (mut c, s) = cfg(Schedule::Ps);
-        c.epochs = 6.1;
+        c.epochs = 5.9;
         let ph = phases(&c, 100);
         let names: Vec<&str> = ph.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
@@ -295,7 +295,7 @@ mod tests {
                 "full", "kernel", "depth-1", "depth-2", "expand-1", "expand-2"
             ]
         );
-        assert_eq!(ph.iter().map(|p| p.steps).sum::<u64>(), 610);
+        assert_eq!(ph.iter().map(|p| p.steps).sum::<u64>(), 590);
         assert_eq!(ph[0].steps, 180);
         assert!(ph[1].snapshot_teacher && !ph[2].snapshot_teacher);
         assert_eq!((ph[4].sort_stage, ph[5].sort_stage), (Some(0), Some(1)));

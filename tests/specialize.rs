@@ -1,0 +1,347 @@
+//! Specialisation and shipping: predictor, ONNX, PyTorch import, the
+//! accuracy table under kill -9, and `ofa predict`.
+
+mod common;
+#[path = "common/torch.rs"]
+mod torch;
+
+use common::*;
+use ofa::export::{self, npy};
+use ofa::nn::{Mode, Supernet, extract, save_supernet};
+use ofa::search::{FitConfig, Table, fit};
+use ofa::space::{Arch, Space, preset};
+use std::path::Path;
+use std::process::Command;
+
+fn ofa_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ofa"))
+}
+
+#[test]
+fn predictor_recovers_a_known_function() {
+    let s = preset("tiny").unwrap();
+    // Linear in the encoding: +1 point per active k=7 block, −0.5 per
+    // active e=3 block, +2 points per resolution step.
+    let truth = |a: &Arch| {
+        let blocks = a.active_blocks(&s);
+        let k7 = blocks.iter().filter(|b| b.1 == 7).count() as f64;
+        let e3 = blocks.iter().filter(|b| b.2 == 3).count() as f64;
+        let ri = s.resolutions.iter().position(|&r| r == a.r).unwrap() as f64;
+        0.70 + 0.01 * k7 - 0.005 * e3 + 0.02 * ri
+    };
+    let mut r = rng(11);
+    let data: Vec<(Arch, f64)> = (0..800)
+        .map(|_| {
+            let a = Arch::sample(&s, &mut r);
+            let y = truth(&a);
+            (a, y)
+        })
+        .collect();
+    let cfg = FitConfig {
+        epochs: 150,
+        ..FitConfig::default()
+    };
+    let p = fit::<AB>(&s, &data, &cfg, &Default::default(), &mut |_, _| {}).unwrap();
+    assert!(p.report.rows > 100);
+    assert!(
+        p.report.rmse_points < 0.5,
+        "held-out RMSE {} points",
+        p.report.rmse_points
+    );
+    assert!(
+        p.report.kendall_tau > 0.9,
+        "held-out τ {}",
+        p.report.kendall_tau
+    );
+    // Saved and loaded, it predicts the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    p.save(&path).unwrap();
+    let q = ofa::search::Predictor::<B>::load(&path, &Default::default()).unwrap();
+    let archs: Vec<Arch> = data.iter().take(20).map(|d| d.0.clone()).collect();
+    assert_eq!(p.predict(&archs), q.predict(&archs));
+}
+
+#[test]
+fn onnx_export_runs_in_tract_with_the_same_logits() {
+    let s = preset("tiny").unwrap();
+    let net: Supernet<B> = random_supernet(&s, 51);
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng(52);
+    let mut archs = vec![Arch::max(&s), Arch::min(&s)];
+    archs.extend((0..3).map(|_| Arch::sample(&s, &mut r)));
+    for (i, arch) in archs.iter().enumerate() {
+        let sub = extract(&net, arch);
+        let path = dir.path().join(format!("m{i}.onnx"));
+        export::onnx::export(&sub, &path).unwrap();
+        let n = 3;
+        let x = random_tensor::<B, 4>([n, 3, arch.r, arch.r], 60 + i as u64);
+        let input = npy::Array {
+            shape: vec![n, 3, arch.r, arch.r],
+            data: to_vec(x.clone()),
+        };
+        let ours = to_vec(sub.forward(x));
+        let theirs = export::onnx::run_tract(&path, &input).unwrap();
+        assert_eq!(theirs.shape, vec![n, 10]);
+        let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = ours
+            .iter()
+            .zip(&theirs.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / scale <= 1e-4,
+            "arch {arch}: relative difference {}",
+            diff / scale
+        );
+    }
+}
+
+fn import_space() -> Space {
+    preset("tiny").unwrap()
+}
+
+#[test]
+fn import_reads_both_torch_formats() {
+    let s = import_space();
+    let net: Supernet<B> = random_supernet(&s, 61);
+    let map = net.to_tensor_map();
+    let dir = tempfile::tempdir().unwrap();
+    let zip_path = dir.path().join("ofa_zip.pth");
+    torch::write_zip(&zip_path, &torch::entries(&map));
+    // The legacy file also uses the old `mobile_inverted_conv` spelling.
+    let mut legacy_entries = torch::entries(&map);
+    for e in &mut legacy_entries {
+        e.name = e.name.replace(
+            ".conv.inverted_bottleneck",
+            ".mobile_inverted_conv.inverted_bottleneck",
+        );
+    }
+    let legacy_path = dir.path().join("ofa_legacy.pth");
+    torch::write_legacy(&legacy_path, &legacy_entries);
+    for (path, renamed) in [(&zip_path, false), (&legacy_path, true)] {
+        let (imported, report) =
+            export::pytorch::import::<B>(path, &s, &Default::default()).unwrap();
+        assert_eq!(report.tensors, map.len(), "{}", path.display());
+        assert!(report.dropped_counters > 0);
+        assert_eq!(report.renamed_legacy > 0, renamed);
+        assert_eq!(imported.to_tensor_map(), map, "{}", path.display());
+    }
+    // A wrong key and a wrong shape are errors naming the key.
+    let mut bad = torch::entries(&map);
+    let i = bad
+        .iter()
+        .position(|e| e.name == "blocks.2.conv.depth_conv.conv.7to5_matrix")
+        .unwrap();
+    bad[i].name = "blocks.2.conv.depth_conv.conv.7to5_matrx".into();
+    let p = dir.path().join("bad_key.pth");
+    torch::write_zip(&p, &bad);
+    let e = format!(
+        "{:#}",
+        export::pytorch::import::<B>(&p, &s, &Default::default()).unwrap_err()
+    );
+    assert!(
+        e.contains("blocks.2.conv.depth_conv.conv.7to5_matrix"),
+        "{e}"
+    );
+    let mut bad = torch::entries(&map);
+    let i = bad
+        .iter()
+        .position(|e| e.name == "classifier.linear.bias")
+        .unwrap();
+    bad[i].shape = vec![5];
+    bad[i].values.truncate(5);
+    let p = dir.path().join("bad_shape.pth");
+    torch::write_zip(&p, &bad);
+    let e = format!(
+        "{:#}",
+        export::pytorch::import::<B>(&p, &s, &Default::default()).unwrap_err()
+    );
+    assert!(
+        e.contains("classifier.linear.bias") && e.contains("[5]"),
+        "{e}"
+    );
+    std::fs::write(dir.path().join("junk.pth"), b"not a checkpoint").unwrap();
+    let e = format!(
+        "{:#}",
+        export::pytorch::import::<B>(&dir.path().join("junk.pth"), &s, &Default::default())
+            .unwrap_err()
+    );
+    assert!(e.contains("junk.pth"), "{e}");
+}
+
+/// Writes a small Fashion-MNIST-format dataset (raw IDX files).
+fn write_idx_dataset(dir: &Path, train: usize, test: usize) {
+    let mut r = rng(70);
+    let images = |n: usize, r: &mut rand_chacha::ChaCha8Rng| {
+        let mut v = vec![0, 0, 8, 3];
+        for x in [n as u32, 28, 28] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend(
+            random_vec(n * 784, r)
+                .iter()
+                .map(|x| ((x + 1.0) * 127.0) as u8),
+        );
+        v
+    };
+    let labels = |n: usize| {
+        let mut v = vec![0, 0, 8, 1];
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+        v.extend((0..n).map(|i| (i % 10) as u8));
+        v
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images(train, &mut r)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels(train)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images(test, &mut r)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels(test)).unwrap();
+}
+
+fn gray_tiny() -> Space {
+    let mut s = preset("tiny").unwrap();
+    s.in_channels = 1;
+    s
+}
+
+#[test]
+fn table_survives_kill_and_resumes_with_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fmnist");
+    write_idx_dataset(&data, 400, 40);
+    let s = gray_tiny();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    save_supernet(
+        &random_supernet::<B>(&s, 71),
+        &run.join("supernet.safetensors"),
+    )
+    .unwrap();
+    let mut cfg = ofa::train::TrainConfig::new(ofa::train::Schedule::Deps, &s, "x");
+    cfg.val_size = 100;
+    std::fs::write(run.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    let table = dir.path().join("t.sqlite");
+    let args = |t: &Path| {
+        let mut c = ofa_bin();
+        c.args(["table", "--supernet"])
+            .arg(run.join("supernet.safetensors"));
+        c.arg("--data")
+            .arg(format!("fashion-mnist:{}", data.display()));
+        c.args([
+            "--subnets",
+            "40",
+            "--resolutions",
+            "12,16,20",
+            "--calib-images",
+            "100",
+            "--calib-batch",
+            "50",
+        ]);
+        c.args(["--max-images", "100", "--batch", "50", "--out"])
+            .arg(t);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let total = 40 * 3;
+    let mut child = args(&table).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = Table::open(&table).and_then(|t| t.len()).unwrap_or(0);
+        if n >= 5 {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "table builder made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = Table::open(&table).unwrap().len().unwrap();
+    assert!(partial < total, "the builder finished before it was killed");
+    let status = args(&table).status().unwrap();
+    assert!(status.success());
+    let rows = Table::open(&table).unwrap().rows().unwrap();
+    assert_eq!(rows.len(), total);
+    let mut keys: Vec<(usize, usize)> = rows.iter().map(|r| (r.index, r.arch.r)).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "a row is missing or repeated");
+    // A different supernet cannot resume into this table.
+    save_supernet(
+        &random_supernet::<B>(&s, 72),
+        &run.join("supernet.safetensors"),
+    )
+    .unwrap();
+    let out = args(&table)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different supernet"));
+}
+
+#[test]
+fn predict_cli_writes_the_subnet_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = gray_tiny();
+    let net: Supernet<B> = random_supernet(&s, 81);
+    let arch = Arch::sample(&s, &mut rng(82));
+    let sub = extract(&net, &arch);
+    let sub_dir = dir.path().join("sub");
+    export::save_subnet(&sub, &sub_dir, serde_json::json!({})).unwrap();
+    let x = random_tensor::<B, 4>([2, 1, arch.r, arch.r], 83);
+    let input = dir.path().join("x.npy");
+    npy::write(
+        &input,
+        &npy::Array {
+            shape: vec![2, 1, arch.r, arch.r],
+            data: to_vec(x.clone()),
+        },
+    )
+    .unwrap();
+    let output = dir.path().join("y.npy");
+    let st = ofa_bin()
+        .args(["predict", "--subnet"])
+        .arg(&sub_dir)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let y = npy::read(&output).unwrap();
+    assert_eq!(y.shape, vec![2, 10]);
+    let want = to_vec(net.forward(x, &arch, Mode::Eval));
+    let diff = y
+        .data
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-5 * want.iter().fold(1f32, |m, v| m.max(v.abs())),
+        "{diff}"
+    );
+    // A wrong channel count is a clear error.
+    npy::write(
+        &input,
+        &npy::Array {
+            shape: vec![1, 3, arch.r, arch.r],
+            data: vec![0.0; 3 * arch.r * arch.r],
+        },
+    )
+    .unwrap();
+    let out = ofa_bin()
+        .args(["predict", "--subnet"])
+        .arg(&sub_dir)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected [N, 1, R, R]"));
+}
