@@ -4,6 +4,7 @@
 
 use crate::space::Activation;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Shape of an NCHW activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,24 @@ impl Nchw {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Output buffers are allocated without zeroing: every kernel writes each
+/// element exactly once before the buffer is returned (a zeroing pass over
+/// every activation would cost as much as a cheap kernel itself).
+fn output(n: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit<f32> needs no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn finish(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same layout; initialised per the caller's contract.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
 }
 
 /// Channels processed together by the depthwise kernels: one pixel of a
@@ -83,12 +102,12 @@ fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f
 
 /// Copies an `[oh × ow] × LANES` block into channels `c0..c0+cn` of `dst`
 /// (`[cn, oh, ow]`, already offset to channel `c0`).
-fn scatter_block(src: &[f32], pixels: usize, cn: usize, dst: &mut [f32]) {
-    let mut planes: Vec<&mut [f32]> = dst.chunks_mut(pixels).take(cn).collect();
+fn scatter_block(src: &[f32], pixels: usize, cn: usize, dst: &mut [MaybeUninit<f32>]) {
+    let mut planes: Vec<&mut [MaybeUninit<f32>]> = dst.chunks_mut(pixels).take(cn).collect();
     for i in 0..pixels {
         let px = &src[i * LANES..][..cn];
         for (p, v) in planes.iter_mut().zip(px) {
-            p[i] = *v;
+            p[i].write(*v);
         }
     }
 }
@@ -187,9 +206,9 @@ fn dw_block_backward_weight(
 
 /// Splits `data` (`[N, C, plane]`) into per-(sample, channel block) chunks,
 /// grouped by channel block.
-fn blocks_by_channel(data: &mut [f32], c: usize, plane: usize) -> Vec<Vec<(usize, &mut [f32])>> {
+fn blocks_by_channel<T>(data: &mut [T], c: usize, plane: usize) -> Vec<Vec<(usize, &mut [T])>> {
     let nb = c.div_ceil(LANES);
-    let mut groups: Vec<Vec<(usize, &mut [f32])>> = (0..nb).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<(usize, &mut [T])>> = (0..nb).map(|_| Vec::new()).collect();
     for (n, sample) in data.chunks_mut(c * plane).enumerate() {
         for (b, chunk) in sample.chunks_mut(LANES * plane).enumerate() {
             groups[b].push((n, chunk));
@@ -212,15 +231,16 @@ pub fn depthwise_forward(
         w: g.ow,
         ..d
     };
-    let mut y = vec![0f32; od.len()];
+    let mut y = output(od.len());
     let weights: Vec<Vec<f32>> = (0..d.c.div_ceil(LANES))
         .map(|b| block_weights(w, k, b * LANES, LANES.min(d.c - b * LANES)))
         .collect();
-    let chunks: Vec<(usize, usize, &mut [f32])> = blocks_by_channel(&mut y, d.c, od.plane())
-        .into_iter()
-        .enumerate()
-        .flat_map(|(b, v)| v.into_iter().map(move |(n, ch)| (n, b, ch)))
-        .collect();
+    let chunks: Vec<(usize, usize, &mut [MaybeUninit<f32>])> =
+        blocks_by_channel(&mut y, d.c, od.plane())
+            .into_iter()
+            .enumerate()
+            .flat_map(|(b, v)| v.into_iter().map(move |(n, ch)| (n, b, ch)))
+            .collect();
     chunks.into_par_iter().for_each_init(
         || (Vec::new(), vec![0f32; od.plane() * LANES]),
         |(pad, out), (n, b, dst)| {
@@ -236,7 +256,8 @@ pub fn depthwise_forward(
             scatter_block(out, od.plane(), cn, dst);
         },
     );
-    (y, od)
+    // SAFETY: the chunks partition `y` and each is written by scatter_block.
+    (unsafe { finish(y) }, od)
 }
 
 /// Gradients of [`depthwise_forward`] with respect to its input and weight.
@@ -250,7 +271,7 @@ pub fn depthwise_backward(
     od: Nchw,
 ) -> (Vec<f32>, Vec<f32>) {
     let g = DwShape::new(d.h, d.w, k, stride);
-    let mut dx = vec![0f32; d.len()];
+    let mut dx = output(d.len());
     let groups = blocks_by_channel(&mut dx, d.c, d.plane());
     let dws: Vec<Vec<f32>> = groups
         .into_par_iter()
@@ -325,6 +346,8 @@ pub fn depthwise_backward(
             dwb
         })
         .collect();
+    // SAFETY: the chunks partition `dx` and each is written by scatter_block.
+    let dx = unsafe { finish(dx) };
     let mut dw = vec![0f32; d.c * k * k];
     for (b, dwb) in dws.iter().enumerate() {
         for l in 0..LANES.min(d.c - b * LANES) {
@@ -342,7 +365,7 @@ fn gemm(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     accumulate: bool,
     lhs: &[f32],
     lhs_rs: usize,
@@ -360,13 +383,14 @@ fn gemm(
     };
     // SAFETY: the slices cover every index the strides reach: dst is m×n
     // row-major (checked above) and callers pass lhs/rhs of the stated
-    // shapes; gemm reads/writes only within m×k, k×n and m×n.
+    // shapes; gemm reads/writes only within m×k, k×n and m×n, and reads dst
+    // only when `accumulate` (then the caller initialised it).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr() as *mut f32,
             1,
             n as isize,
             accumulate,
@@ -389,9 +413,9 @@ fn gemm(
 /// 1×1 convolution, stride 1: `w` is `[C_out, C_in]`.
 pub fn pointwise_forward(x: &[f32], d: Nchw, w: &[f32], cout: usize) -> Vec<f32> {
     let hw = d.plane();
-    let mut y = vec![0f32; d.n * cout * hw];
+    let mut y = output(d.n * cout * hw);
     let threads = rayon::current_num_threads();
-    let one = |(n, yn): (usize, &mut [f32]), parallel: bool| {
+    let one = |(n, yn): (usize, &mut [MaybeUninit<f32>]), parallel: bool| {
         let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
         gemm(cout, hw, d.c, yn, false, w, d.c, 1, xn, hw, 1, parallel);
     };
@@ -404,7 +428,8 @@ pub fn pointwise_forward(x: &[f32], d: Nchw, w: &[f32], cout: usize) -> Vec<f32>
             .enumerate()
             .for_each(|a| one(a, true));
     }
-    y
+    // SAFETY: gemm wrote every element of every chunk.
+    unsafe { finish(y) }
 }
 
 /// Gradients of [`pointwise_forward`] with respect to input and weight.
@@ -417,7 +442,7 @@ pub fn pointwise_backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let hw = d.plane();
     let cin = d.c;
-    let mut dx = vec![0f32; d.len()];
+    let mut dx = output(d.len());
     dx.par_chunks_mut(cin * hw)
         .enumerate()
         .for_each(|(n, dxn)| {
@@ -431,16 +456,19 @@ pub fn pointwise_backward(
         .collect::<Vec<_>>()
         .par_chunks(per)
         .map(|ns| {
-            let mut acc = vec![0f32; cout * cin];
+            let mut acc = output(cout * cin);
             for (i, &n) in ns.iter().enumerate() {
                 let g = &dy[n * cout * hw..(n + 1) * cout * hw];
                 let xn = &x[n * cin * hw..(n + 1) * cin * hw];
                 // Xₙᵀ: element (i, j) = xn[j·hw + i].
                 gemm(cout, cin, hw, &mut acc, i > 0, g, hw, 1, xn, 1, hw, false);
             }
-            acc
+            // SAFETY: the first gemm wrote all of `acc` (ns is non-empty).
+            unsafe { finish(acc) }
         })
         .collect();
+    // SAFETY: one gemm per sample wrote each chunk of `dx`.
+    let dx = unsafe { finish(dx) };
     let mut dw = vec![0f32; cout * cin];
     for p in partials {
         for (a, b) in dw.iter_mut().zip(p) {
@@ -456,13 +484,7 @@ fn channel_stats(x: &[f32], d: Nchw) -> (Vec<f32>, Vec<f32>) {
     let stats: Vec<(f32, f32)> = (0..d.c)
         .into_par_iter()
         .map(|c| {
-            let (mut s, mut sq) = (0f64, 0f64);
-            for n in 0..d.n {
-                let start = (n * d.c + c) * d.plane();
-                let (ps, psq) = sum_and_squares(&x[start..start + d.plane()]);
-                s += ps as f64;
-                sq += psq as f64;
-            }
+            let (s, sq) = channel_sum_and_squares(x, d, c);
             let mean = s / m;
             ((mean) as f32, (sq / m - mean * mean).max(0.0) as f32)
         })
@@ -471,13 +493,38 @@ fn channel_stats(x: &[f32], d: Nchw) -> (Vec<f32>, Vec<f32>) {
 }
 
 #[multiversion::multiversion(targets = "simd")]
-fn affine_plane(out: &mut [f32], x: &[f32], a: f32, b: f32) {
+fn affine_plane(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32) {
     for (o, v) in out.iter_mut().zip(x) {
-        *o = v * a + b;
+        o.write(v * a + b);
     }
 }
 
+/// Σx and Σx² of channel `c` over all samples (f64 across planes).
 #[multiversion::multiversion(targets = "simd")]
+fn channel_sum_and_squares(x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
+    let (mut s, mut sq) = (0f64, 0f64);
+    for n in 0..d.n {
+        let (a, b) = sum_and_squares(&x[(n * d.c + c) * d.plane()..][..d.plane()]);
+        s += a as f64;
+        sq += b as f64;
+    }
+    (s, sq)
+}
+
+/// Σg and Σg·x of channel `c` over all samples.
+#[multiversion::multiversion(targets = "simd")]
+fn channel_sum_and_dot(g: &[f32], x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
+    let (mut s, mut sx) = (0f64, 0f64);
+    for n in 0..d.n {
+        let at = (n * d.c + c) * d.plane();
+        let (a, b) = sum_and_dot(&g[at..][..d.plane()], &x[at..][..d.plane()]);
+        s += a as f64;
+        sx += b as f64;
+    }
+    (s, sx)
+}
+
+#[inline(always)]
 fn sum_and_squares(x: &[f32]) -> (f32, f32) {
     // Eight partial sums let the compiler keep them in one vector register.
     let mut s = [0f32; 8];
@@ -498,7 +545,7 @@ fn sum_and_squares(x: &[f32]) -> (f32, f32) {
     (a, b)
 }
 
-#[multiversion::multiversion(targets = "simd")]
+#[inline(always)]
 fn sum_and_dot(g: &[f32], x: &[f32]) -> (f32, f32) {
     let mut s = [0f32; 8];
     let mut q = [0f32; 8];
@@ -519,7 +566,7 @@ fn sum_and_dot(g: &[f32], x: &[f32]) -> (f32, f32) {
 
 /// `y = x · scale[c] + shift[c]`.
 pub fn channel_affine(x: &[f32], d: Nchw, scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = output(x.len());
     y.par_chunks_mut(d.plane())
         .zip(x.par_chunks(d.plane()))
         .enumerate()
@@ -527,7 +574,8 @@ pub fn channel_affine(x: &[f32], d: Nchw, scale: &[f32], shift: &[f32]) -> Vec<f
             let c = plane % d.c;
             affine_plane(yo, xi, scale[c], shift[c]);
         });
-    y
+    // SAFETY: affine_plane wrote every plane.
+    unsafe { finish(y) }
 }
 
 /// Training-mode batch normalisation: returns `y`, the batch mean and the
@@ -562,17 +610,7 @@ pub fn batch_norm_backward(
     let m = (d.n * d.plane()) as f64;
     let sums: Vec<(f64, f64)> = (0..d.c)
         .into_par_iter()
-        .map(|c| {
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for n in 0..d.n {
-                let start = (n * d.c + c) * d.plane();
-                let (a, b) =
-                    sum_and_dot(&dy[start..start + d.plane()], &x[start..start + d.plane()]);
-                sg += a as f64;
-                sgx += b as f64;
-            }
-            (sg, sgx)
-        })
+        .map(|c| channel_sum_and_dot(dy, x, d, c))
         .collect();
     // dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with k = γ/σ and x̂ = (x − μ)/σ,
     // rewritten per channel as dx = k·dy + a·x + b.
@@ -590,7 +628,7 @@ pub fn batch_norm_backward(
         let b = -k * sg / m - a * mean[c] as f64;
         coef[c] = (k as f32, a as f32, b as f32);
     }
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = output(x.len());
     dx.par_chunks_mut(d.plane())
         .enumerate()
         .for_each(|(plane, out)| {
@@ -600,39 +638,43 @@ pub fn batch_norm_backward(
             let (kc, ac, bc) = coef[c];
             bn_dx_plane(out, gs, xs, kc, ac, bc);
         });
-    (dx, dgamma, dbeta)
+    // SAFETY: bn_dx_plane wrote every plane.
+    (unsafe { finish(dx) }, dgamma, dbeta)
 }
 
 #[multiversion::multiversion(targets = "simd")]
-fn bn_dx_plane(out: &mut [f32], g: &[f32], x: &[f32], k: f32, a: f32, b: f32) {
+fn bn_dx_plane(out: &mut [MaybeUninit<f32>], g: &[f32], x: &[f32], k: f32, a: f32, b: f32) {
     for ((o, gv), xv) in out.iter_mut().zip(g).zip(x) {
-        *o = k * gv + a * xv + b;
+        o.write(k * gv + a * xv + b);
     }
 }
 
 #[multiversion::multiversion(targets = "simd")]
-fn act_chunk(out: &mut [f32], x: &[f32], act: Activation) {
+fn act_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], act: Activation) {
+    let it = out.iter_mut().zip(x);
     match act {
-        Activation::Relu => out.iter_mut().zip(x).for_each(|(o, v)| *o = v.max(0.0)),
-        Activation::Relu6 => out
-            .iter_mut()
-            .zip(x)
-            .for_each(|(o, v)| *o = v.clamp(0.0, 6.0)),
-        Activation::HSwish => out
-            .iter_mut()
-            .zip(x)
-            .for_each(|(o, v)| *o = v * (v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)),
+        Activation::Relu => it.for_each(|(o, v)| {
+            o.write(v.max(0.0));
+        }),
+        Activation::Relu6 => it.for_each(|(o, v)| {
+            o.write(v.clamp(0.0, 6.0));
+        }),
+        Activation::HSwish => it.for_each(|(o, v)| {
+            o.write(v * (v + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0));
+        }),
     }
 }
 
 #[multiversion::multiversion(targets = "simd")]
-fn act_grad_chunk(out: &mut [f32], x: &[f32], g: &[f32], act: Activation) {
+fn act_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], g: &[f32], act: Activation) {
     let it = out.iter_mut().zip(x).zip(g);
     match act {
-        Activation::Relu => it.for_each(|((o, v), g)| *o = if *v > 0.0 { *g } else { 0.0 }),
-        Activation::Relu6 => {
-            it.for_each(|((o, v), g)| *o = if *v > 0.0 && *v < 6.0 { *g } else { 0.0 })
-        }
+        Activation::Relu => it.for_each(|((o, v), g)| {
+            o.write(if *v > 0.0 { *g } else { 0.0 });
+        }),
+        Activation::Relu6 => it.for_each(|((o, v), g)| {
+            o.write(if *v > 0.0 && *v < 6.0 { *g } else { 0.0 });
+        }),
         Activation::HSwish => it.for_each(|((o, v), g)| {
             let slope = if *v < -3.0 {
                 0.0
@@ -641,27 +683,29 @@ fn act_grad_chunk(out: &mut [f32], x: &[f32], g: &[f32], act: Activation) {
             } else {
                 (2.0 * v + 3.0) * (1.0 / 6.0)
             };
-            *o = g * slope
+            o.write(g * slope);
         }),
     }
 }
 
 /// Elementwise activation.
 pub fn activation_forward(x: &[f32], act: Activation) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = output(x.len());
     y.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
         .for_each(|(o, i)| act_chunk(o, i, act));
-    y
+    // SAFETY: act_chunk wrote every chunk.
+    unsafe { finish(y) }
 }
 
 /// Gradient of [`activation_forward`] given its input.
 pub fn activation_backward(x: &[f32], dy: &[f32], act: Activation) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = output(x.len());
     dx.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
         .for_each(|(o, (xs, gs))| act_grad_chunk(o, xs, gs, act));
-    dx
+    // SAFETY: act_grad_chunk wrote every chunk.
+    unsafe { finish(dx) }
 }
 
 #[cfg(test)]

@@ -528,3 +528,12 @@ pub fn channel_affine<B: OfaBackend>(
 pub fn activate<B: OfaBackend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     wrap(B::activation(unwrap(x), act))
 }
+
+/// Global average pooling `[N, C, H, W]` → `[N, C, 1, 1]`, as one mean over
+/// a flattened last axis: its backward is then a per-row broadcast, which
+/// the CPU backend does with its fast kernel (two means over H and W would
+/// need a strided one).
+pub fn global_avg_pool<B: burn::tensor::backend::Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1])
+}

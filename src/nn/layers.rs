@@ -315,7 +315,7 @@ impl<B: OfaBackend> ElasticSe<B> {
         };
         let reduce_w = crop(self.reduce_weight.val(), s, c, smax, cmax);
         let expand_w = crop(self.expand_weight.val(), c, s, cmax, smax);
-        let y = x.clone().mean_dims(&[2, 3]).reshape([n, c]);
+        let y = kernels::global_avg_pool(x.clone()).reshape([n, c]);
         let y = relu(y.matmul(reduce_w.transpose()) + first(self.reduce_bias.val(), s).unsqueeze());
         let y = h_sigmoid(
             y.matmul(expand_w.transpose()) + first(self.expand_bias.val(), c).unsqueeze(),

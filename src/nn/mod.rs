@@ -10,7 +10,9 @@ pub mod host;
 mod init;
 pub mod kernel_ops {
     //! Tensor-level entry points of the fused operators.
-    pub use super::kernels::{activate, batch_norm_train, channel_affine, depthwise, pointwise};
+    pub use super::kernels::{
+        activate, batch_norm_train, channel_affine, depthwise, global_avg_pool, pointwise,
+    };
 }
 mod kernels;
 mod layers;

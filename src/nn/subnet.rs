@@ -276,7 +276,7 @@ impl<B: OfaBackend> SubnetBlock<B> {
             self.act,
         );
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
-            let y = h.clone().mean_dims(&[2, 3]);
+            let y = kernels::global_avg_pool(h.clone());
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
@@ -322,7 +322,7 @@ impl<B: OfaBackend> Subnet<B> {
 
     /// Pooling, post-pool 1×1 conv, dropout (in `Train`) and classifier.
     pub fn classify(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
-        let mut x = x.mean_dims(&[2, 3]);
+        let mut x = super::kernels::global_avg_pool(x);
         if let Some(c) = &self.post_pool {
             x = activate(c.forward(x), self.head_act);
         }
@@ -639,7 +639,7 @@ impl<B: OfaBackend> LayerModule<B> {
                 activate(y, c.act)
             }
             LayerModule::Block(b) => b.forward(x, Mode::Eval, ""),
-            LayerModule::Pool => x.mean_dims(&[2, 3]),
+            LayerModule::Pool => kernels::global_avg_pool(x),
             LayerModule::Linear(l) => {
                 let [n, c, _, _] = x.dims();
                 let y = l.forward(x.reshape([n, c]));
