@@ -184,6 +184,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             resolutions: space.resolutions.clone(),
         };
         let mut t = Table::create_or_open(&table_path, meta)?;
+        let stop = interrupt_flag();
         let pb = indicatif::ProgressBar::new(0);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
@@ -191,11 +192,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        table::build(&net, &mut t, &data, (0, 1), &device, &mut |d, n, _| {
-            pb.set_length(n as u64);
-            pb.set_position(d as u64);
-        })?;
+        table::build(
+            &net,
+            &mut t,
+            &data,
+            (0, 1),
+            &device,
+            &mut |d, n, _| {
+                pb.set_length(n as u64);
+                pb.set_position(d as u64);
+            },
+            &|| stop.load(std::sync::atomic::Ordering::SeqCst),
+        )?;
         pb.finish_and_clear();
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("interrupted; run the same command again to continue");
+        }
         t.export_csv(&a.out.join("table.csv"))
     })?;
 

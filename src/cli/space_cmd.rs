@@ -169,10 +169,32 @@ pub struct SampleArgs {
     /// one JSON object per line).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Instead of random ones, the four subnets validated during training:
+    /// max, min, mid (every middle choice) and random (a fixed draw).
+    #[arg(long)]
+    named: bool,
 }
 
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let s = Space::resolve(&a.space)?;
+    if a.named {
+        for (name, arch) in crate::train::reference_archs(&s) {
+            let v = if a.reference {
+                arch.to_reference_json()
+            } else {
+                arch.to_json(&s)
+            };
+            match &a.out {
+                Some(dir) => {
+                    let path = dir.join(format!("{name}.json"));
+                    crate::util::write_text_atomic(&path, &serde_json::to_string_pretty(&v)?)?;
+                    println!("{}", path.display());
+                }
+                None => println!("{name}: {v}"),
+            }
+        }
+        return Ok(());
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     for i in 0..a.n {
         let arch = Arch::sample(&s, &mut rng);

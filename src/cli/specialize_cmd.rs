@@ -240,6 +240,7 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
         resolutions,
     };
     let mut t = Table::create_or_open(&out, meta)?;
+    let stop = super::progress::interrupt_flag();
     let pb = bar(0, "table [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})");
     let added = table::build(
         &net,

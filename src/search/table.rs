@@ -274,7 +274,9 @@ pub fn shard_indices(subnets: usize, shard: (usize, usize)) -> Vec<usize> {
 }
 
 /// Fills the table: every (architecture, resolution) of the shard that is
-/// not already there. `progress(done, total, last)` after every row.
+/// not already there. `progress(done, total, last)` after every row; when
+/// `stop()` turns true, returns after the current row (the rest can be
+/// resumed).
 pub fn build<B: OfaBackend>(
     net: &Supernet<B>,
     table: &mut Table,
@@ -282,6 +284,7 @@ pub fn build<B: OfaBackend>(
     shard: (usize, usize),
     device: &B::Device,
     progress: &mut dyn FnMut(usize, usize, Option<&TableRow>),
+    stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<usize> {
     let archs = table_archs(&table.meta);
     let work: Vec<(usize, usize)> = shard_indices(archs.len(), shard)
@@ -300,6 +303,9 @@ pub fn build<B: OfaBackend>(
     let mut added = 0;
     progress(0, total, None);
     for (i, r) in work {
+        if stop() {
+            break;
+        }
         if table.has(i, r)? {
             done += 1;
             continue;
