@@ -259,6 +259,7 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
                 ));
             }
         },
+        &|| stop.load(std::sync::atomic::Ordering::SeqCst),
     )?;
     pb.finish_and_clear();
     println!("{}: {} new rows, {} in all", out.display(), added, t.len()?);
