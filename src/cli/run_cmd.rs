@@ -308,22 +308,31 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             d.eval = (0..d.dataset.test.len()).collect();
             d
         };
+        let mut subs = Vec::new();
         for r in &results {
+            calibrate_for(&net, &r.best.arch, &val, 200)?;
+            subs.push(extract(&net, &r.best.arch));
+        }
+        // All chosen subnets timed together, in interleaved rounds, so that
+        // they are compared under the same conditions.
+        let timing_cfg = ProfileConfig {
+            reps: 50,
+            ..ProfileConfig::default()
+        };
+        let timings = crate::search::latency::time_subnets(&subs, &timing_cfg, &device);
+        for ((r, sub), timing) in results.iter().zip(&subs).zip(&timings) {
             let arch = &r.best.arch;
-            calibrate_for(&net, arch, &val, 200)?;
-            let sub = extract(&net, arch);
-            let m_val = evaluate_subnet(&sub, &val, 250, &device)?;
-            let m_test = evaluate_subnet(&sub, &test, 250, &device)?;
-            let timing = crate::search::latency::time_subnet(&sub, &ProfileConfig::default(), &device);
+            let m_val = evaluate_subnet(sub, &val, 250, &device)?;
+            let m_test = evaluate_subnet(sub, &test, 250, &device)?;
             let dir = a.out.join("subnets").join(slug(&r.scenario));
             export::save_subnet(
-                &sub,
+                sub,
                 &dir,
                 serde_json::json!({"scenario": r.scenario, "validation": m_val, "test": m_test, "latency": timing}),
             )?;
             let onnx = dir.join("model.onnx");
-            export::onnx::export(&sub, &onnx)?;
-            let diff = check_onnx(&sub, &onnx, &device)?;
+            export::onnx::export(sub, &onnx)?;
+            let diff = check_onnx(sub, &onnx, &device)?;
             if diff > 1e-4 {
                 anyhow::bail!("{}: tract logits differ by {diff:.2e}", onnx.display());
             }

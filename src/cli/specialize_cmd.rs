@@ -20,6 +20,9 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
+/// Names of the extra budgets `--pareto` sweeps (not the user's scenarios).
+const SWEEP_PREFIX: &str = "sweep-";
+
 fn bar(len: usize, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
@@ -388,6 +391,10 @@ pub struct ProfileArgs {
     warmup: usize,
     #[arg(long, default_value_t = ProfileConfig::default().reps)]
     reps: usize,
+    /// KiB written by each thread before every timed layer run, so that the
+    /// layer's weights come from where they would inside a network (0: warm caches).
+    #[arg(long, default_value_t = ProfileConfig::default().evict_kib)]
+    evict_kib: usize,
     /// Sampled subnets timed end to end to report the table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
@@ -417,12 +424,17 @@ pub fn validate_lut(
         archs.push(Arch::sample(space, &mut rng));
     }
     archs.truncate(n);
+    let subnets: Vec<_> = archs.iter().map(|a| extract(&net, a)).collect();
+    // End-to-end runs get more repetitions than single layers: they are the
+    // yardstick, and a few of them cost little.
+    let cfg = ProfileConfig {
+        reps: lut.config.reps.max(50),
+        ..lut.config.clone()
+    };
+    let timings = crate::search::latency::time_subnets(&subnets, &cfg, &device);
     let mut samples = Vec::new();
-    for a in archs {
-        let pred = lut.predict(space, &a)?;
-        let meas =
-            crate::search::latency::time_subnet(&extract(&net, &a), &lut.config, &device).median_ms;
-        samples.push((a.to_reference_json(), pred, meas));
+    for (a, t) in archs.iter().zip(&timings) {
+        samples.push((a.to_reference_json(), lut.predict(space, a)?, t.median_ms));
     }
     let errs: Vec<f64> = samples
         .iter()
@@ -445,6 +457,7 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
         batch: a.batch,
         warmup: a.warmup,
         reps: a.reps,
+        evict_kib: a.evict_kib,
     };
     let device = Default::default();
     let pb = bar(
@@ -518,8 +531,8 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         };
         let cfg = ProfileConfig {
             batch: a.batch,
-            warmup: 5,
             reps: a.reps,
+            ..ProfileConfig::default()
         };
         Some(crate::search::latency::time_subnet(
             &extract(&net, &arch),
@@ -644,7 +657,7 @@ pub fn sweep_scenarios(
         .map(|i| {
             let b = lo + (hi - lo) * i as f64 / n as f64;
             (
-                format!("sweep-{metric}<={b:.4}{unit}"),
+                format!("{SWEEP_PREFIX}{metric}<={b:.4}{unit}"),
                 lut.cloned(),
                 vec![format!("{metric}<={b:.6}{unit}")],
             )
@@ -728,8 +741,11 @@ pub fn write_pareto(
         .iter()
         .filter_map(|r| r.best.value(metric).map(|v| (v, 100.0 * r.best.accuracy)))
         .collect();
+    // Sweep budgets only shape the front; labelling them would bury the
+    // user's scenarios.
     let labels: Vec<(f64, f64, String)> = results
         .iter()
+        .filter(|r| !r.scenario.starts_with(SWEEP_PREFIX))
         .filter_map(|r| {
             r.best
                 .value(metric)
@@ -770,7 +786,7 @@ pub fn write_pareto(
         series.push(Series {
             name: "chosen subnets (measured)",
             points: measured_pts,
-            style: SeriesStyle::Front,
+            style: SeriesStyle::Measured,
         });
     }
     let x_label = format!("{} ({})", metric, metric.unit());

@@ -40,6 +40,13 @@ pub struct ProfileConfig {
     pub batch: usize,
     pub warmup: usize,
     pub reps: usize,
+    /// KiB each worker thread writes before every timed run of a lone layer.
+    /// Inside a whole network a layer's weights were last touched one forward
+    /// pass earlier and have left the core's private caches; a layer timed in
+    /// a tight loop would find them there and look faster than it is.
+    /// 0 times with warm caches.
+    #[serde(default)]
+    pub evict_kib: usize,
 }
 
 impl Default for ProfileConfig {
@@ -48,8 +55,35 @@ impl Default for ProfileConfig {
             batch: 1,
             warmup: 5,
             reps: 30,
+            evict_kib: 8192,
         }
     }
+}
+
+/// Overwrites `kib` KiB of a per-thread buffer on every thread of the pool,
+/// pushing earlier data out of the cores' private caches.
+fn evict_private_caches(kib: usize) {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUF: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+    if kib == 0 {
+        return;
+    }
+    let words = kib * 1024 / 8;
+    rayon::broadcast(|ctx| {
+        BUF.with_borrow_mut(|b| {
+            if b.len() != words {
+                *b = vec![0; words];
+            }
+            let salt = ctx.index() as u64 + 1;
+            // One write per cache line is enough to claim the line.
+            for w in b.iter_mut().step_by(8) {
+                *w = w.wrapping_add(salt);
+            }
+            std::hint::black_box(&b[0]);
+        })
+    });
 }
 
 /// LUT prediction against measurement on sampled subnets.
@@ -113,30 +147,47 @@ pub fn distinct_layers(space: &Space) -> Vec<Layer> {
     out
 }
 
-fn time_it<F: FnMut()>(cfg: &ProfileConfig, mut f: F) -> Timing {
-    for _ in 0..cfg.warmup {
+/// Milliseconds of `reps` runs of `f` after `warmup` untimed ones; `before`
+/// runs, untimed, ahead of every timed run.
+fn sample_ms<F: FnMut(), P: FnMut()>(
+    warmup: usize,
+    reps: usize,
+    mut before: P,
+    mut f: F,
+) -> Vec<f64> {
+    for _ in 0..warmup {
         f();
     }
-    let samples = (0..cfg.reps.max(1))
+    (0..reps.max(1))
         .map(|_| {
+            before();
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64() * 1e3
         })
-        .collect();
-    Timing::from_samples(samples)
+        .collect()
 }
 
-/// Times one layer on its own.
+/// Times one layer on its own, its weights evicted from the private caches
+/// before each run (`cfg.evict_kib`) and its input freshly touched, as the
+/// previous layer would have left it.
 pub fn time_layer<B: OfaBackend>(layer: &Layer, cfg: &ProfileConfig, device: &B::Device) -> Timing {
     let (module, mut shape) = LayerModule::<B>::new(layer, device);
     shape[0] = cfg.batch;
     let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    time_it(cfg, || {
-        let y = module.forward(x.clone());
-        let _ = B::sync(device);
-        drop(y);
-    })
+    Timing::from_samples(sample_ms(
+        cfg.warmup,
+        cfg.reps,
+        || {
+            evict_private_caches(cfg.evict_kib);
+            let _ = std::hint::black_box(x.clone().into_data());
+        },
+        || {
+            let y = module.forward(x.clone());
+            let _ = B::sync(device);
+            drop(y);
+        },
+    ))
 }
 
 /// Times a whole extracted subnet at its resolution.
@@ -145,17 +196,42 @@ pub fn time_subnet<B: OfaBackend>(
     cfg: &ProfileConfig,
     device: &B::Device,
 ) -> Timing {
-    let r = net.arch.r;
-    let x = Tensor::<B, 4>::random(
-        [cfg.batch, net.space.in_channels, r, r],
-        Distribution::Normal(0.0, 1.0),
-        device,
-    );
-    time_it(cfg, || {
-        let y = net.forward(x.clone());
+    time_subnets(std::slice::from_ref(net), cfg, device).remove(0)
+}
+
+/// Times several subnets in interleaved rounds, so that a slow spell of the
+/// machine spreads over all of them instead of biasing one.
+pub fn time_subnets<B: OfaBackend>(
+    nets: &[Subnet<B>],
+    cfg: &ProfileConfig,
+    device: &B::Device,
+) -> Vec<Timing> {
+    const ROUNDS: usize = 5;
+    let inputs: Vec<Tensor<B, 4>> = nets
+        .iter()
+        .map(|net| {
+            let r = net.arch.r;
+            Tensor::random(
+                [cfg.batch, net.space.in_channels, r, r],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )
+        })
+        .collect();
+    let run = |i: usize| {
+        let y = nets[i].forward(inputs[i].clone());
         let _ = B::sync(device);
         drop(y);
-    })
+    };
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nets.len()];
+    let per_round = cfg.reps.max(1).div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        for (i, s) in samples.iter_mut().enumerate() {
+            let warmup = if round == 0 { cfg.warmup } else { 1 };
+            s.extend(sample_ms(warmup, per_round, || {}, || run(i)));
+        }
+    }
+    samples.into_iter().map(Timing::from_samples).collect()
 }
 
 impl LatencyTable {
@@ -331,6 +407,39 @@ mod tests {
             for l in layers(&s, &a) {
                 assert!(keys.contains(&l.key()), "{} missing", l.key());
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_timing_keeps_every_sample() {
+        type B = burn::backend::Flex;
+        let s = preset("tiny").unwrap();
+        let device = Default::default();
+        let net = crate::nn::SupernetConfig::new(s.clone()).init::<B>(&device);
+        let (small, big) = (Arch::min(&s), Arch::max(&s));
+        let subs = vec![
+            crate::nn::extract(&net, &small),
+            crate::nn::extract(&net, &big),
+        ];
+        let cfg = ProfileConfig {
+            warmup: 1,
+            reps: 10,
+            ..ProfileConfig::default()
+        };
+        let t = time_subnets(&subs, &cfg, &device);
+        assert_eq!(t.len(), 2);
+        for x in &t {
+            assert_eq!(x.reps, 10);
+            assert!(x.p10_ms <= x.median_ms && x.median_ms <= x.p90_ms);
+        }
+        // Timing a lone layer with and without eviction both give finite times.
+        let l = &layers(&s, &big)[2];
+        for evict_kib in [0, 256] {
+            let c = ProfileConfig {
+                evict_kib,
+                ..cfg.clone()
+            };
+            assert!(time_layer::<B>(l, &c, &device).median_ms.is_finite());
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum SeriesStyle {
     Front,
     /// Large labelled markers (the chosen subnets).
     Picks,
+    /// Unconnected markers in a second colour (the chosen subnets as measured).
+    Measured,
 }
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -114,6 +116,18 @@ where
                     .map_err(|e| anyhow::anyhow!("plot: {e}"))?
                     .label(s.name)
                     .legend(|(x, y)| TriangleMarker::new((x, y), 6, RED.filled()));
+            }
+            SeriesStyle::Measured => {
+                let green = RGBColor(0, 140, 60);
+                chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(move |&(x, y)| Circle::new((x, y), 5, green.filled())),
+                    )
+                    .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+                    .label(s.name)
+                    .legend(move |(x, y)| Circle::new((x, y), 4, green.filled()));
             }
         }
     }
