@@ -392,9 +392,10 @@ pub struct ProfileArgs {
     #[arg(long, default_value_t = ProfileConfig::default().reps)]
     reps: usize,
     /// KiB written by each thread before every timed layer run, so that the
-    /// layer's weights come from where they would inside a network (0: warm caches).
-    #[arg(long, default_value_t = ProfileConfig::default().evict_kib)]
-    evict_kib: usize,
+    /// layer's weights come from where they would inside a network (0: warm
+    /// caches; default: 8192 up to batch 4, else 0).
+    #[arg(long)]
+    evict_kib: Option<usize>,
     /// Sampled subnets timed end to end to report the table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
@@ -457,7 +458,9 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
         batch: a.batch,
         warmup: a.warmup,
         reps: a.reps,
-        evict_kib: a.evict_kib,
+        evict_kib: a
+            .evict_kib
+            .unwrap_or_else(|| ProfileConfig::default_evict_kib(a.batch)),
     };
     let device = Default::default();
     let pb = bar(

@@ -101,7 +101,16 @@ impl Table {
                     .with_context(|| format!("{}: corrupt metadata", path.display()))?;
                 check_compatible(&old, &meta)
                     .with_context(|| format!("{}: cannot resume", path.display()))?;
-                Ok(Table { conn, meta: old })
+                let mut kept = old;
+                if meta.subnets > kept.subnets {
+                    // Extending: later draws of the same sampler join the table.
+                    kept.subnets = meta.subnets;
+                    conn.execute(
+                        "UPDATE meta SET value = ?1 WHERE key = 'meta'",
+                        params![serde_json::to_string(&kept)?],
+                    )?;
+                }
+                Ok(Table { conn, meta: kept })
             }
             None => {
                 if existed && Self::count_rows(&conn)? > 0 {
@@ -358,4 +367,43 @@ pub fn merge(out: &Path, inputs: &[&Path]) -> anyhow::Result<usize> {
     drop(merged);
     std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(subnets: usize) -> TableMeta {
+        TableMeta {
+            space: crate::space::preset("tiny").unwrap(),
+            supernet_digest: "d".into(),
+            supernet: "s".into(),
+            data: "fashion-mnist".into(),
+            val_size: 100,
+            split_seed: 0,
+            eval: EvalConfig::default(),
+            arch_seed: 3,
+            subnets,
+            resolutions: vec![12],
+        }
+    }
+
+    #[test]
+    fn a_larger_subnet_count_extends_the_same_draws() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let first = Table::create_or_open(&path, meta(5)).unwrap().meta;
+        let grown = Table::create_or_open(&path, meta(12)).unwrap().meta;
+        assert_eq!(grown.subnets, 12);
+        assert_eq!(Table::open(&path).unwrap().meta.subnets, 12);
+        assert_eq!(table_archs(&first)[..], table_archs(&grown)[..5]);
+        // A smaller count never shrinks what the table promises.
+        assert_eq!(
+            Table::create_or_open(&path, meta(3)).unwrap().meta.subnets,
+            12
+        );
+        let mut other = meta(12);
+        other.arch_seed = 4;
+        assert!(Table::create_or_open(&path, other).is_err());
+    }
 }
