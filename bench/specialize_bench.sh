@@ -37,14 +37,14 @@ done
 for seed in 0 1 2; do
   for b in 1 16; do
     for e in 0 8192; do
-      $ofa profile --batch $b --evict-kib $e --validate 20 --seed $seed \
+      [ -f "$out/lut-b$b-e$e-s$seed.lut.json" ] || $ofa profile --batch $b --evict-kib $e --validate 20 --seed $seed \
         --out "$out/lut-b$b-e$e-s$seed.lut.json" > "$out/lut-b$b-e$e-s$seed.txt" 2>&1
     done
   done
 done
-$ofa profile --validate 20 --out "$out/cpu-2t-b1.lut.json" > "$out/lut-2t-b1.txt" 2>&1
-$ofa profile --threads 1 --validate 20 --out "$out/cpu-1t-b1.lut.json" > "$out/lut-1t-b1.txt" 2>&1
-$ofa profile --batch 16 --validate 20 --out "$out/cpu-2t-b16.lut.json" > "$out/lut-2t-b16.txt" 2>&1
+[ -f "$out/cpu-2t-b1.lut.json" ] || $ofa profile --validate 20 --out "$out/cpu-2t-b1.lut.json" > "$out/lut-2t-b1.txt" 2>&1
+[ -f "$out/cpu-1t-b1.lut.json" ] || $ofa profile --threads 1 --validate 20 --out "$out/cpu-1t-b1.lut.json" > "$out/lut-1t-b1.txt" 2>&1
+[ -f "$out/cpu-2t-b16.lut.json" ] || $ofa profile --batch 16 --validate 20 --out "$out/cpu-2t-b16.lut.json" > "$out/lut-2t-b16.txt" 2>&1
 
 # 3. Search time: one scenario, then 40 (3 latency tables × 10 budgets +
 # 10 FLOPs budgets), 500 generations each.
@@ -57,8 +57,9 @@ out = sys.argv[1]
 lines = []
 for dev in ["cpu-2t-b1", "cpu-1t-b1", "cpu-2t-b16"]:
     lut = f"{out}/{dev}.lut.json"  # read here; the file names it relative to itself
-    ms = [m for _, _, m in json.load(open(lut))["validation"]["samples"]]
-    lo, hi = min(ms), max(ms)
+    # The validation's first two subnets are max and min: the table's range.
+    v = json.load(open(lut))["validation"]["samples"]
+    lo, hi = v[1][1], v[0][1]
     for i in range(10):
         b = lo + (hi - lo) * (i + 0.5) / 10
         lines += ["[[scenario]]", f'name = "{dev}-{b:.3f}ms"', f'lut = "{dev}.lut.json"', f'constraints = ["latency<={b:.4f}ms"]', ""]

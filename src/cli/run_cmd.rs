@@ -243,11 +243,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             LatencyTable::profile::<Cpu>(&space, &cfg, "flex (CPU)", &device, &mut |_, _| {});
         let v = validate_lut(&lut, &space, 12, 0)?;
         eprintln!(
-            "LUT: {} layers; vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%",
+            "LUT: {} layers; vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%; \
+             measured/predicted {:.2} ± {:.1}%",
             lut.entries.len(),
             v.subnets,
             v.mean_abs_error_pct,
-            v.max_abs_error_pct
+            v.max_abs_error_pct,
+            v.scale,
+            v.scale_free_error_pct
         );
         lut.validation = Some(v);
         lut.save(&lut_path)
@@ -460,8 +463,8 @@ fn write_report(
     ));
     if let Some(v) = &lut.validation {
         s.push_str(&format!(
-            "Latency table of `{}` ({} threads, batch {}): {} layer configurations; against end-to-end timing of {} subnets, mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}.\n\n",
-            lut.device, lut.threads, lut.config.batch, lut.entries.len(), v.subnets, v.mean_abs_error_pct, v.max_abs_error_pct, v.kendall_tau
+            "Latency table of `{}` ({} threads, batch {}): {} layer configurations; against end-to-end timing of {} subnets, mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; measured/predicted {:.2} ± {:.1}% (the ratio moves with the shared machine's speed between profile and check; the spread is the error on relative costs, which is what the search compares).\n\n",
+            lut.device, lut.threads, lut.config.batch, lut.entries.len(), v.subnets, v.mean_abs_error_pct, v.max_abs_error_pct, v.kendall_tau, v.scale, v.scale_free_error_pct
         ));
     }
     s.push_str("## Scenarios\n\n");
@@ -480,7 +483,7 @@ fn write_report(
             c.onnx_rel_diff
         ));
     }
-    s.push_str("\nPlots (predicted front over 1000 random subnets; triangles: chosen subnets; measured points in a second line):\n\n");
+    s.push_str("\nPlots (grey: 1000 random subnets, predicted; blue: the predicted Pareto front; red triangles: chosen subnets as predicted; green: the same subnets as measured):\n\n");
     for p in plots
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "svg"))

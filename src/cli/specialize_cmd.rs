@@ -443,7 +443,13 @@ pub fn validate_lut(
         .collect();
     let preds: Vec<f64> = samples.iter().map(|s| s.1).collect();
     let meas: Vec<f64> = samples.iter().map(|s| s.2).collect();
+    let ratios: Vec<f64> = samples.iter().map(|(_, p, m)| m / p).collect();
+    let n = ratios.len().max(1) as f64;
+    let scale = ratios.iter().sum::<f64>() / n;
+    let sd = (ratios.iter().map(|r| (r - scale).powi(2)).sum::<f64>() / n).sqrt();
     Ok(LutValidation {
+        scale,
+        scale_free_error_pct: 100.0 * sd / scale,
         subnets: samples.len(),
         mean_abs_error_pct: errs.iter().sum::<f64>() / errs.len().max(1) as f64,
         max_abs_error_pct: errs.iter().cloned().fold(0.0, f64::max),
@@ -477,8 +483,14 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
     if a.validate > 0 {
         let v = validate_lut(&lut, &space, a.validate, a.seed)?;
         println!(
-            "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}",
-            v.subnets, v.mean_abs_error_pct, v.max_abs_error_pct, v.kendall_tau
+            "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
+             measured/predicted {:.2} ± {:.1}%",
+            v.subnets,
+            v.mean_abs_error_pct,
+            v.max_abs_error_pct,
+            v.kendall_tau,
+            v.scale,
+            v.scale_free_error_pct
         );
         lut.validation = Some(v);
     }
@@ -616,6 +628,18 @@ pub fn run_scenarios(
     scenarios: &[(String, Option<LatencyTable>, Vec<String>)],
     cfg: &EvoConfig,
 ) -> anyhow::Result<Vec<SearchResult>> {
+    try_scenarios(predictor, scenarios, cfg)
+        .into_iter()
+        .collect()
+}
+
+/// Searches every scenario (in parallel); one that fails (for example a
+/// budget no subnet can meet) does not stop the others.
+pub fn try_scenarios(
+    predictor: &Predictor<Cpu>,
+    scenarios: &[(String, Option<LatencyTable>, Vec<String>)],
+    cfg: &EvoConfig,
+) -> Vec<anyhow::Result<SearchResult>> {
     let space = &predictor.space;
     scenarios
         .par_iter()
@@ -746,15 +770,21 @@ pub fn write_pareto(
         .collect();
     // Sweep budgets only shape the front; labelling them would bury the
     // user's scenarios.
-    let labels: Vec<(f64, f64, String)> = results
+    // Scenarios that chose the same subnet share one label.
+    let mut labels: Vec<(f64, f64, String)> = Vec::new();
+    for r in results
         .iter()
         .filter(|r| !r.scenario.starts_with(SWEEP_PREFIX))
-        .filter_map(|r| {
-            r.best
-                .value(metric)
-                .map(|v| (v, 100.0 * r.best.accuracy, r.scenario.clone()))
-        })
-        .collect();
+    {
+        let Some(v) = r.best.value(metric) else {
+            continue;
+        };
+        let y = 100.0 * r.best.accuracy;
+        match labels.iter_mut().find(|(x0, y0, _)| *x0 == v && *y0 == y) {
+            Some(l) => l.2 = format!("{}, {}", l.2, r.scenario),
+            None => labels.push((v, y, r.scenario.clone())),
+        }
+    }
     let front_json: Vec<serde_json::Value> = front
         .iter()
         .map(|&i| {
@@ -857,8 +887,18 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let t = std::time::Instant::now();
-    let results = run_scenarios(&predictor, &scenarios, &cfg)?;
+    let (results, failed): (Vec<_>, Vec<_>) = try_scenarios(&predictor, &scenarios, &cfg)
+        .into_iter()
+        .partition(|r| r.is_ok());
+    let results: Vec<SearchResult> = results.into_iter().map(|r| r.unwrap()).collect();
+    let failed: Vec<String> = failed
+        .into_iter()
+        .map(|r| format!("{:#}", r.err().unwrap()))
+        .collect();
     let total = t.elapsed().as_secs_f64();
+    if results.is_empty() {
+        anyhow::bail!("every scenario failed:\n  {}", failed.join("\n  "));
+    }
     write_results(&a.out, &predictor.space, &results)?;
     for r in &results {
         println!(
@@ -901,6 +941,14 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         for f in write_pareto(&a.out, &predictor, &all, metric, main_lut.as_ref(), &[])? {
             println!("{}", f.display());
         }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} scenarios failed (the others' results are written):\n  {}",
+            failed.len(),
+            scenarios.len(),
+            failed.join("\n  ")
+        );
     }
     Ok(())
 }

@@ -105,6 +105,14 @@ pub struct LutValidation {
     pub max_abs_error_pct: f64,
     /// Rank agreement of predicted and measured latencies.
     pub kendall_tau: f64,
+    /// Mean of measured / predicted, and the spread of that ratio (standard
+    /// deviation, percent of the mean). A shared machine's speed drifts
+    /// between the profile and the check; the drift moves the mean ratio,
+    /// while the spread is the table's error on the subnets' relative costs.
+    #[serde(default)]
+    pub scale: f64,
+    #[serde(default)]
+    pub scale_free_error_pct: f64,
     /// (reference arch JSON, predicted ms, measured ms).
     pub samples: Vec<(serde_json::Value, f64, f64)>,
 }
@@ -178,26 +186,69 @@ fn sample_ms<F: FnMut(), P: FnMut()>(
         .collect()
 }
 
-/// Times one layer on its own, its weights evicted from the private caches
-/// before each run (`cfg.evict_kib`) and its input freshly touched, as the
-/// previous layer would have left it.
-pub fn time_layer<B: OfaBackend>(layer: &Layer, cfg: &ProfileConfig, device: &B::Device) -> Timing {
-    let (module, mut shape) = LayerModule::<B>::new(layer, device);
-    shape[0] = cfg.batch;
-    let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    Timing::from_samples(sample_ms(
-        cfg.warmup,
-        cfg.reps,
-        || {
+/// Rounds over which repetitions are spread: a slow spell of a shared
+/// machine then lands on a few samples of many items instead of all samples
+/// of one, and the medians shrug it off.
+const ROUNDS: usize = 5;
+
+/// Times `n` items in interleaved rounds: `cfg.reps` samples each (at least
+/// one per round), `before(i)` untimed ahead of every timed `run(i)`.
+fn time_interleaved(
+    n: usize,
+    cfg: &ProfileConfig,
+    before: &mut dyn FnMut(usize),
+    run: &mut dyn FnMut(usize),
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<Timing> {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let per_round = cfg.reps.max(1).div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        for (i, s) in samples.iter_mut().enumerate() {
+            let warmup = if round == 0 { cfg.warmup } else { 1 };
+            s.extend(sample_ms(warmup, per_round, || before(i), || run(i)));
+            progress(round * n + i + 1, ROUNDS * n);
+        }
+    }
+    samples.into_iter().map(Timing::from_samples).collect()
+}
+
+/// Times layers on their own, each one's weights evicted from the private
+/// caches before each run (`cfg.evict_kib`) and its input freshly touched,
+/// as the previous layer would have left it.
+pub fn time_layers<B: OfaBackend>(
+    layers: &[Layer],
+    cfg: &ProfileConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<Timing> {
+    let (modules, inputs): (Vec<_>, Vec<_>) = layers
+        .iter()
+        .map(|l| {
+            let (module, mut shape) = LayerModule::<B>::new(l, device);
+            shape[0] = cfg.batch;
+            let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+            (module, x)
+        })
+        .unzip();
+    time_interleaved(
+        layers.len(),
+        cfg,
+        &mut |i| {
             evict_private_caches(cfg.evict_kib);
-            let _ = std::hint::black_box(x.clone().into_data());
+            let _ = std::hint::black_box(inputs[i].clone().into_data());
         },
-        || {
-            let y = module.forward(x.clone());
+        &mut |i| {
+            let y = modules[i].forward(inputs[i].clone());
             let _ = B::sync(device);
             drop(y);
         },
-    ))
+        progress,
+    )
+}
+
+/// Times one layer on its own (see [`time_layers`]).
+pub fn time_layer<B: OfaBackend>(layer: &Layer, cfg: &ProfileConfig, device: &B::Device) -> Timing {
+    time_layers::<B>(std::slice::from_ref(layer), cfg, device, &mut |_, _| {}).remove(0)
 }
 
 /// Times a whole extracted subnet at its resolution.
@@ -209,14 +260,13 @@ pub fn time_subnet<B: OfaBackend>(
     time_subnets(std::slice::from_ref(net), cfg, device).remove(0)
 }
 
-/// Times several subnets in interleaved rounds, so that a slow spell of the
-/// machine spreads over all of them instead of biasing one.
+/// Times several subnets in interleaved rounds, so that they are compared
+/// under the same conditions.
 pub fn time_subnets<B: OfaBackend>(
     nets: &[Subnet<B>],
     cfg: &ProfileConfig,
     device: &B::Device,
 ) -> Vec<Timing> {
-    const ROUNDS: usize = 5;
     let inputs: Vec<Tensor<B, 4>> = nets
         .iter()
         .map(|net| {
@@ -228,20 +278,17 @@ pub fn time_subnets<B: OfaBackend>(
             )
         })
         .collect();
-    let run = |i: usize| {
-        let y = nets[i].forward(inputs[i].clone());
-        let _ = B::sync(device);
-        drop(y);
-    };
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); nets.len()];
-    let per_round = cfg.reps.max(1).div_ceil(ROUNDS);
-    for round in 0..ROUNDS {
-        for (i, s) in samples.iter_mut().enumerate() {
-            let warmup = if round == 0 { cfg.warmup } else { 1 };
-            s.extend(sample_ms(warmup, per_round, || {}, || run(i)));
-        }
-    }
-    samples.into_iter().map(Timing::from_samples).collect()
+    time_interleaved(
+        nets.len(),
+        cfg,
+        &mut |_| {},
+        &mut |i| {
+            let y = nets[i].forward(inputs[i].clone());
+            let _ = B::sync(device);
+            drop(y);
+        },
+        &mut |_, _| {},
+    )
 }
 
 impl LatencyTable {
@@ -254,11 +301,8 @@ impl LatencyTable {
         progress: &mut dyn FnMut(usize, usize),
     ) -> LatencyTable {
         let ls = distinct_layers(space);
-        let mut entries = BTreeMap::new();
-        for (i, l) in ls.iter().enumerate() {
-            entries.insert(l.key(), time_layer::<B>(l, cfg, device));
-            progress(i + 1, ls.len());
-        }
+        let timings = time_layers::<B>(&ls, cfg, device, progress);
+        let entries: BTreeMap<String, Timing> = ls.iter().map(|l| l.key()).zip(timings).collect();
         LatencyTable {
             format: "ofa-lut/1".into(),
             device: cpu_name(),
