@@ -59,7 +59,7 @@ fn archs(space: &Space, n: usize, seed: u64) -> Vec<Arch> {
 }
 
 fn dump(
-    path: &PathBuf,
+    path: &std::path::Path,
     space: &Space,
     label: &str,
     archs: &[Arch],

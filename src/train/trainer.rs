@@ -503,8 +503,8 @@ fn read_last_metrics(path: &Path) -> Option<EpochMetrics> {
     std::fs::read_to_string(path)
         .ok()?
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 fn save_checkpoint<B>(
