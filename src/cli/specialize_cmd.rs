@@ -1,6 +1,6 @@
 //! `ofa table`, `ofa predictor`, `ofa profile`, `ofa latency`, `ofa search`.
 
-use super::train_cmd::{load_data_for, run_config_near};
+use super::train_cmd::{EvalFlags, load_data_for, run_config_near};
 use super::{Cpu, CpuTrain, print_json};
 use crate::data::SplitKind;
 use crate::nn::{SupernetConfig, extract, load_supernet};
@@ -87,15 +87,8 @@ pub struct TableArgs {
     /// Seed of the architecture sampler.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value_t = 2000)]
-    calib_images: usize,
-    #[arg(long, default_value_t = 200)]
-    calib_batch: usize,
-    #[arg(long, default_value_t = 200)]
-    batch: usize,
-    /// Cap on validation images per row (0 = the whole hold-out).
-    #[arg(long, default_value_t = 0)]
-    max_images: usize,
+    #[command(flatten)]
+    eval: EvalFlags,
     /// Also write the table as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -222,12 +215,7 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let eval = EvalConfig {
-        calib_images: a.calib_images,
-        calib_batch: a.calib_batch,
-        batch: a.batch,
-        max_images: a.max_images,
-    };
+    let eval = a.eval.config();
     let data = eval_data(&supernet, &space, &a.data, &eval)?;
     let cfg = run_config(&supernet, &space, &a.data);
     let meta = TableMeta {

@@ -251,17 +251,36 @@ pub struct EvalArgs {
     val_size: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    eval: EvalFlags,
+    #[arg(long)]
+    json: bool,
+}
+
+/// BN recalibration and evaluation settings shared by `eval` and `table`.
+#[derive(Args)]
+pub struct EvalFlags {
+    /// Training images BN statistics are recalibrated on.
     #[arg(long, default_value_t = 2000)]
     calib_images: usize,
     #[arg(long, default_value_t = 200)]
     calib_batch: usize,
     #[arg(long, default_value_t = 200)]
     batch: usize,
-    /// Cap on evaluated images (0 = all).
+    /// Cap on evaluated validation images (0 = the whole split).
     #[arg(long, default_value_t = 0)]
     max_images: usize,
-    #[arg(long)]
-    json: bool,
+}
+
+impl EvalFlags {
+    pub fn config(&self) -> train::EvalConfig {
+        train::EvalConfig {
+            calib_images: self.calib_images,
+            calib_batch: self.calib_batch,
+            batch: self.batch,
+            max_images: self.max_images,
+        }
+    }
 }
 
 /// The training configuration saved beside a supernet, if any.
@@ -302,12 +321,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(v) = a.seed {
         cfg.seed = v;
     }
-    let eval_cfg = train::EvalConfig {
-        calib_images: a.calib_images,
-        calib_batch: a.calib_batch,
-        batch: a.batch,
-        max_images: a.max_images,
-    };
+    let eval_cfg = a.eval.config();
     let (val, train_idx) = train::split_indices(&cfg, &ds)?;
     let (split, eval_idx) = match a.split.as_str() {
         "val" => (SplitKind::Train, val),
