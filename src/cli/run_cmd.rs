@@ -8,13 +8,14 @@
 use super::progress::{TrainProgress, interrupt_flag};
 use super::ship_cmd::{calibrate_for, check_onnx};
 use super::specialize_cmd::{
-    eval_data, run_scenarios, slug, sweep_scenarios, validate_lut, write_pareto, write_results,
+    eval_data, run_scenarios, slug, sweep_scenarios, table_meta, validate_lut, write_pareto,
+    write_results,
 };
 use super::train_cmd::load_data_for;
 use super::{Cpu, CpuTrain};
 use crate::export;
 use crate::nn::{extract, load_supernet};
-use crate::search::table::{self, Table, TableMeta, file_digest};
+use crate::search::table::{self, Table};
 use crate::search::{
     EvoConfig, FitConfig, LatencyTable, Metric, Predictor, ProfileConfig, SearchResult,
 };
@@ -170,19 +171,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         .unwrap_or(false);
     st.run("accuracy table", table_done, || {
         let data = eval_data(&supernet, &space, &a.data, &eval_cfg)?;
-        let cfg = super::train_cmd::run_config_near(&supernet).context("the run's config.toml")?;
-        let meta = TableMeta {
-            space: space.clone(),
-            supernet_digest: file_digest(&supernet)?,
-            supernet: supernet.display().to_string(),
-            data: a.data.clone(),
-            val_size: cfg.val_size,
-            split_seed: cfg.seed,
-            eval: eval_cfg.clone(),
-            arch_seed: 1,
-            subnets: a.table_subnets,
-            resolutions: space.resolutions.clone(),
-        };
+        let meta = table_meta(
+            &supernet,
+            &space,
+            &a.data,
+            eval_cfg.clone(),
+            1,
+            a.table_subnets,
+            space.resolutions.clone(),
+        )?;
         let mut t = Table::create_or_open(&table_path, meta)?;
         let stop = interrupt_flag();
         let pb = indicatif::ProgressBar::new(0);

@@ -4,12 +4,11 @@ use super::progress::{TrainProgress, interrupt_flag};
 use super::specialize_cmd::eval_data;
 use super::train_cmd::load_data_for;
 use super::{Cpu, CpuTrain, print_json};
-use crate::data::{Augment, make_batch};
 use crate::export::{self, npy};
-use crate::nn::{OfaBackend, Subnet, calibrate_bn, extract, load_supernet, save_supernet};
+use crate::nn::{OfaBackend, Subnet, extract, load_supernet, save_supernet};
 use crate::space::{Arch, Space};
 use crate::train::finetune::{FinetuneConfig, evaluate_subnet, finetune};
-use crate::train::{EvalConfig, EvalData, batch_tensors, split_indices};
+use crate::train::{EvalConfig, EvalData, split_indices};
 use anyhow::Context;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
@@ -45,21 +44,7 @@ pub fn calibrate_for(
     data: &EvalData,
     batch: usize,
 ) -> anyhow::Result<()> {
-    let device = Default::default();
-    let mut batches = Vec::new();
-    for chunk in data.calib.chunks(batch) {
-        let b = make_batch(
-            &data.dataset,
-            &data.dataset.train,
-            chunk,
-            arch.r,
-            Augment::None,
-            0,
-        )?;
-        batches.push(batch_tensors::<Cpu>(&b, &device).0);
-    }
-    calibrate_bn(net, arch, batches)?;
-    Ok(())
+    crate::train::recalibrate(net, arch, data, batch, &Default::default())
 }
 
 pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {

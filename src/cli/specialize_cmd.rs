@@ -113,6 +113,32 @@ fn run_config(supernet: &Path, space: &Space, data: &str) -> TrainConfig {
     run_config_near(supernet).unwrap_or_else(|| TrainConfig::new(Schedule::Deps, space, data))
 }
 
+/// What a table of `supernet` is built from: its file digest, and the
+/// validation hold-out of its training run.
+pub fn table_meta(
+    supernet: &Path,
+    space: &Space,
+    data: &str,
+    eval: EvalConfig,
+    arch_seed: u64,
+    subnets: usize,
+    resolutions: Vec<usize>,
+) -> anyhow::Result<TableMeta> {
+    let cfg = run_config(supernet, space, data);
+    Ok(TableMeta {
+        space: space.clone(),
+        supernet_digest: file_digest(supernet)?,
+        supernet: supernet.display().to_string(),
+        data: data.to_string(),
+        val_size: cfg.val_size,
+        split_seed: cfg.seed,
+        eval,
+        arch_seed,
+        subnets,
+        resolutions,
+    })
+}
+
 /// Validation data of a supernet: the hold-out of its training run.
 pub fn eval_data(
     supernet: &Path,
@@ -217,19 +243,15 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
     }
     let eval = a.eval.config();
     let data = eval_data(&supernet, &space, &a.data, &eval)?;
-    let cfg = run_config(&supernet, &space, &a.data);
-    let meta = TableMeta {
-        space: space.clone(),
-        supernet_digest: file_digest(&supernet)?,
-        supernet: supernet.display().to_string(),
-        data: a.data.clone(),
-        val_size: cfg.val_size,
-        split_seed: cfg.seed,
+    let meta = table_meta(
+        &supernet,
+        &space,
+        &a.data,
         eval,
-        arch_seed: a.seed,
-        subnets: a.subnets,
+        a.seed,
+        a.subnets,
         resolutions,
-    };
+    )?;
     let mut t = Table::create_or_open(&out, meta)?;
     let stop = super::progress::interrupt_flag();
     let pb = bar(0, "table [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})");

@@ -89,6 +89,31 @@ pub(crate) fn score(logits: &[f32], labels: &[i64], classes: usize) -> (usize, u
     (t1, t5, loss)
 }
 
+/// Recalibrates the BN statistics of `arch` on the calibration images of
+/// `data`, at the arch's resolution, in batches of `batch`.
+pub fn recalibrate<B: OfaBackend>(
+    net: &Supernet<B>,
+    arch: &Arch,
+    data: &EvalData,
+    batch: usize,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let mut batches = Vec::new();
+    for chunk in data.calib.chunks(batch.max(1)) {
+        let b = make_batch(
+            &data.dataset,
+            &data.dataset.train,
+            chunk,
+            arch.r,
+            Augment::None,
+            0,
+        )?;
+        batches.push(batch_tensors::<B>(&b, device).0);
+    }
+    calibrate_bn(net, arch, batches)?;
+    Ok(())
+}
+
 /// Recalibrates BN for `arch` on `data.calib`, then evaluates on
 /// `data.eval`. `progress(done, total)` reports evaluated images.
 pub fn evaluate<B: OfaBackend>(
@@ -100,19 +125,7 @@ pub fn evaluate<B: OfaBackend>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<EvalResult> {
     if !data.calib.is_empty() {
-        let mut batches = Vec::new();
-        for chunk in data.calib.chunks(cfg.calib_batch) {
-            let b = make_batch(
-                &data.dataset,
-                &data.dataset.train,
-                chunk,
-                arch.r,
-                Augment::None,
-                0,
-            )?;
-            batches.push(batch_tensors::<B>(&b, device).0);
-        }
-        calibrate_bn(net, arch, batches)?;
+        recalibrate(net, arch, data, cfg.calib_batch, device)?;
     }
     let requests: Vec<BatchRequest> = data
         .eval

@@ -16,7 +16,7 @@ pub use config::{
     DepsConfig, EvalConfig, PsConfig, PsPhase, SandwichConfig, Schedule, TrainConfig,
     reference_epochs,
 };
-pub use eval::{EvalData, EvalResult, batch_tensors, evaluate, reference_archs};
+pub use eval::{EvalData, EvalResult, batch_tensors, evaluate, recalibrate, reference_archs};
 pub use loss::{smoothed_cross_entropy, soft_cross_entropy, soft_labels, subnet_loss};
 pub use optim::{CosineSchedule, Sgd, SgdConfig};
 pub use trainer::{
