@@ -157,6 +157,7 @@ fn accumulated_gradients_equal_the_sum_of_individual_ones() {
         arch: a.with_resolution(r),
         scale,
         kd: Kd::None,
+        dropout: true,
     })
     .collect();
     let x = random_tensor::<AB, 4>([4, 3, r, r], 8);
@@ -274,4 +275,148 @@ fn bn_recalibration_matches_a_direct_computation() {
             rv[ch]
         );
     }
+}
+
+/// The progressive-shrinking teacher runs on batch statistics (the
+/// reference's `teacher_model.train()` under `no_grad`) and leaves its
+/// running statistics alone.
+#[test]
+fn the_teacher_uses_batch_statistics_and_leaves_running_ones_untouched() {
+    let space = preset("tiny").unwrap();
+    let net: Supernet<B> = random_supernet(&space, 11);
+    let max = Arch::max(&space);
+    let x = random_tensor::<B, 4>([6, 3, max.r, max.r], 12);
+    let before = net.to_tensor_map();
+    let teacher = net.forward(x.clone(), &max, Mode::Teacher);
+    let after = net.to_tensor_map();
+    for (k, t) in &before {
+        assert_eq!(t.data, after[k].data, "{k} changed");
+    }
+    // Independent computation: set every BN's running statistics to this
+    // batch's (recalibration on exactly x), then run on stored statistics.
+    let stored = net.forward(x.clone(), &max, Mode::Eval);
+    ofa::nn::calibrate_bn(&net, &max, vec![x.clone()]).unwrap();
+    let batch_stats = net.forward(x, &max, Mode::Eval);
+    let scale = max_abs(batch_stats.clone()).max(1.0);
+    assert!(max_abs_diff(teacher.clone(), batch_stats) / scale < 1e-4);
+    assert!(
+        max_abs_diff(teacher, stored) / scale > 1e-3,
+        "the stored statistics were used"
+    );
+}
+
+/// DepS's `avg` aggregation divides each element of the summed gradient
+/// by the summed weights of the networks that read it.
+#[test]
+fn avg_aggregation_divides_by_the_weights_of_the_networks_that_use_a_weight() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use ofa::train::{GradientAggregation, Item, Kd, step_gradients};
+    let (mut cfg, space, _) = tiny_setup(Schedule::Sandwich);
+    let net: Supernet<AB> = random_supernet(&space, 5);
+    let r = 16;
+    let items: Vec<Item> = [(Arch::max(&space), 1.0), (Arch::min(&space), 0.5)]
+        .into_iter()
+        .map(|(a, scale)| Item {
+            arch: a.with_resolution(r),
+            scale,
+            kd: Kd::None,
+            dropout: false,
+        })
+        .collect();
+    let x = random_tensor::<AB, 4>([4, 3, r, r], 8);
+    let y = Tensor::<AB, 1, Int>::from_data(
+        TensorData::new(vec![1i64, 3, 5, 7], [4]),
+        &Default::default(),
+    );
+    let grads = |cfg: &TrainConfig, items: &[Item]| {
+        step_gradients(&net, items, x.clone(), y.clone(), None, cfg)
+            .unwrap()
+            .0
+    };
+    let g_max = grads(&cfg, &items[..1]);
+    let g_min = grads(&cfg, &items[1..]);
+    cfg.gradient_aggregation = GradientAggregation::Avg;
+    let avg = grads(&cfg, &items);
+    cfg.gradient_aggregation = GradientAggregation::AvgSqrt;
+    let avg_sqrt = grads(&cfg, &items);
+    // Block 1's project conv `[out, mid_max, 1, 1]`: the min subnet reads
+    // its first `middle_width(in, 3)` input columns (worked out from the
+    // space, not from the network).
+    let b = &space.blocks()[0];
+    let mid_min = space.middle_width(b.in_ch, space.expand_choices[0]);
+    let w = &net.blocks[0].point_linear.conv.weight;
+    let [out, mid_max, _, _] = w.dims();
+    assert!(mid_min < mid_max);
+    type I = burn::backend::Flex;
+    let v = |g: &burn::optim::GradientsParams| to_vec(g.get::<I, 4>(w.id).unwrap());
+    let (gm, gn, ga, gs) = (v(&g_max), v(&g_min), v(&avg), v(&avg_sqrt));
+    let mut checked = 0;
+    for o in 0..out {
+        for c in 0..mid_max {
+            let i = o * mid_max + c;
+            let (want_avg, want_sqrt) = if c < mid_min {
+                // Both networks: (g_max + 0.5 g_min) / 1.5 and / √1.5.
+                let sum = gm[i] + gn[i];
+                (sum / 1.5, sum / 1.5f32.sqrt())
+            } else {
+                (gm[i], gm[i])
+            };
+            let tol = 1e-5 * (1.0 + want_avg.abs());
+            assert!((ga[i] - want_avg).abs() < tol, "avg [{o},{c}]");
+            assert!((gs[i] - want_sqrt).abs() < tol, "avg_sqrt [{o},{c}]");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100);
+}
+
+/// An independent run trains the static network of its architecture,
+/// freshly initialised: what `extract` produces, without transformation
+/// matrices, with as many parameters as `ofa flops` counts.
+#[test]
+fn independent_runs_train_the_static_network() {
+    let (mut cfg, space, ds) = tiny_setup(Schedule::Independent);
+    cfg.epochs = 1.0;
+    let mut arch = Arch::sample(&space, &mut rng(21));
+    arch.r = 16;
+    arch.ks[0] = 3;
+    cfg.arch = Some(arch.to_reference_json());
+    let fresh = ofa::nn::Subnet::<B>::init(&space, &arch, 0, &Default::default());
+    let map = fresh.to_tensor_map();
+    assert!(
+        map.keys().all(|k| !k.contains("matrix")),
+        "{:?}",
+        map.keys()
+    );
+    // Parameters as PyTorch counts them: BN running statistics are buffers.
+    let params: usize = map
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(_, t)| t.data.len())
+        .sum();
+    assert_eq!(params as u64, arch.cost(&space).params);
+    // Fresh He (fan-out) weights for its own shape: a 3×3 depthwise kernel
+    // of C channels has std √(2 / (9 C)), not the 7×7 supernet's.
+    let dw = &fresh.blocks[1].depthwise.weight;
+    let [c, _, k, _] = dw.dims();
+    assert_eq!(k, 3);
+    let vals = to_vec(dw.val());
+    let sd = (vals.iter().map(|v| v * v).sum::<f32>() / vals.len() as f32).sqrt();
+    let want = (2.0 / (9.0 * c as f32)).sqrt();
+    assert!((sd / want - 1.0).abs() < 0.25, "std {sd} vs {want}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = train::<AB>(
+        &cfg,
+        &space,
+        ds,
+        dir.path(),
+        false,
+        &Default::default(),
+        &mut NoObserver,
+    )
+    .unwrap();
+    assert_eq!(out.output, dir.path().join("subnet"));
+    let trained = ofa::nn::load_subnet::<B>(&out.output, &Default::default()).unwrap();
+    assert_eq!(trained.arch, arch);
+    assert!(out.last.unwrap().val.contains_key("arch"));
 }

@@ -20,7 +20,7 @@ use crate::search::{
     EvoConfig, FitConfig, LatencyTable, Metric, Predictor, ProfileConfig, SearchResult,
 };
 use crate::space::{Arch, Space};
-use crate::train::finetune::evaluate_subnet;
+use crate::train::evaluate_subnet;
 use crate::train::{EvalConfig, TrainConfig};
 use anyhow::Context;
 use clap::Args;

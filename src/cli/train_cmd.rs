@@ -101,7 +101,6 @@ augment = false
 [deps]
 full_model_fraction = 0.6
 subnets_per_step = 4
-eps_ramp_epochs = 0.3
 [eval]
 calib_images = 1000
 max_images = 2500
@@ -220,11 +219,11 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!(
-        "done: {} steps, {:.0} s training, {} images; supernet: {}",
+        "done: {} steps, {:.0} s training, {} images; network: {}",
         out.steps,
         out.train_seconds,
         out.images,
-        out.supernet.display()
+        out.output.display()
     );
     Ok(())
 }
@@ -232,8 +231,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct EvalArgs {
     /// Supernet file (safetensors written by `ofa train` or `ofa import`).
+    #[arg(long, required_unless_present = "subnet", conflicts_with = "subnet")]
+    supernet: Option<PathBuf>,
+    /// A subnet folder instead (`ofa extract`, or an independent run's
+    /// `subnet/`): evaluated with its stored BN statistics.
     #[arg(long)]
-    supernet: PathBuf,
+    subnet: Option<PathBuf>,
     /// `max`, `min`, or an architecture JSON file.
     #[arg(long, default_value = "max")]
     arch: String,
@@ -291,14 +294,30 @@ pub fn run_config_near(supernet: &Path) -> Option<TrainConfig> {
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = Default::default();
-    let net = load_supernet::<Cpu>(&a.supernet, None, &device)?;
-    let space = net.space.clone();
+    let (net, sub, file) = match (&a.supernet, &a.subnet) {
+        (Some(p), _) => (
+            Some(load_supernet::<Cpu>(p, None, &device)?),
+            None,
+            p.clone(),
+        ),
+        (None, Some(d)) => (
+            None,
+            Some(crate::nn::load_subnet::<Cpu>(d, &device)?),
+            d.join("subnet.safetensors"),
+        ),
+        (None, None) => anyhow::bail!("give --supernet or --subnet"),
+    };
+    let space = match (&net, &sub) {
+        (Some(n), _) => n.space.clone(),
+        (_, Some(s)) => s.space.clone(),
+        _ => unreachable!("one of them is loaded"),
+    };
     let mut data_space = space.clone();
     let ds = load_data_for(&mut data_space, &a.data)?;
     if data_space != space {
         anyhow::bail!(
-            "{}: supernet expects {} channel(s) and {} classes, dataset {} has {} and {}",
-            a.supernet.display(),
+            "{}: the network expects {} channel(s) and {} classes, dataset {} has {} and {}",
+            file.display(),
             space.in_channels,
             space.num_classes,
             ds.name,
@@ -306,12 +325,20 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             ds.classes.len()
         );
     }
-    let mut arch = Arch::parse_arg(&a.arch, &space)?;
+    let mut arch = match &sub {
+        Some(s) => s.arch.clone(),
+        None => Arch::parse_arg(&a.arch, &space)?,
+    };
     if let Some(r) = a.resolution {
         arch.r = r;
         arch.validate(&space)?;
     }
-    let run_cfg = run_config_near(&a.supernet);
+    // A subnet folder sits in its run folder (`run/subnet/`), a supernet
+    // file beside its run's config.
+    let run_cfg = match &a.subnet {
+        Some(d) => run_config_near(d),
+        None => run_config_near(&file),
+    };
     let mut cfg = run_cfg
         .clone()
         .unwrap_or_else(|| TrainConfig::new(Schedule::Deps, &space, &a.data));
@@ -335,9 +362,13 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let t = std::time::Instant::now();
-    let r = train::evaluate(&net, &arch, &data, &eval_cfg, &device, &mut |d, _| {
-        pb.set_position(d as u64)
-    })?;
+    let r = match (&net, &sub) {
+        (Some(n), _) => train::evaluate(n, &arch, &data, &eval_cfg, &device, &mut |d, _| {
+            pb.set_position(d as u64)
+        })?,
+        (_, Some(s)) => train::evaluate_subnet(s, &data, eval_cfg.batch, &device)?,
+        _ => unreachable!("one of them is loaded"),
+    };
     pb.finish_and_clear();
     let cost = arch.cost(&space);
     if a.json {

@@ -207,11 +207,12 @@ impl<B: OfaBackend> ElasticBn<B> {
                 let shift = beta - mean * scale.clone();
                 kernels::channel_affine(x, scale, shift)
             }
-            Mode::Train => {
+            Mode::Train | Mode::TrainNoDropout => {
                 let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
                 self.update_running(mean, var, n * h * w);
                 y
             }
+            Mode::Teacher => kernels::batch_norm_train(x, gamma, beta, self.eps).0,
             Mode::Calibrate(stats) => {
                 let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
                 stats.record(&self.name, mean, var, n);
@@ -354,7 +355,7 @@ pub fn dropout<B: OfaBackend, const D: usize>(
     p: f64,
     mode: Mode<'_, B>,
 ) -> Tensor<B, D> {
-    if p <= 0.0 || !matches!(mode, Mode::Train) {
+    if p <= 0.0 || !mode.dropout() {
         return x;
     }
     let keep = x.random_like(Distribution::Bernoulli(1.0 - p));

@@ -29,11 +29,11 @@ pub use layers::{
 };
 pub use sort::{BlockPermutation, apply_permutations, channel_permutations};
 pub use state::{
-    HostTensor, StateError, TensorMap, load_supernet, read_safetensors, save_supernet,
-    write_safetensors,
+    HostTensor, StateError, TensorMap, load_subnet, load_supernet, read_safetensors, save_subnet,
+    save_supernet, write_safetensors,
 };
-pub use subnet::{LayerConv, LayerModule, Subnet, SubnetBlock, extract};
-pub use supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
+pub use subnet::{LayerConv, LayerModule, Subnet, SubnetBlock, extract, param_names_in_order};
+pub use supernet::{ActiveRegions, ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
 use burn::tensor::Tensor;
 use std::collections::HashMap;
@@ -46,11 +46,26 @@ pub enum Mode<'a, B: OfaBackend> {
     /// Batch statistics; running statistics of the active channels are
     /// updated; dropout on.
     Train,
+    /// As `Train` without dropout: DϵpS and BigNAS train the non-max subnets
+    /// this way (`forward(x, max=False)` in DepS's `ofa_mbv3.py`).
+    TrainNoDropout,
+    /// Batch statistics, running statistics untouched, dropout on: the
+    /// progressive-shrinking teacher, which the reference runs in training
+    /// mode under `no_grad` (`train_one_epoch` in OFA's
+    /// `progressive_shrinking.py`).
+    Teacher,
     /// Stored running statistics; dropout off.
     Eval,
     /// Batch statistics recorded into the collector (BN recalibration);
     /// running statistics untouched; dropout off.
     Calibrate(&'a BnStats<B>),
+}
+
+impl<B: OfaBackend> Mode<'_, B> {
+    /// Whether dropout is applied.
+    pub fn dropout(&self) -> bool {
+        matches!(self, Mode::Train | Mode::Teacher)
+    }
 }
 
 // Manual impls: a derive would require `B: Copy`.

@@ -201,6 +201,67 @@ pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     }
 }
 
+impl<B: OfaBackend> Subnet<B> {
+    /// The static network of `arch`, freshly initialised the way the
+    /// reference initialises a static network (`init_models(net,
+    /// "he_fout")` in OFA's `utils/my_modules.py`): every convolution
+    /// N(0, 2 / (k·k·out)) for its own shape, biases 0, BN weight 1 and
+    /// bias 0, the classifier U(±1/√in). It has no kernel transformation
+    /// matrices: a k×k kernel is a k×k tensor.
+    pub fn init(space: &Space, arch: &Arch, seed: u64, device: &B::Device) -> Self {
+        let skeleton = super::SupernetConfig::new(space.clone()).init::<B>(device);
+        let mut net = extract(&skeleton, arch);
+        let mut init = super::Init::new(seed);
+        let mut fresh_conv = |c: &mut Conv2d<B>| {
+            let [out, inp, k, kw] = c.weight.dims();
+            let std = (2.0 / (k * kw * out) as f64).sqrt();
+            c.weight = Param::from_tensor(init.normal([out, inp, k, kw], std, device));
+            if let Some(b) = &c.bias {
+                c.bias = Some(Param::from_tensor(Tensor::zeros(b.dims(), device)));
+            }
+        };
+        let fresh_bn = |b: &mut BatchNorm<B>| {
+            let c = b.gamma.dims()[0];
+            b.gamma = Param::from_tensor(Tensor::ones([c], device));
+            b.beta = Param::from_tensor(Tensor::zeros([c], device));
+            b.running_mean = RunningState::new(Tensor::zeros([c], device));
+            b.running_var = RunningState::new(Tensor::ones([c], device));
+        };
+        fresh_conv(&mut net.stem);
+        fresh_bn(&mut net.stem_bn);
+        for b in &mut net.blocks {
+            for c in [&mut b.expand, &mut b.se_reduce, &mut b.se_expand]
+                .into_iter()
+                .flatten()
+            {
+                fresh_conv(c);
+            }
+            fresh_conv(&mut b.depthwise);
+            fresh_conv(&mut b.project);
+            for n in [&mut b.expand_bn].into_iter().flatten() {
+                fresh_bn(n);
+            }
+            fresh_bn(&mut b.depthwise_bn);
+            fresh_bn(&mut b.project_bn);
+        }
+        for c in [&mut net.pre_pool, &mut net.post_pool]
+            .into_iter()
+            .flatten()
+        {
+            fresh_conv(c);
+        }
+        if let Some(n) = &mut net.pre_pool_bn {
+            fresh_bn(n);
+        }
+        // burn's Linear stores [in, out].
+        let [inp, out] = net.classifier.weight.dims();
+        let bound = 1.0 / (inp as f64).sqrt();
+        net.classifier.weight = Param::from_tensor(init.uniform([inp, out], bound, device));
+        net.classifier.bias = Some(Param::from_tensor(Tensor::zeros([out], device)));
+        net
+    }
+}
+
 /// A burn `Conv2d` run with the fused kernels where they apply.
 fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [out, in_g, k, _] = c.weight.dims();
@@ -230,7 +291,8 @@ fn bn_forward<B: OfaBackend>(
             let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
             kernels::channel_affine(x, scale, shift)
         }
-        Mode::Train => {
+        Mode::Teacher => kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0,
+        Mode::Train | Mode::TrainNoDropout => {
             let (y, mean, var) =
                 kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
             let count = n * h * w;
@@ -648,4 +710,22 @@ impl<B: OfaBackend> LayerModule<B> {
             }
         }
     }
+}
+
+/// Names a module's parameters by visiting order (`p0`, `p1`, …): stable
+/// for one structure, which is all optimizer state of a static network
+/// needs.
+pub fn param_names_in_order<B: burn::tensor::backend::Backend, M: Module<B>>(
+    m: &M,
+) -> std::collections::HashMap<burn::module::ParamId, String> {
+    struct V(std::collections::HashMap<burn::module::ParamId, String>);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let n = self.0.len();
+            self.0.insert(p.id, format!("p{n}"));
+        }
+    }
+    let mut v = V(Default::default());
+    m.visit(&mut v);
+    v.0
 }

@@ -264,3 +264,116 @@ impl<B: OfaBackend> Supernet<B> {
         self.classifier.forward(x)
     }
 }
+
+/// The part of each parameter a subnet uses: per axis, the index range
+/// (a box). Parameters the subnet does not use are absent.
+pub type ActiveRegions = std::collections::HashMap<burn::module::ParamId, Vec<Range<usize>>>;
+
+use std::ops::Range;
+
+fn whole<B: OfaBackend, const D: usize>(
+    p: &burn::module::Param<Tensor<B, D>>,
+    out: &mut ActiveRegions,
+) {
+    out.insert(p.id, p.dims().iter().map(|&n| 0..n).collect());
+}
+
+impl<B: OfaBackend> ElasticBn<B> {
+    fn regions(&self, c: usize, out: &mut ActiveRegions) {
+        out.insert(self.gamma.id, vec![0..c]);
+        out.insert(self.beta.id, vec![0..c]);
+    }
+}
+
+impl<B: OfaBackend> ElasticConv<B> {
+    fn regions(&self, o: usize, i: usize, out: &mut ActiveRegions) {
+        let k = self.kernel();
+        out.insert(self.weight.id, vec![0..o, 0..i, 0..k, 0..k]);
+        if let Some(b) = &self.bias {
+            out.insert(b.id, vec![0..o]);
+        }
+    }
+}
+
+impl<B: OfaBackend> ElasticDepthwise<B> {
+    /// A `k×k` subnet reads the centre of the stored kernel that the first
+    /// transformation crops (all of it for the largest kernel), and every
+    /// transformation matrix on the way down to `k`.
+    fn regions(&self, c: usize, k: usize, out: &mut ActiveRegions) {
+        let n = self.kernels.len();
+        let kmax = self.kernels[n - 1];
+        let read = if k >= kmax { kmax } else { self.kernels[n - 2] };
+        let s = (kmax - read) / 2;
+        out.insert(self.weight.id, vec![0..c, 0..1, s..s + read, s..s + read]);
+        for i in (0..n - 1).rev() {
+            if self.kernels[i + 1] <= k {
+                break;
+            }
+            whole(&self.transforms[i], out);
+        }
+    }
+}
+
+impl<B: OfaBackend> ConvBnAct<B> {
+    fn regions(&self, out: &mut ActiveRegions) {
+        whole(&self.conv.weight, out);
+        if let Some(b) = &self.conv.bias {
+            whole(b, out);
+        }
+        if let Some(bn) = &self.bn {
+            bn.regions(bn.channels(), out);
+        }
+    }
+}
+
+impl<B: OfaBackend> MbConv<B> {
+    fn regions(&self, in_ch: usize, k: usize, mid: usize, out: &mut ActiveRegions) {
+        let mid = if self.inverted_bottleneck.is_some() {
+            mid
+        } else {
+            in_ch
+        };
+        if let Some(ib) = &self.inverted_bottleneck {
+            ib.conv.regions(mid, in_ch, out);
+            ib.bn.regions(mid, out);
+        }
+        self.depth_conv.regions(mid, k, out);
+        self.depth_bn.regions(mid, out);
+        if let Some(se) = &self.se {
+            let s = se.hidden(mid);
+            out.insert(se.reduce_weight.id, vec![0..s, 0..mid, 0..1, 0..1]);
+            out.insert(se.reduce_bias.id, vec![0..s]);
+            out.insert(se.expand_weight.id, vec![0..mid, 0..s, 0..1, 0..1]);
+            out.insert(se.expand_bias.id, vec![0..mid]);
+        }
+        self.point_linear.conv.regions(self.out_ch, mid, out);
+        self.point_linear
+            .bn
+            .regions(self.point_linear.bn.channels(), out);
+    }
+}
+
+impl<B: OfaBackend> Supernet<B> {
+    /// Which part of every trainable parameter subnet `arch` uses (DepS's
+    /// `get_active_subnet_mask`, with kernel crops and transformation
+    /// matrices included): the weights its forward reads.
+    pub fn active_regions(&self, arch: &Arch) -> ActiveRegions {
+        let mut out = ActiveRegions::new();
+        self.first_conv.regions(&mut out);
+        let stem_w = self.first_conv.out_channels();
+        self.first_block
+            .regions(stem_w, self.space.first_block.kernel, stem_w, &mut out);
+        for (b, block) in self.layout.iter().zip(&self.blocks) {
+            if arch.is_active(b) {
+                let mid = self.space.middle_width(b.in_ch, arch.e[b.index]);
+                block.regions(b.in_ch, arch.ks[b.index], mid, &mut out);
+            }
+        }
+        for l in self.pre_pool.iter().chain(&self.post_pool) {
+            l.regions(&mut out);
+        }
+        whole(&self.classifier.weight, &mut out);
+        whole(&self.classifier.bias, &mut out);
+        out
+    }
+}

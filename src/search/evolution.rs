@@ -265,7 +265,7 @@ struct Evolver<'a> {
 impl Evolver<'_> {
     fn random(&mut self) -> Option<Arch> {
         (0..self.cfg.max_tries)
-            .map(|_| Arch::sample(self.space, &mut self.rng))
+            .map(|_| Arch::sample_all(self.space, &mut self.rng))
             .find(|a| self.eff.ok(a, self.constraints))
     }
 
@@ -291,7 +291,9 @@ impl Evolver<'_> {
                     a.d[st] = self.pick(&s.stage_depths(st));
                 }
             }
-            let a = a.canonical(s);
+            // Blocks beyond a stage's depth keep their (random) values, as
+            // in the reference's `mutate_sample`: a later depth mutation
+            // brings them back.
             if self.eff.ok(&a, self.constraints) {
                 return Some(a);
             }
@@ -319,7 +321,6 @@ impl Evolver<'_> {
             if coin(&mut self.rng) {
                 a.r = p2.r;
             }
-            let a = a.canonical(self.space);
             if self.eff.ok(&a, self.constraints) {
                 return Some(a);
             }
@@ -539,5 +540,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smallest"), "{e}");
+    }
+
+    /// Hidden blocks (beyond a stage's depth) keep their values through
+    /// mutation and crossover, as the reference's do.
+    #[test]
+    fn mutation_and_crossover_keep_hidden_blocks() {
+        let s = preset("tiny").unwrap();
+        let eff = Efficiency::new(&s, None).unwrap();
+        let mut p1 = Arch::min(&s);
+        p1.ks.iter_mut().for_each(|k| *k = 7);
+        p1.e.iter_mut().for_each(|e| *e = 6);
+        let mut p2 = Arch::min(&s);
+        p2.ks.iter_mut().for_each(|k| *k = 5);
+        p2.e.iter_mut().for_each(|e| *e = 4);
+        let cfg = EvoConfig {
+            mutate_prob: 0.0,
+            resolution_mutate_prob: 0.0,
+            ..EvoConfig::default()
+        };
+        let mut ev = Evolver {
+            space: &s,
+            eff: &eff,
+            constraints: &[],
+            cfg: &cfg,
+            rng: ChaCha8Rng::seed_from_u64(1),
+        };
+        assert_eq!(ev.mutate(&p1).unwrap(), p1, "nothing mutated: unchanged");
+        let hidden: Vec<usize> = (0..p1.ks.len())
+            .filter(|&b| !p1.is_active(&s.blocks()[b]))
+            .collect();
+        assert!(!hidden.is_empty());
+        let mut from_p2 = 0;
+        for _ in 0..20 {
+            let c = ev.crossover(&p1, &p2).unwrap();
+            for &b in &hidden {
+                assert!((c.ks[b], c.e[b]) != (3, 3), "hidden block {b} was reset");
+                assert!([5, 7].contains(&c.ks[b]) && [4, 6].contains(&c.e[b]));
+                from_p2 += (c.ks[b] == 5) as usize;
+            }
+        }
+        assert!(from_p2 > 0, "crossover never took a hidden value from p2");
     }
 }

@@ -97,8 +97,10 @@ impl Default for FitConfig {
     }
 }
 
-/// `layers × (Linear(hidden) + ReLU) → Linear(1)`, plus a fixed base
-/// accuracy (the mean training target).
+/// `layers × (Linear(hidden) + ReLU) → Linear(1, no bias)`, plus a fixed
+/// base accuracy: the reference's `AccuracyPredictor`
+/// (`ofa/nas/accuracy_predictor/acc_predictor.py`), whose `base_acc` is the
+/// mean of all the table's targets (`acc_dataset.py`).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     pub layers: Vec<Linear<B>>,
@@ -115,7 +117,9 @@ impl<B: Backend> Mlp<B> {
                 .windows(2)
                 .map(|w| LinearConfig::new(w[0], w[1]).init(device))
                 .collect(),
-            out: LinearConfig::new(*dims.last().unwrap_or(&input), 1).init(device),
+            out: LinearConfig::new(*dims.last().unwrap_or(&input), 1)
+                .with_bias(false)
+                .init(device),
             base,
         }
     }
@@ -355,7 +359,7 @@ pub fn fit<B: AutodiffBackend>(
     };
     let encoding = Encoding::new(space);
     let dim = encoding.dim();
-    let base = train.iter().map(|d| d.1).sum::<f64>() / train.len() as f64;
+    let base = data.iter().map(|d| d.1).sum::<f64>() / data.len() as f64;
     B::seed(device, config.seed);
     let mut mlp = Mlp::<B>::new(dim, config.hidden, config.layers, base, device);
     let mut optim = AdamConfig::new()
@@ -434,5 +438,24 @@ mod tests {
         assert_eq!(kendall_tau(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), -1.0);
         let t = kendall_tau(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]);
         assert!((t - 4.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn output_layer_has_no_bias_and_base_is_the_mean_of_all_targets() {
+        type AB = burn::backend::Autodiff<burn::backend::Flex>;
+        let s = preset("tiny").unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let data: Vec<(Arch, f64)> = (0..20)
+            .map(|i| (Arch::sample(&s, &mut rng), 0.5 + 0.01 * i as f64))
+            .collect();
+        let cfg = FitConfig {
+            epochs: 2,
+            ..FitConfig::default()
+        };
+        let p = fit::<AB>(&s, &data, &cfg, &Default::default(), &mut |_, _| {}).unwrap();
+        assert!(p.mlp.out.bias.is_none());
+        // (0.50 + … + 0.69) / 20, the held-out rows included.
+        assert!((p.mlp.base - 0.595).abs() < 1e-12, "{}", p.mlp.base);
+        assert!(p.train_rows < data.len());
     }
 }

@@ -157,14 +157,26 @@ impl Arch {
     }
 
     /// Uniform sampling as in the reference: every block's k and e, every
-    /// stage's d and the resolution drawn independently.
+    /// stage's d and the resolution drawn independently; skipped blocks
+    /// canonical.
     pub fn sample<R: Rng + ?Sized>(space: &Space, rng: &mut R) -> Arch {
         Self::sample_from(space, &Choices::all(space), rng)
+    }
+
+    /// Like [`Arch::sample`], with the values drawn for skipped blocks kept
+    /// (the reference search's `random_sample`): the same draws, so the
+    /// same subnet as `sample` with the same RNG state.
+    pub fn sample_all<R: Rng + ?Sized>(space: &Space, rng: &mut R) -> Arch {
+        Self::draw(space, &Choices::all(space), rng)
     }
 
     /// Uniform sampling restricted to some choices (a progressive-shrinking
     /// phase). Fixed-depth stages keep their depth.
     pub fn sample_from<R: Rng + ?Sized>(space: &Space, choices: &Choices, rng: &mut R) -> Arch {
+        Self::draw(space, choices, rng).canonical(space)
+    }
+
+    fn draw<R: Rng + ?Sized>(space: &Space, choices: &Choices, rng: &mut R) -> Arch {
         let n = space.num_blocks();
         let pick = |rng: &mut R, v: &[usize]| v[rng.random_range(0..v.len())];
         let ks = (0..n).map(|_| pick(rng, &choices.kernels)).collect();
@@ -179,7 +191,7 @@ impl Arch {
             })
             .collect();
         let r = pick(rng, &choices.resolutions);
-        Arch { ks, e, d, r }.canonical(space)
+        Arch { ks, e, d, r }
     }
 
     /// The same subnet with skipped blocks set to the smallest choices.

@@ -65,11 +65,27 @@ pub struct PsPhase {
     pub distill: bool,
 }
 
+/// Which BN statistics the progressive-shrinking teacher runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherBn {
+    /// Batch statistics, running ones untouched: the reference calls
+    /// `teacher_model.train()` under `no_grad` (`train_one_epoch` in OFA's
+    /// `progressive_shrinking.py`).
+    Batch,
+    /// The teacher's stored running statistics.
+    Running,
+}
+
 /// Progressive-shrinking phases.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PsConfig {
     pub phases: Vec<PsPhase>,
+    /// Missing in run files written before the option existed, which ran
+    /// the teacher on running statistics.
+    #[serde(default = "legacy::teacher_bn")]
+    pub teacher_bn: TeacherBn,
 }
 
 fn largest(v: &[usize], n: usize) -> Vec<usize> {
@@ -167,6 +183,7 @@ impl PsConfig {
                     true,
                 ),
             ],
+            teacher_bn: TeacherBn::Batch,
         }
     }
 
@@ -175,27 +192,158 @@ impl PsConfig {
     }
 }
 
+/// How DϵpS scales the subnets' gradients after they join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EpsSchedule {
+    /// DepS (`adjust_beta_value` in `training/deps.py`): subnets join
+    /// `smallnet_warmup` before the end of the full-model warm-up with a
+    /// multiplier that makes their effective learning rate rise linearly
+    /// from 0 to the full model's learning rate at the end of the warm-up;
+    /// from then on the multiplier is constant.
+    Deps,
+    /// ε grows linearly from `eps_start` to 1 over `eps_ramp_epochs` from
+    /// the end of the warm-up (this project's first form).
+    Linear,
+}
+
+/// How the gradients of a step's networks are combined, per element
+/// (DepS `--gradient_aggregation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradientAggregation {
+    /// `Σ_i w_i g_i` (the reference's default; OFA and BigNAS always sum).
+    Sum,
+    /// `Σ_i w_i g_i / Σ_i w_i m_i`, `m_i` = 1 where network `i` uses the
+    /// weight.
+    Avg,
+    /// `Σ_i w_i g_i / √(Σ_i w_i m_i)`.
+    AvgSqrt,
+}
+
+/// The loss of networks distilled in place from the step's full network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InplaceLoss {
+    /// The KD term alone, `T² · KD_T` (DepS `--inplace_distillation`,
+    /// BigNAS).
+    #[serde(rename = "kd")]
+    Kd,
+    /// `CE + kd_ratio · KD` (OFA's subnet loss).
+    #[serde(rename = "ce+kd")]
+    CePlusKd,
+}
+
 /// Delayed ε-shrinking.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepsConfig {
-    /// Share of the epochs that trains the full network alone (P_fm).
+    /// Share of the epochs that ends the full-model warm-up (DepS
+    /// `teacher_warmup`: 150 of 270 epochs in its README).
     pub full_model_fraction: f64,
     /// Networks per step after the switch: full + min + random ones.
     pub subnets_per_step: usize,
+    #[serde(default = "legacy::eps_schedule")]
+    pub eps_schedule: EpsSchedule,
+    /// `deps` form: share of the epochs, before the end of the warm-up,
+    /// at which the subnets join (DepS `smallnet_warmup`: 5 of 270).
+    #[serde(default = "legacy::smallnet_warmup_fraction")]
+    pub smallnet_warmup_fraction: f64,
+    /// `deps` form: multipliers of the full, min and other subnets'
+    /// gradients once the subnets are in (DepS `--max_multiplier`,
+    /// `--min_multiplier`, `--other_multiplier`).
+    #[serde(default = "legacy::one")]
+    pub max_multiplier: f64,
+    #[serde(default = "legacy::one")]
+    pub min_multiplier: f64,
+    #[serde(default = "legacy::one")]
+    pub other_multiplier: f64,
+    /// `linear` form: ε at the switch, and the epochs it takes to reach 1.
     pub eps_start: f64,
-    /// Epochs over which ε grows linearly from `eps_start` to 1.
     pub eps_ramp_epochs: f64,
+    /// Channel sorting when the subnets join (DepS `--reorganize_weights`).
+    #[serde(default = "legacy::yes")]
+    pub sort_channels: bool,
+    /// Expand stage of that sort; absent = DepS's (`len(expand_list) − 2`
+    /// in `train_one_epoch_deps`).
+    #[serde(
+        default = "legacy::sort_stage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sort_stage: Option<usize>,
 }
 
 impl Default for DepsConfig {
     fn default() -> Self {
         DepsConfig {
-            full_model_fraction: 0.5,
+            full_model_fraction: 150.0 / 270.0,
             subnets_per_step: 4,
+            eps_schedule: EpsSchedule::Deps,
+            smallnet_warmup_fraction: 5.0 / 270.0,
+            max_multiplier: 1.0,
+            min_multiplier: 1.0,
+            other_multiplier: 1.0,
             eps_start: 1e-4,
             eps_ramp_epochs: 1.0,
+            sort_channels: true,
+            sort_stage: None,
         }
+    }
+}
+
+impl DepsConfig {
+    /// The expand stage of the channel sort, if any.
+    pub fn sort_stage(&self, space: &Space) -> Option<usize> {
+        self.sort_channels.then(|| {
+            self.sort_stage
+                .unwrap_or(space.expand_choices.len().saturating_sub(2))
+        })
+    }
+}
+
+/// Which network an `independent` run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndependentNet {
+    /// The static network of the architecture (what `extract` produces),
+    /// freshly initialised: no kernel transformation matrices, initial
+    /// weights scaled for its own shapes.
+    Static,
+    /// The supernet restricted to the architecture (this project's first
+    /// form: k < 7 kernels are transformed crops of 7×7 weights).
+    Supernet,
+}
+
+/// Defaults for fields that run files written by earlier versions lack:
+/// what those versions did, so that resuming such a run continues it
+/// unchanged.
+mod legacy {
+    use super::*;
+    pub fn teacher_bn() -> TeacherBn {
+        TeacherBn::Running
+    }
+    pub fn eps_schedule() -> EpsSchedule {
+        EpsSchedule::Linear
+    }
+    pub fn smallnet_warmup_fraction() -> f64 {
+        0.0
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn sort_stage() -> Option<usize> {
+        Some(0)
+    }
+    pub fn inplace_loss() -> InplaceLoss {
+        InplaceLoss::CePlusKd
+    }
+    pub fn aggregation() -> GradientAggregation {
+        GradientAggregation::Sum
+    }
+    pub fn independent() -> IndependentNet {
+        IndependentNet::Supernet
     }
 }
 
@@ -255,7 +403,25 @@ pub struct TrainConfig {
     pub lr: f64,
     pub warmup_epochs: f64,
     pub label_smoothing: f64,
+    /// Weight of the KD term in `CE + kd_ratio · KD` (the progressive-
+    /// shrinking teacher, and in-place KD with `inplace_loss = "ce+kd"`).
     pub kd_ratio: f64,
+    /// Loss of the subnets distilled in place (DϵpS, sandwich).
+    #[serde(default = "legacy::inplace_loss")]
+    pub inplace_loss: InplaceLoss,
+    /// Temperature T of the KD-only loss.
+    #[serde(default = "legacy::one")]
+    pub kd_temperature: f64,
+    /// Dropout in the non-max subnets of DϵpS and sandwich steps (DepS and
+    /// BigNAS run them without: `forward(x, max=False)`).
+    #[serde(default = "legacy::yes")]
+    pub subnet_dropout: bool,
+    /// How the gradients of a step's networks are combined.
+    #[serde(default = "legacy::aggregation")]
+    pub gradient_aggregation: GradientAggregation,
+    /// What an `independent` run trains.
+    #[serde(default = "legacy::independent")]
+    pub independent_net: IndependentNet,
     /// Random crop and flip of training images (off: resize only).
     pub augment: bool,
     /// Checkpoint every this many steps (and at every epoch end).
@@ -295,6 +461,11 @@ impl TrainConfig {
             warmup_epochs: 0.25,
             label_smoothing: 0.1,
             kd_ratio: 1.0,
+            inplace_loss: InplaceLoss::Kd,
+            kd_temperature: 1.0,
+            subnet_dropout: false,
+            gradient_aggregation: GradientAggregation::Sum,
+            independent_net: IndependentNet::Static,
             augment: true,
             checkpoint_every: 200,
             sgd: SgdConfig::default(),
@@ -337,6 +508,35 @@ impl TrainConfig {
         }
         if !(self.deps.eps_start > 0.0 && self.deps.eps_start <= 1.0) {
             return bad("deps.eps_start", "must be in (0, 1]");
+        }
+        if !(0.0..=self.deps.full_model_fraction).contains(&self.deps.smallnet_warmup_fraction) {
+            return bad(
+                "deps.smallnet_warmup_fraction",
+                "must be in [0, deps.full_model_fraction]",
+            );
+        }
+        for (field, v) in [
+            ("deps.max_multiplier", self.deps.max_multiplier),
+            ("deps.min_multiplier", self.deps.min_multiplier),
+            ("deps.other_multiplier", self.deps.other_multiplier),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(field, "must be a finite number ≥ 0");
+            }
+        }
+        if let Some(stage) = self.deps.sort_stage
+            && stage >= space.expand_choices.len()
+        {
+            return bad(
+                "deps.sort_stage",
+                &format!(
+                    "must be below {} (the number of expand choices)",
+                    space.expand_choices.len()
+                ),
+            );
+        }
+        if !(self.kd_temperature > 0.0 && self.kd_temperature.is_finite()) {
+            return bad("kd_temperature", "must be positive");
         }
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every", "must be positive");

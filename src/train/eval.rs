@@ -6,7 +6,7 @@ use super::config::EvalConfig;
 use crate::data::{
     Augment, Batch, BatchRequest, Dataset, Prefetcher, SplitKind, cap_indices, make_batch,
 };
-use crate::nn::{OfaBackend, Supernet, calibrate_bn};
+use crate::nn::{OfaBackend, Subnet, Supernet, calibrate_bn};
 use crate::space::{Arch, Space};
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use rand::SeedableRng;
@@ -127,23 +127,64 @@ pub fn evaluate<B: OfaBackend>(
     if !data.calib.is_empty() {
         recalibrate(net, arch, data, cfg.calib_batch, device)?;
     }
+    let r = measure(
+        data,
+        arch.r,
+        cfg.batch,
+        net.space.num_classes,
+        device,
+        progress,
+        &|x| net.forward(x, arch, crate::nn::Mode::Eval),
+    )?;
+    if !r.loss.is_finite() {
+        anyhow::bail!("evaluation of {arch} produced a non-finite loss");
+    }
+    Ok(r)
+}
+
+/// Evaluates a static subnet with its stored BN statistics.
+pub fn evaluate_subnet<B: OfaBackend>(
+    net: &Subnet<B>,
+    data: &EvalData,
+    batch: usize,
+    device: &B::Device,
+) -> anyhow::Result<EvalResult> {
+    measure(
+        data,
+        net.arch.r,
+        batch,
+        net.space.num_classes,
+        device,
+        &mut |_, _| {},
+        &|x| net.forward(x),
+    )
+}
+
+/// Top-1/top-5/loss of `forward` on `data.eval` at resolution `r`.
+fn measure<B: OfaBackend>(
+    data: &EvalData,
+    r: usize,
+    batch: usize,
+    classes: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+    forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 2>,
+) -> anyhow::Result<EvalResult> {
     let requests: Vec<BatchRequest> = data
         .eval
-        .chunks(cfg.batch)
+        .chunks(batch.max(1))
         .map(|c| BatchRequest {
             indices: c.to_vec(),
-            resolution: arch.r,
+            resolution: r,
             augment: Augment::None,
             seed: 0,
         })
         .collect();
-    let classes = net.space.num_classes;
     let (mut t1, mut t5, mut loss, mut n) = (0, 0, 0.0, 0);
     for batch in Prefetcher::new(data.dataset.clone(), data.split, requests) {
         let batch = batch?;
         let (x, _) = batch_tensors::<B>(&batch, device);
-        let logits = net.forward(x, arch, crate::nn::Mode::Eval);
-        let host = logits
+        let host = forward(x)
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
@@ -156,10 +197,7 @@ pub fn evaluate<B: OfaBackend>(
         progress(n, data.eval.len());
     }
     if n == 0 {
-        anyhow::bail!("no validation images to evaluate on");
-    }
-    if !loss.is_finite() {
-        anyhow::bail!("evaluation of {arch} produced a non-finite loss");
+        anyhow::bail!("no images to evaluate on");
     }
     Ok(EvalResult {
         top1: t1 as f64 / n as f64,

@@ -1,19 +1,18 @@
 //! Fine-tuning an extracted subnet, optionally distilling from the full
 //! network of its supernet.
 
-use super::eval::{EvalData, EvalResult, batch_tensors};
-use super::loss::{soft_labels, subnet_loss};
+use super::eval::batch_tensors;
+use super::loss::ce_plus_kd;
 use super::optim::{CosineSchedule, Sgd, SgdConfig};
 use super::trainer::{StepReport, TrainObserver};
 use crate::data::{Augment, BatchRequest, Dataset, Prefetcher, SplitKind, batch_seed, epoch_order};
 use crate::nn::{Mode, OfaBackend, Subnet, Supernet};
 use crate::space::Arch;
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Fine-tuning settings.
@@ -44,21 +43,6 @@ impl Default for FinetuneConfig {
             sgd: SgdConfig::default(),
         }
     }
-}
-
-/// Names parameters by visiting order (a subnet has no reference keys for
-/// optimizer state that outlives the run).
-fn param_names<B: OfaBackend, M: Module<B>>(m: &M) -> HashMap<ParamId, String> {
-    struct V(HashMap<ParamId, String>);
-    impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for V {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            let n = self.0.len();
-            self.0.insert(p.id, format!("p{n}"));
-        }
-    }
-    let mut v = V(HashMap::new());
-    m.visit(&mut v);
-    v.0
 }
 
 /// Fine-tunes `net` on `train` images of `dataset`; with a teacher, the loss
@@ -106,18 +90,18 @@ where
         })
         .collect();
     let mut sgd = Sgd::<B>::new(cfg.sgd.clone());
-    let names = param_names::<B, _>(&net);
+    let names = crate::nn::param_names_in_order::<B, _>(&net);
     let mut net = net;
     let t0 = std::time::Instant::now();
     for (step, batch) in Prefetcher::new(dataset, SplitKind::Train, requests).enumerate() {
         let batch = batch?;
         let (x, y) = batch_tensors::<B>(&batch, device);
         let soft = match (teacher, &max) {
-            (Some(t), Some(m)) => Some(Tensor::<B, 2>::from_inner(soft_labels(t.forward(
+            (Some(t), Some(m)) => Some(Tensor::<B, 2>::from_inner(t.forward(
                 x.clone().inner(),
                 m,
                 Mode::Eval,
-            )))),
+            ))),
             _ => None,
         };
         <B as burn::tensor::backend::Backend>::seed(
@@ -125,7 +109,7 @@ where
             super::schedule::mix(cfg.seed, step as u64, 7),
         );
         let logits = net.forward_mode(x, Mode::Train);
-        let loss = subnet_loss(logits, y, soft.as_ref(), cfg.label_smoothing, cfg.kd_ratio);
+        let loss = ce_plus_kd(logits, y, soft.as_ref(), cfg.label_smoothing, cfg.kd_ratio);
         let value = loss
             .clone()
             .into_data()
@@ -154,49 +138,4 @@ where
         });
     }
     Ok(net.valid())
-}
-
-/// Evaluates an extracted subnet with its stored BN statistics.
-pub fn evaluate_subnet<B: OfaBackend>(
-    net: &Subnet<B>,
-    data: &EvalData,
-    batch: usize,
-    device: &B::Device,
-) -> anyhow::Result<EvalResult> {
-    let requests: Vec<BatchRequest> = data
-        .eval
-        .chunks(batch)
-        .map(|c| BatchRequest {
-            indices: c.to_vec(),
-            resolution: net.arch.r,
-            augment: Augment::None,
-            seed: 0,
-        })
-        .collect();
-    let classes = net.space.num_classes;
-    let (mut t1, mut t5, mut loss, mut n) = (0, 0, 0.0, 0);
-    for b in Prefetcher::new(data.dataset.clone(), data.split, requests) {
-        let b = b?;
-        let (x, _) = batch_tensors::<B>(&b, device);
-        let logits = net
-            .forward(x)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32");
-        let (a, c, l) = super::eval::score(&logits, &b.labels, classes);
-        t1 += a;
-        t5 += c;
-        loss += l;
-        n += b.batch_size;
-    }
-    if n == 0 {
-        anyhow::bail!("no images to evaluate on");
-    }
-    Ok(EvalResult {
-        top1: t1 as f64 / n as f64,
-        top5: t5 as f64 / n as f64,
-        loss: loss / n as f64,
-        images: n,
-    })
 }

@@ -27,19 +27,36 @@ pub fn soft_labels<B: Backend>(teacher_logits: Tensor<B, 2>) -> Tensor<B, 2> {
     softmax(teacher_logits.detach(), 1)
 }
 
-/// The subnet loss: `CE_ε(labels) + kd_ratio · softCE(teacher)`.
-pub fn subnet_loss<B: Backend>(
+/// OFA's subnet loss (`progressive_shrinking.py`):
+/// `CE_ε(labels) + kd_ratio · softCE(softmax(teacher))`.
+pub fn ce_plus_kd<B: Backend>(
     logits: Tensor<B, 2>,
     labels: Tensor<B, 1, Int>,
-    teacher: Option<&Tensor<B, 2>>,
+    teacher_logits: Option<&Tensor<B, 2>>,
     smoothing: f64,
     kd_ratio: f64,
 ) -> Tensor<B, 1> {
     let ce = smoothed_cross_entropy(logits.clone(), labels, smoothing);
-    match teacher {
-        Some(t) if kd_ratio > 0.0 => ce + soft_cross_entropy(logits, t.clone()) * kd_ratio,
+    match teacher_logits {
+        Some(t) if kd_ratio > 0.0 => {
+            ce + soft_cross_entropy(logits, soft_labels(t.clone())) * kd_ratio
+        }
         _ => ce,
     }
+}
+
+/// In-place distillation on the KD term alone, as DepS
+/// (`--inplace_distillation`, `training/deps.py`) and BigNAS
+/// (`training/bignas.py`) train the non-max subnets:
+/// `T² · mean_i Σ_k −softmax(t/T)[i,k] · log_softmax(s/T)[i,k]`.
+pub fn kd_only<B: Backend>(
+    logits: Tensor<B, 2>,
+    teacher_logits: &Tensor<B, 2>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let t = temperature;
+    let target = soft_labels(teacher_logits.clone() / t);
+    soft_cross_entropy(logits / t, target) * (t * t)
 }
 
 #[cfg(test)]
@@ -123,5 +140,33 @@ mod tests {
             soft_labels(t2(teacher, 2, 3)),
         ));
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn kd_only_matches_hand_computation_with_temperature() {
+        // 2 rows × 3 classes, T = 2: T² · mean_i Σ_k −p_t(k) log p_s(k),
+        // both softmaxes taken of logits / T.
+        let student = [0.3f64, -1.2, 2.0, 1.0, 1.0, -0.5];
+        let teacher = [2.0f64, 0.0, -2.0, -1.0, 0.5, 3.0];
+        let t = 2.0;
+        let mut want = 0.0;
+        for i in 0..2 {
+            let s: Vec<f64> = student[i * 3..i * 3 + 3].iter().map(|x| x / t).collect();
+            let q: Vec<f64> = teacher[i * 3..i * 3 + 3].iter().map(|x| x / t).collect();
+            let pt: Vec<f64> = log_softmax_row(&q).iter().map(|l| l.exp()).collect();
+            let ls = log_softmax_row(&s);
+            want -= pt.iter().zip(&ls).map(|(a, b)| a * b).sum::<f64>();
+        }
+        want = want / 2.0 * t * t;
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let got = value(kd_only(t2(f(&student), 2, 3), &t2(f(&teacher), 2, 3), t));
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // At T = 1 it is the plain soft cross-entropy to the teacher's softmax.
+        let plain = value(kd_only(t2(f(&student), 2, 3), &t2(f(&teacher), 2, 3), 1.0));
+        let soft = value(soft_cross_entropy(
+            t2(f(&student), 2, 3),
+            soft_labels(t2(f(&teacher), 2, 3)),
+        ));
+        assert!((plain - soft).abs() < 1e-6);
     }
 }

@@ -13,11 +13,13 @@ pub use schedule::{Item, Kd};
 mod trainer;
 
 pub use config::{
-    DepsConfig, EvalConfig, PsConfig, PsPhase, SandwichConfig, Schedule, TrainConfig,
-    reference_epochs,
+    DepsConfig, EpsSchedule, EvalConfig, GradientAggregation, IndependentNet, InplaceLoss,
+    PsConfig, PsPhase, SandwichConfig, Schedule, TeacherBn, TrainConfig, reference_epochs,
 };
-pub use eval::{EvalData, EvalResult, batch_tensors, evaluate, recalibrate, reference_archs};
-pub use loss::{smoothed_cross_entropy, soft_cross_entropy, soft_labels, subnet_loss};
+pub use eval::{
+    EvalData, EvalResult, batch_tensors, evaluate, evaluate_subnet, recalibrate, reference_archs,
+};
+pub use loss::{ce_plus_kd, kd_only, smoothed_cross_entropy, soft_cross_entropy, soft_labels};
 pub use optim::{CosineSchedule, Sgd, SgdConfig};
 pub use trainer::{
     EpochMetrics, NoObserver, StepReport, TrainObserver, TrainOutcome, split_indices,

@@ -140,6 +140,15 @@ where
             .collect()
     }
 
+    /// Momentum buffers as flat host tensors (for networks whose
+    /// parameters are never permuted).
+    pub fn state_flat(&self) -> TensorMap {
+        self.buffers
+            .iter()
+            .map(|(k, b)| (k.clone(), HostTensor::from_tensor(b.clone())))
+            .collect()
+    }
+
     /// Restores buffers saved by [`Sgd::state`].
     pub fn load_state(
         &mut self,

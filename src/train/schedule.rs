@@ -4,7 +4,7 @@
 //! come from. Everything depends only on (config, seed, step), so a resumed
 //! or data-parallel run makes the same choices.
 
-use super::config::{Schedule, TrainConfig};
+use super::config::{EpsSchedule, Schedule, TrainConfig};
 use super::optim::CosineSchedule;
 use crate::space::{Arch, Space};
 use rand::SeedableRng;
@@ -19,8 +19,11 @@ pub enum PhaseKind {
     },
     /// DϵpS full-model warm-up.
     DepsWarmup,
-    /// DϵpS shrinking, from global step `switch` on.
+    /// DϵpS shrinking: subnets train from global step `start`; the
+    /// full-model warm-up ends at `switch` (≥ `start`), where their
+    /// multiplier reaches its final value.
     DepsShrink {
+        start: u64,
         switch: u64,
     },
     Sandwich,
@@ -59,7 +62,7 @@ fn steps_of(epochs: f64, steps_per_epoch: u64) -> u64 {
 }
 
 /// The phases of a run with `steps_per_epoch` optimizer steps per epoch.
-pub fn phases(cfg: &TrainConfig, steps_per_epoch: u64) -> Vec<Phase> {
+pub fn phases(cfg: &TrainConfig, space: &Space, steps_per_epoch: u64) -> Vec<Phase> {
     let total = steps_of(cfg.epochs, steps_per_epoch).max(1);
     let warmup = steps_of(cfg.warmup_epochs, steps_per_epoch).min(total / 2);
     let cosine = |base: f64, steps: u64, warmup: u64| CosineSchedule {
@@ -85,12 +88,22 @@ pub fn phases(cfg: &TrainConfig, steps_per_epoch: u64) -> Vec<Phase> {
         Schedule::Deps => {
             let switch =
                 steps_of(cfg.epochs * cfg.deps.full_model_fraction, steps_per_epoch).min(total);
+            // Both epoch counts scale with the budget, so the subnets join
+            // at the same share of any run.
+            let lead = match cfg.deps.eps_schedule {
+                EpsSchedule::Deps => steps_of(
+                    cfg.epochs * cfg.deps.smallnet_warmup_fraction,
+                    steps_per_epoch,
+                ),
+                EpsSchedule::Linear => 0,
+            };
+            let start = switch.saturating_sub(lead);
             let mut warm = plain("full-model warm-up", PhaseKind::DepsWarmup);
-            warm.steps = switch;
-            let mut shrink = plain("ε-shrinking", PhaseKind::DepsShrink { switch });
-            shrink.start = switch;
-            shrink.steps = total - switch;
-            shrink.sort_stage = Some(0);
+            warm.steps = start;
+            let mut shrink = plain("ε-shrinking", PhaseKind::DepsShrink { start, switch });
+            shrink.start = start;
+            shrink.steps = total - start;
+            shrink.sort_stage = cfg.deps.sort_stage(space);
             vec![warm, shrink]
                 .into_iter()
                 .filter(|p| p.steps > 0)
@@ -144,6 +157,9 @@ pub struct Item {
     /// Multiplies the loss (and so the gradient): ε for DϵpS subnets.
     pub scale: f64,
     pub kd: Kd,
+    /// Dropout before the classifier (off for DϵpS and sandwich subnets
+    /// unless `subnet_dropout`).
+    pub dropout: bool,
 }
 
 /// A 64-bit mix of (seed, step, stream) (splitmix64 finaliser).
@@ -163,12 +179,39 @@ pub fn step_resolution(space: &Space, seed: u64, step: u64) -> usize {
     r[(mix(seed, step, 0) % r.len() as u64) as usize]
 }
 
-/// ε at a global step of a DϵpS shrinking phase: linear from `eps_start`
-/// at the switch to 1 after the ramp.
-pub fn epsilon(cfg: &TrainConfig, switch: u64, step: u64, steps_per_epoch: u64) -> f64 {
-    let ramp = steps_of(cfg.deps.eps_ramp_epochs, steps_per_epoch).max(1);
-    let t = ((step.saturating_sub(switch)) as f64 / ramp as f64).min(1.0);
-    cfg.deps.eps_start + (1.0 - cfg.deps.eps_start) * t
+/// The gradient multiplier ε (DepS's β) of a DϵpS subnet at global step
+/// `step` of a shrinking phase that started at `start` and reaches its
+/// final multiplier `m` at `switch`.
+///
+/// `deps` form (`adjust_beta_value` in DepS's `training/deps.py`): before
+/// the switch, the subnet's effective learning rate `ε · lr(step)` rises
+/// linearly to `m · lr(switch)`, reaching it at the switch; from then on
+/// ε = `m`. `linear` form: ε grows from `eps_start` at the switch to 1
+/// over `eps_ramp_epochs`.
+pub fn epsilon(
+    cfg: &TrainConfig,
+    phase: &Phase,
+    (start, switch): (u64, u64),
+    step: u64,
+    m: f64,
+    steps_per_epoch: u64,
+) -> f64 {
+    match cfg.deps.eps_schedule {
+        EpsSchedule::Deps => {
+            if step >= switch {
+                return m;
+            }
+            let lead = (switch - start).max(1);
+            let t = (step + 1 - start) as f64 / lead as f64;
+            let (target, now) = (phase.lr_at(switch), phase.lr_at(step));
+            if now > 0.0 { t * m * target / now } else { m }
+        }
+        EpsSchedule::Linear => {
+            let ramp = steps_of(cfg.deps.eps_ramp_epochs, steps_per_epoch).max(1);
+            let t = ((step.saturating_sub(switch)) as f64 / ramp as f64).min(1.0);
+            cfg.deps.eps_start + (1.0 - cfg.deps.eps_start) * t
+        }
+    }
 }
 
 /// The networks one step trains.
@@ -185,32 +228,44 @@ pub fn plan_step(
             arch: a.clone(),
             scale: 1.0,
             kd: Kd::None,
+            dropout: true,
         }];
     }
     let r = step_resolution(space, cfg.seed, step);
     let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, step, 1));
-    let max = Item {
+    let max = |scale: f64| Item {
         arch: Arch::max(space).with_resolution(r),
-        scale: 1.0,
+        scale,
         kd: Kd::None,
+        dropout: true,
     };
     let sub = |arch: Arch, scale: f64| Item {
         arch: arch.with_resolution(r),
         scale,
         kd: Kd::InPlace,
+        dropout: cfg.subnet_dropout,
     };
     match &phase.kind {
-        PhaseKind::DepsWarmup | PhaseKind::Independent => vec![max],
-        PhaseKind::DepsShrink { switch } => {
-            let eps = epsilon(cfg, *switch, step, steps_per_epoch);
-            let mut items = vec![max, sub(Arch::min(space), eps)];
-            for _ in 2..cfg.deps.subnets_per_step {
-                items.push(sub(Arch::sample(space, &mut rng), eps));
+        PhaseKind::DepsWarmup | PhaseKind::Independent => vec![max(1.0)],
+        PhaseKind::DepsShrink { start, switch } => {
+            let d = &cfg.deps;
+            let eps = |m: f64| epsilon(cfg, phase, (*start, *switch), step, m, steps_per_epoch);
+            let max_scale = match d.eps_schedule {
+                EpsSchedule::Deps => d.max_multiplier,
+                EpsSchedule::Linear => 1.0,
+            };
+            let (min_m, other_m) = match d.eps_schedule {
+                EpsSchedule::Deps => (d.min_multiplier, d.other_multiplier),
+                EpsSchedule::Linear => (1.0, 1.0),
+            };
+            let mut items = vec![max(max_scale), sub(Arch::min(space), eps(min_m))];
+            for _ in 2..d.subnets_per_step {
+                items.push(sub(Arch::sample(space, &mut rng), eps(other_m)));
             }
             items
         }
         PhaseKind::Sandwich => {
-            let mut items = vec![max, sub(Arch::min(space), 1.0)];
+            let mut items = vec![max(1.0), sub(Arch::min(space), 1.0)];
             for _ in 0..cfg.sandwich.random_subnets {
                 items.push(sub(Arch::sample(space, &mut rng), 1.0));
             }
@@ -224,6 +279,9 @@ pub fn plan_step(
                     arch: Arch::sample_from(space, &choices, &mut rng).with_resolution(r),
                     scale: 1.0,
                     kd: if p.distill { Kd::Teacher } else { Kd::None },
+                    // OFA samples every subnet through the same forward,
+                    // dropout included.
+                    dropout: true,
                 })
                 .collect()
         }
@@ -241,30 +299,94 @@ mod tests {
     }
 
     #[test]
-    fn epsilon_ramps_linearly_from_the_switch() {
-        let (mut c, _) = cfg(Schedule::Deps);
+    fn linear_epsilon_ramps_from_the_switch() {
+        let (mut c, s) = cfg(Schedule::Deps);
+        c.deps.eps_schedule = EpsSchedule::Linear;
         c.deps.eps_start = 1e-4;
         c.deps.eps_ramp_epochs = 2.0;
+        c.epochs = 12.0;
+        c.deps.full_model_fraction = 0.5;
         let spe = 50;
-        assert_eq!(epsilon(&c, 300, 300, spe), 1e-4);
-        assert!((epsilon(&c, 300, 350, spe) - (1e-4 + (1.0 - 1e-4) * 0.5)).abs() < 1e-12);
-        assert_eq!(epsilon(&c, 300, 400, spe), 1.0);
-        assert_eq!(epsilon(&c, 300, 10_000, spe), 1.0);
+        let ph = phases(&c, &s, spe);
+        assert_eq!(
+            ph[1].kind,
+            PhaseKind::DepsShrink {
+                start: 300,
+                switch: 300
+            }
+        );
+        let e = |step| epsilon(&c, &ph[1], (300, 300), step, 1.0, spe);
+        assert_eq!(e(300), 1e-4);
+        assert!((e(350) - (1e-4 + (1.0 - 1e-4) * 0.5)).abs() < 1e-12);
+        assert_eq!(e(400), 1.0);
+        assert_eq!(e(10_000), 1.0);
+    }
+
+    /// A 10-epoch toy run, one step per epoch: warm-up ends at epoch 5,
+    /// subnets join 2 epochs earlier; lr = 0.05 (1 + cos(π s / 10)).
+    #[test]
+    fn deps_multiplier_sequence_of_a_toy_schedule() {
+        let (mut c, s) = cfg(Schedule::Deps);
+        c.epochs = 10.0;
+        c.lr = 0.1;
+        c.warmup_epochs = 0.0;
+        c.deps.full_model_fraction = 0.5;
+        c.deps.smallnet_warmup_fraction = 0.2;
+        c.deps.min_multiplier = 1.0;
+        c.deps.other_multiplier = 1.0;
+        let ph = phases(&c, &s, 1);
+        assert_eq!((ph[0].steps, ph[1].start), (3, 3));
+        assert_eq!(
+            ph[1].kind,
+            PhaseKind::DepsShrink {
+                start: 3,
+                switch: 5
+            }
+        );
+        // Hand-computed: β(3) = ½ · lr(5)/lr(3), β(4) = lr(5)/lr(4), then 1.
+        // lr(3) = 0.05(1 + cos 0.3π) = 0.0793893, lr(4) = 0.0654508,
+        // lr(5) = 0.05.
+        let want = [0.314_904, 0.763_932, 1.0, 1.0, 1.0, 1.0, 1.0];
+        for (i, w) in want.iter().enumerate() {
+            let step = 3 + i as u64;
+            let items = plan_step(&c, &s, &ph[1], step, 1, None);
+            assert_eq!(items.len(), 4);
+            assert_eq!(items[0].scale, 1.0, "the full net is not scaled");
+            for it in &items[1..] {
+                assert!(
+                    (it.scale - w).abs() < 1e-5,
+                    "step {step}: {} vs {w}",
+                    it.scale
+                );
+                assert!(!it.dropout, "subnets skip dropout");
+            }
+        }
+        // The subnets' effective learning rate at step 3 is half the
+        // full model's at the switch.
+        assert!((0.314_904 * ph[1].lr_at(3) - 0.5 * ph[1].lr_at(5)).abs() < 1e-6);
+        // Multipliers other than 1 scale the final value.
+        c.deps.min_multiplier = 0.5;
+        let items = plan_step(&c, &s, &ph[1], 7, 1, None);
+        assert_eq!(items[1].scale, 0.5);
+        assert_eq!(items[2].scale, 1.0);
     }
 
     #[test]
     fn deps_phases_and_steps() {
         let (mut c, s) = cfg(Schedule::Deps);
         c.epochs = 10.0;
-        let ph = phases(&c, 100);
+        c.deps.full_model_fraction = 0.5;
+        c.deps.smallnet_warmup_fraction = 0.1;
+        let ph = phases(&c, &s, 100);
         assert_eq!(ph.len(), 2);
         assert_eq!(
             (ph[0].start, ph[0].steps, ph[1].start, ph[1].steps),
-            (0, 500, 500, 500)
+            (0, 400, 400, 600)
         );
-        assert_eq!(ph[1].sort_stage, Some(0));
+        // DepS sorts at stage len(expand) − 2 = 1 for e ∈ {3, 4, 6}.
+        assert_eq!(ph[1].sort_stage, Some(1));
         // One cosine schedule over the whole run.
-        assert_eq!(ph[0].lr_at(499), ph[1].lr_at(499));
+        assert_eq!(ph[0].lr_at(399), ph[1].lr_at(399));
         let warm = plan_step(&c, &s, &ph[0], 10, 100, None);
         assert_eq!(warm.len(), 1);
         assert_eq!(warm[0].arch.ks, Arch::max(&s).ks);
@@ -275,7 +397,7 @@ mod tests {
         assert!(
             shrink[1..]
                 .iter()
-                .all(|i| i.kd == Kd::InPlace && i.scale == 1e-4)
+                .all(|i| i.kd == Kd::InPlace && i.scale == 1.0)
         );
         // Every network of a step runs at the same resolution.
         assert!(shrink.iter().all(|i| i.arch.r == shrink[0].arch.r));
@@ -287,7 +409,7 @@ mod tests {
     fn ps_phase_table_samples_only_the_phase_choices() {
         let (mut c, s) = cfg(Schedule::Ps);
         c.epochs = 5.9;
-        let ph = phases(&c, 100);
+        let ph = phases(&c, &s, 100);
         let names: Vec<&str> = ph.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,

@@ -2,18 +2,24 @@
 
 use super::checkpoint::{self, Checkpoint, LoopState};
 use super::config::TrainConfig;
-use super::eval::{EvalData, EvalResult, batch_tensors, evaluate, reference_archs};
-use super::loss::{soft_labels, subnet_loss};
+use super::config::{GradientAggregation, IndependentNet, InplaceLoss, TeacherBn};
+use super::eval::{
+    EvalData, EvalResult, batch_tensors, evaluate, evaluate_subnet, reference_archs,
+};
+use super::loss::{ce_plus_kd, kd_only};
 use super::optim::Sgd;
 use super::schedule::{Item, Kd, Phase, mix, phases, plan_step, step_resolution};
 use crate::data::{
     Augment, BatchRequest, Dataset, Prefetcher, SplitKind, batch_seed, cap_indices_stratified,
     epoch_order, holdout,
 };
-use crate::nn::{OfaBackend, Supernet, SupernetConfig, apply_permutations, save_supernet};
+use crate::nn::{
+    Mode, OfaBackend, Subnet, Supernet, SupernetConfig, apply_permutations, save_subnet,
+    save_supernet,
+};
 use crate::space::{Arch, Space};
 use anyhow::Context;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
@@ -79,7 +85,8 @@ impl TrainObserver for NoObserver {}
 /// What a finished run leaves.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
-    pub supernet: PathBuf,
+    /// `supernet.safetensors`, or the `subnet/` folder of a static network.
+    pub output: PathBuf,
     pub last: Option<EpochMetrics>,
     pub steps: u64,
     pub train_seconds: f64,
@@ -149,9 +156,57 @@ impl Iterator for Requests {
     }
 }
 
+/// What a run trains: the supernet (any subnet, chosen per step), or one
+/// static network (`independent` with `independent_net = "static"`).
+pub enum Network<B: AutodiffBackend + OfaBackend> {
+    Supernet(Supernet<B>),
+    Static(Subnet<B>),
+}
+
+/// Logits of one planned network; the mode carries BN and dropout
+/// behaviour.
+fn item_mode<'a, B: OfaBackend>(item: &Item) -> Mode<'a, B> {
+    if item.dropout {
+        Mode::Train
+    } else {
+        Mode::TrainNoDropout
+    }
+}
+
+/// Loss of one planned network against its labels and distillation target.
+fn item_loss<B: Backend>(
+    item: &Item,
+    logits: Tensor<B, 2>,
+    y: Tensor<B, 1, Int>,
+    teacher: Option<&Tensor<B, 2>>,
+    in_place: Option<&Tensor<B, 2>>,
+    cfg: &TrainConfig,
+) -> Tensor<B, 1> {
+    let ce = |t| {
+        ce_plus_kd(
+            logits.clone(),
+            y.clone(),
+            t,
+            cfg.label_smoothing,
+            cfg.kd_ratio,
+        )
+    };
+    match (item.kd, in_place) {
+        (Kd::None, _) => ce(None),
+        (Kd::Teacher, _) => ce(teacher),
+        (Kd::InPlace, Some(t)) => match cfg.inplace_loss {
+            InplaceLoss::Kd => kd_only(logits.clone(), t, cfg.kd_temperature),
+            InplaceLoss::CePlusKd => ce(Some(t)),
+        },
+        // The first network of a step has no in-place target yet.
+        (Kd::InPlace, None) => ce(None),
+    }
+}
+
 /// Gradients of one step: every planned network's loss (scaled by its ε)
 /// back-propagated and summed, as the reference does before one optimizer
-/// step. Returns the gradients and the mean unscaled loss.
+/// step, then combined per `cfg.gradient_aggregation`. Returns the
+/// gradients and the mean unscaled loss.
 pub fn step_gradients<B>(
     net: &Supernet<B>,
     items: &[Item],
@@ -164,48 +219,167 @@ where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
-    let teacher_soft = match teacher {
+    let teacher_logits = match teacher {
         Some(t) if items.iter().any(|i| i.kd == Kd::Teacher) => {
             let max = Arch::max(&t.space).with_resolution(items[0].arch.r);
-            let logits = t.forward(x.clone().inner(), &max, crate::nn::Mode::Eval);
-            Some(Tensor::<B, 2>::from_inner(soft_labels(logits)))
+            let mode = match cfg.ps.teacher_bn {
+                TeacherBn::Batch => Mode::Teacher,
+                TeacherBn::Running => Mode::Eval,
+            };
+            Some(Tensor::<B, 2>::from_inner(t.forward(
+                x.clone().inner(),
+                &max,
+                mode,
+            )))
         }
         _ => None,
     };
+    let (grads, loss) = accumulate(
+        net,
+        items,
+        x,
+        y,
+        teacher_logits.as_ref(),
+        cfg,
+        &|n, x, it| n.forward(x, &it.arch, item_mode(it)),
+    )?;
+    let grads = match cfg.gradient_aggregation {
+        GradientAggregation::Sum => grads,
+        other => aggregate(net, items, grads, other),
+    };
+    Ok((grads, loss))
+}
+
+/// Σ of the items' scaled gradients and the mean unscaled loss; the loss
+/// is read back once per step.
+fn accumulate<B, M>(
+    net: &M,
+    items: &[Item],
+    x: Tensor<B, 4>,
+    y: Tensor<B, 1, Int>,
+    teacher: Option<&Tensor<B, 2>>,
+    cfg: &TrainConfig,
+    forward: &dyn Fn(&M, Tensor<B, 4>, &Item) -> Tensor<B, 2>,
+) -> anyhow::Result<(GradientsParams, f64)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
     let mut in_place: Option<Tensor<B, 2>> = None;
-    let mut acc = GradientsAccumulator::<Supernet<B>>::new();
-    let mut total = 0.0;
+    let mut acc = GradientsAccumulator::<M>::new();
+    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
     for item in items {
-        let logits = net.forward(x.clone(), &item.arch, crate::nn::Mode::Train);
-        let target = match item.kd {
-            Kd::None => None,
-            Kd::Teacher => teacher_soft.as_ref(),
-            Kd::InPlace => in_place.as_ref(),
-        };
-        let loss = subnet_loss(
+        let logits = forward(net, x.clone(), item);
+        let loss = item_loss(
+            item,
             logits.clone(),
             y.clone(),
-            target,
-            cfg.label_smoothing,
-            cfg.kd_ratio,
+            teacher,
+            in_place.as_ref(),
+            cfg,
         );
-        let value: f64 = loss
-            .clone()
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .expect("scalar")[0];
-        if !value.is_finite() {
-            anyhow::bail!("loss is {value} for subnet {}", item.arch);
-        }
-        total += value;
+        let value = loss.clone().inner();
+        total = Some(match total {
+            Some(t) => t + value,
+            None => value,
+        });
         if in_place.is_none() {
-            in_place = Some(soft_labels(logits));
+            in_place = Some(logits.detach());
         }
         let grads = (loss * item.scale).backward();
         acc.accumulate(net, GradientsParams::from_grads(grads, net));
     }
-    Ok((acc.grads(), total / items.len() as f64))
+    let total: f64 = total
+        .map(|t| {
+            t.into_data()
+                .convert::<f64>()
+                .into_vec::<f64>()
+                .expect("scalar")[0]
+        })
+        .unwrap_or(0.0);
+    if !total.is_finite() {
+        let archs: Vec<String> = items.iter().map(|i| i.arch.to_string()).collect();
+        anyhow::bail!("loss is {total} for subnets {}", archs.join("; "));
+    }
+    Ok((acc.grads(), total / items.len().max(1) as f64))
+}
+
+/// DepS's `avg` / `avg_sqrt` aggregation (`train_one_epoch_deps`): each
+/// element of the summed gradient divided by `Σ_i w_i m_i` (or its root),
+/// `m_i` = 1 where network `i` reads that weight.
+fn aggregate<B>(
+    net: &Supernet<B>,
+    items: &[Item],
+    mut grads: GradientsParams,
+    how: GradientAggregation,
+) -> GradientsParams
+where
+    B: AutodiffBackend + OfaBackend,
+{
+    use burn::module::{ModuleVisitor, Param};
+    let regions: Vec<(f64, crate::nn::ActiveRegions)> = items
+        .iter()
+        .map(|i| (i.scale, net.active_regions(&i.arch)))
+        .collect();
+    struct V<'a, B: AutodiffBackend> {
+        regions: &'a [(f64, crate::nn::ActiveRegions)],
+        grads: &'a mut GradientsParams,
+        how: GradientAggregation,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for V<'_, B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let Some(g) = self.grads.remove::<B::InnerBackend, D>(p.id) else {
+                return;
+            };
+            let dims = p.dims();
+            let mut weight = vec![0f32; dims.iter().product()];
+            for (w, reg) in self.regions {
+                if let Some(r) = reg.get(&p.id) {
+                    add_box(&mut weight, &dims, r, *w as f32);
+                }
+            }
+            let factor: Vec<f32> = weight
+                .into_iter()
+                .map(|s| match (s > 0.0, self.how) {
+                    (false, _) => 1.0,
+                    (true, GradientAggregation::AvgSqrt) => 1.0 / s.sqrt(),
+                    (true, _) => 1.0 / s,
+                })
+                .collect();
+            let f = Tensor::<B::InnerBackend, D>::from_data(
+                burn::tensor::TensorData::new(factor, dims),
+                &g.device(),
+            );
+            self.grads.register::<B::InnerBackend, D>(p.id, g * f);
+        }
+    }
+    let mut v = V::<B> {
+        regions: &regions,
+        grads: &mut grads,
+        how,
+        _b: std::marker::PhantomData,
+    };
+    net.visit(&mut v);
+    grads
+}
+
+/// Adds `w` to every element of the box `r` of a row-major `dims` array.
+fn add_box(out: &mut [f32], dims: &[usize], r: &[std::ops::Range<usize>], w: f32) {
+    fn rec(out: &mut [f32], dims: &[usize], r: &[std::ops::Range<usize>], base: usize, w: f32) {
+        let stride: usize = dims[1..].iter().product();
+        for i in r[0].clone() {
+            let at = base + i * stride;
+            if dims.len() == 1 {
+                out[at] += w;
+            } else {
+                rec(out, &dims[1..], &r[1..], at, w);
+            }
+        }
+    }
+    if !dims.is_empty() {
+        rec(out, dims, r, 0, w);
+    }
 }
 
 fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
@@ -236,7 +410,8 @@ fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
     crate::util::write_text_atomic(path, &out)
 }
 
-/// Trains a supernet of `space` on `dataset` into the run directory `run`.
+/// Trains a supernet of `space` on `dataset` into the run directory `run`
+/// (or, for an `independent` run with a static network, that network).
 /// With `resume`, continues from the newest checkpoint there.
 pub fn train<B>(
     cfg: &TrainConfig,
@@ -272,12 +447,15 @@ where
             cfg.batch_size
         );
     }
-    let plan = phases(cfg, steps_per_epoch);
+    let plan = phases(cfg, space, steps_per_epoch);
     let total = plan.last().map(|p| p.end()).unwrap_or(0);
     let independent = match cfg.schedule {
         super::Schedule::Independent => Some(cfg.independent_arch(space)?),
         _ => None,
     };
+    let static_arch = independent
+        .clone()
+        .filter(|_| cfg.independent_net == IndependentNet::Static);
 
     std::fs::create_dir_all(run)
         .with_context(|| format!("{}: cannot create run directory", run.display()))?;
@@ -292,21 +470,35 @@ where
     crate::util::write_text_atomic(&run.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
     crate::util::write_text_atomic(&run.join("space.toml"), &space.to_toml())?;
 
-    let mut net: Supernet<B> = SupernetConfig::new(space.clone())
-        .with_seed(cfg.seed)
-        .init(device);
+    let mut net: Network<B> = match &static_arch {
+        Some(a) => Network::Static(Subnet::init(space, a, cfg.seed, device)),
+        None => Network::Supernet(
+            SupernetConfig::new(space.clone())
+                .with_seed(cfg.seed)
+                .init(device),
+        ),
+    };
     let mut sgd = Sgd::<B>::new(cfg.sgd.clone());
     let mut teacher: Option<Supernet<B::InnerBackend>> = None;
     let mut state = LoopState::default();
     if let Some(latest) = existing.last().filter(|_| resume) {
         let ck = checkpoint::load(latest)?;
-        net = net.load_tensor_map(&ck.weights).with_context(|| {
-            format!(
-                "{}: weights do not fit space '{}'",
+        let fits = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "{}: weights do not fit space '{}': {e}",
                 latest.display(),
                 space.name
             )
-        })?;
+        };
+        net = match net {
+            Network::Supernet(n) => {
+                Network::Supernet(n.load_tensor_map(&ck.weights).map_err(|e| fits(&e))?)
+            }
+            Network::Static(n) => Network::Static(
+                Subnet::from_tensor_map(space, &n.arch, &ck.weights, device)
+                    .map_err(|e| fits(&e))?,
+            ),
+        };
         sgd.load_state(&ck.momentum, device);
         if let Some(t) = &ck.teacher {
             let skeleton: Supernet<B::InnerBackend> =
@@ -354,28 +546,7 @@ where
             .expect("step inside a phase");
         let phase = &plan[pi];
         if state.phase_started.is_none_or(|s| s < pi) {
-            obs.phase(phase);
-            if phase.reset_optimizer {
-                sgd.reset();
-            }
-            if phase.snapshot_teacher {
-                teacher = Some(net.valid());
-                obs.note(&format!(
-                    "phase '{}': the network trained so far is the teacher",
-                    phase.name
-                ));
-            }
-            if let Some(stage) = phase.sort_stage {
-                let (sorted, perms) = net.sort_channels(stage);
-                net = sorted;
-                let mut m = sgd.state(&net);
-                apply_permutations(&mut m, &perms);
-                sgd.load_state(&m, device);
-                obs.note(&format!(
-                    "phase '{}': channels sorted by importance (stage {stage})",
-                    phase.name
-                ));
-            }
+            net = begin_phase(net, phase, &mut sgd, &mut teacher, device, obs);
             state.phase_started = Some(pi);
         }
 
@@ -391,10 +562,26 @@ where
             independent.as_ref(),
         );
         <B as Backend>::seed(device, mix(cfg.seed, state.step, 2));
-        let (grads, loss) = step_gradients(&net, &items, x, y, teacher.as_ref(), cfg)
-            .with_context(|| format!("step {} (phase '{}')", state.step, phase.name))?;
         let lr = phase.lr_at(state.step);
-        net = sgd.step(net, lr, grads);
+        let context = || format!("step {} (phase '{}')", state.step, phase.name);
+        let loss;
+        net = match net {
+            Network::Supernet(n) => {
+                let (grads, l) = step_gradients(&n, &items, x, y, teacher.as_ref(), cfg)
+                    .with_context(context)?;
+                loss = l;
+                Network::Supernet(sgd.step(n, lr, grads))
+            }
+            Network::Static(n) => {
+                let (grads, l) = accumulate(&n, &items, x, y, None, cfg, &|n, x, it| {
+                    n.forward_mode(x, item_mode(it))
+                })
+                .with_context(context)?;
+                loss = l;
+                let names = crate::nn::param_names_in_order(&n);
+                Network::Static(sgd.step_module(n, lr, grads, &names))
+            }
+        };
         state.step += 1;
         let imgs = (batch.batch_size * items.len()) as u64;
         state.images += imgs;
@@ -427,26 +614,15 @@ where
         let epoch_end = state.step % steps_per_epoch == 0 || state.step == total;
         if epoch_end {
             let t_eval = Instant::now();
-            let inner = net.valid();
-            let mut val = BTreeMap::new();
-            for (label, arch) in reference_archs(space) {
-                let arch = match &independent {
-                    Some(a) if label == "max" => a.clone(),
-                    Some(_) => continue,
-                    None => arch,
-                };
-                let r = evaluate(&inner, &arch, &eval_data, &cfg.eval, device, &mut |d, t| {
-                    obs.eval(&label, d, t)
-                })?;
-                val.insert(
-                    if independent.is_some() {
-                        "arch".into()
-                    } else {
-                        label
-                    },
-                    r,
-                );
-            }
+            let val = validate(
+                &net,
+                space,
+                independent.as_ref(),
+                &eval_data,
+                cfg,
+                device,
+                obs,
+            )?;
             let m = EpochMetrics {
                 epoch: state.step as f64 / steps_per_epoch as f64,
                 step: state.step,
@@ -474,7 +650,7 @@ where
                 state.step
             ));
             return Ok(TrainOutcome {
-                supernet: run.join("supernet.safetensors"),
+                output: output_path(run, &net),
                 last,
                 steps: state.step,
                 train_seconds: state.seconds,
@@ -484,19 +660,120 @@ where
         }
     }
     drop(batches);
-    let path = run.join("supernet.safetensors");
-    save_supernet(&net.valid(), &path)?;
+    let path = output_path(run, &net);
+    match &net {
+        Network::Supernet(n) => save_supernet(&n.valid(), &path)?,
+        Network::Static(n) => save_subnet(
+            &n.valid(),
+            &path,
+            serde_json::json!({"trained": "independent", "epochs": cfg.epochs}),
+        )?,
+    }
     if last.is_none() {
         last = read_last_metrics(&metrics_path);
     }
     Ok(TrainOutcome {
-        supernet: path,
+        output: path,
         last,
         steps: state.step,
         train_seconds: state.seconds,
         images: state.images,
         interrupted: false,
     })
+}
+
+/// Where a finished run leaves its network: `supernet.safetensors`, or the
+/// subnet folder `subnet/` of a static network.
+fn output_path<B: AutodiffBackend + OfaBackend>(run: &Path, net: &Network<B>) -> PathBuf {
+    match net {
+        Network::Supernet(_) => run.join("supernet.safetensors"),
+        Network::Static(_) => run.join("subnet"),
+    }
+}
+
+/// The start actions of a phase: optimizer reset, teacher snapshot,
+/// channel sorting (the last two only for supernets).
+fn begin_phase<B>(
+    net: Network<B>,
+    phase: &Phase,
+    sgd: &mut Sgd<B>,
+    teacher: &mut Option<Supernet<B::InnerBackend>>,
+    device: &B::Device,
+    obs: &mut dyn TrainObserver,
+) -> Network<B>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    obs.phase(phase);
+    if phase.reset_optimizer {
+        sgd.reset();
+    }
+    let Network::Supernet(mut n) = net else {
+        return net;
+    };
+    if phase.snapshot_teacher {
+        *teacher = Some(n.valid());
+        obs.note(&format!(
+            "phase '{}': the network trained so far is the teacher",
+            phase.name
+        ));
+    }
+    if let Some(stage) = phase.sort_stage {
+        let (sorted, perms) = n.sort_channels(stage);
+        n = sorted;
+        let mut m = sgd.state(&n);
+        apply_permutations(&mut m, &perms);
+        sgd.load_state(&m, device);
+        obs.note(&format!(
+            "phase '{}': channels sorted by importance (stage {stage})",
+            phase.name
+        ));
+    }
+    Network::Supernet(n)
+}
+
+/// Validation at an epoch end: the reference subnets of a supernet (BN
+/// recalibrated), or the one architecture of an independent run.
+fn validate<B>(
+    net: &Network<B>,
+    space: &Space,
+    independent: Option<&Arch>,
+    data: &EvalData,
+    cfg: &TrainConfig,
+    device: &B::Device,
+    obs: &mut dyn TrainObserver,
+) -> anyhow::Result<BTreeMap<String, EvalResult>>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    let mut val = BTreeMap::new();
+    match (net, independent) {
+        (Network::Static(n), _) => {
+            obs.eval("arch", 0, data.eval.len());
+            val.insert(
+                "arch".into(),
+                evaluate_subnet(&n.valid(), data, cfg.eval.batch, device)?,
+            );
+        }
+        (Network::Supernet(n), Some(a)) => {
+            let r = evaluate(&n.valid(), a, data, &cfg.eval, device, &mut |d, t| {
+                obs.eval("arch", d, t)
+            })?;
+            val.insert("arch".into(), r);
+        }
+        (Network::Supernet(n), None) => {
+            let inner = n.valid();
+            for (label, arch) in reference_archs(space) {
+                let r = evaluate(&inner, &arch, data, &cfg.eval, device, &mut |d, t| {
+                    obs.eval(&label, d, t)
+                })?;
+                val.insert(label, r);
+            }
+        }
+    }
+    Ok(val)
 }
 
 fn read_last_metrics(path: &Path) -> Option<EpochMetrics> {
@@ -509,7 +786,7 @@ fn read_last_metrics(path: &Path) -> Option<EpochMetrics> {
 
 fn save_checkpoint<B>(
     run: &Path,
-    net: &Supernet<B>,
+    net: &Network<B>,
     sgd: &Sgd<B>,
     teacher: Option<&Supernet<B::InnerBackend>>,
     state: &LoopState,
@@ -518,10 +795,14 @@ where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
+    let (weights, momentum) = match net {
+        Network::Supernet(n) => (n.to_tensor_map(), sgd.state(n)),
+        Network::Static(n) => (n.to_tensor_map(), sgd.state_flat()),
+    };
     let ck = Checkpoint {
         state: state.clone(),
-        weights: net.to_tensor_map(),
-        momentum: sgd.state(net),
+        weights,
+        momentum,
         teacher: teacher.map(|t| t.to_tensor_map()),
     };
     checkpoint::save(run, &ck, 2)?;
