@@ -2,12 +2,14 @@
 //! sub-networks for many devices and budgets without retraining.
 //!
 //! Modules follow the pipeline, and data flows one way:
-//! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`].
+//! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`] → [`pipeline`]
+//! (the whole chain, `ofa run`) → [`cli`].
 
 pub mod cli;
 pub mod data;
 pub mod export;
 pub mod nn;
+pub mod pipeline;
 pub mod search;
 pub mod space;
 pub mod train;

@@ -345,3 +345,87 @@ fn predict_cli_writes_the_subnet_logits() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected [N, 1, R, R]"));
 }
+
+/// Re-ranking returns the best *measured* of the K best predicted
+/// candidates, and records them all; baselines meet the same budget and
+/// the best of them is also measured on the test split.
+#[test]
+fn rerank_returns_the_best_measured_candidate_and_baselines_meet_the_budget() {
+    use ofa::search::measure::{best_baseline, top_candidates};
+    use ofa::search::{
+        Efficiency, EvoConfig, Measurer, Scenario, evolve, measure_baselines, rerank,
+    };
+    use ofa::train::{EvalConfig, EvalData, evaluate};
+    use std::sync::Arc;
+    let s = preset("tiny").unwrap();
+    let net: Supernet<B> = random_supernet(&s, 31);
+    let ds = Arc::new(ofa::data::synthetic(10, 3, 20, 120, 60, 3).unwrap());
+    let cfg = EvalConfig {
+        calib_images: 40,
+        calib_batch: 20,
+        batch: 30,
+        max_images: 0,
+    };
+    let train: Vec<usize> = (0..80).collect();
+    let val = EvalData::new(
+        ds.clone(),
+        &train,
+        ofa::data::SplitKind::Train,
+        (80..120).collect(),
+        &cfg,
+        0,
+    );
+    let test = val.with_test_split();
+    let eff = Efficiency::new(&s, None).unwrap();
+    let max_flops = Arch::max(&s).cost(&s).mflops();
+    let sc = Scenario::new("f", None, &[format!("flops<={}M", 0.5 * max_flops)]).unwrap();
+    // A predictor that prefers more FLOPs: its ranking is not the measured one.
+    let predict = |a: &[Arch]| -> Vec<f64> { a.iter().map(|x| x.cost(&s).mflops()).collect() };
+    let evo = EvoConfig {
+        generations: 10,
+        population: 30,
+        ..EvoConfig::default()
+    };
+    let mut r = evolve(&s, &eff, "f", &sc.constraints, &predict, &evo).unwrap();
+    let k = 5;
+    let top = top_candidates(&r, &s, k);
+    assert_eq!(top.len(), k);
+    let mut m = Measurer::new(&net, &val, Some(&test), cfg.clone(), Default::default());
+    rerank(&mut r, k, &mut m).unwrap();
+    assert_eq!(r.reranked.len(), k);
+    // Measured independently: recalibrate and evaluate each candidate again.
+    let measured: Vec<f64> = top
+        .iter()
+        .map(|c| {
+            evaluate(
+                &net,
+                &c.arch,
+                &val,
+                &cfg,
+                &Default::default(),
+                &mut |_, _| {},
+            )
+            .unwrap()
+            .top1
+        })
+        .collect();
+    let best = measured.iter().cloned().fold(f64::MIN, f64::max);
+    let got = r
+        .reranked
+        .iter()
+        .find(|x| x.candidate.arch == r.best.arch)
+        .unwrap();
+    assert_eq!(got.val.top1, best);
+    for (x, want) in r.reranked.iter().zip(&measured) {
+        assert_eq!(x.val.top1, *want);
+        assert!(x.candidate.accuracy.is_finite());
+    }
+    measure_baselines(&mut r, &sc, &mut m).unwrap();
+    assert!(r.baselines.iter().any(|b| b.name == "smallest"));
+    for b in &r.baselines {
+        assert!(sc.admits(&eff, &b.candidate.arch), "{} over budget", b.name);
+    }
+    let bb = best_baseline(&r).unwrap();
+    assert!(bb.test.is_some());
+    assert!(r.baselines.iter().all(|b| b.val.top1 <= bb.val.top1));
+}

@@ -1,19 +1,19 @@
 //! `ofa extract`, `ofa export`, `ofa finetune`, `ofa import`, `ofa predict`.
 
 use super::progress::{TrainProgress, interrupt_flag};
-use super::specialize_cmd::eval_data;
 use super::train_cmd::load_data_for;
 use super::{Cpu, CpuTrain, print_json};
 use crate::export::{self, npy};
-use crate::nn::{OfaBackend, Subnet, extract, load_supernet, save_supernet};
+use crate::nn::{extract, load_supernet, save_supernet};
 use crate::space::{Arch, Space};
+use crate::train::eval_data_of as eval_data;
 use crate::train::evaluate_subnet;
 use crate::train::finetune::{FinetuneConfig, finetune};
 use crate::train::{EvalConfig, EvalData, split_indices};
 use anyhow::Context;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ExtractArgs {
@@ -39,15 +39,6 @@ pub struct ExtractArgs {
 }
 
 /// Recalibrates BN for `arch` on the supernet's training images.
-pub fn calibrate_for(
-    net: &crate::nn::Supernet<Cpu>,
-    arch: &Arch,
-    data: &EvalData,
-    batch: usize,
-) -> anyhow::Result<()> {
-    crate::train::recalibrate(net, arch, data, batch, &Default::default())
-}
-
 pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
     let device = Default::default();
     let net = load_supernet::<Cpu>(&a.supernet, None, &device)?;
@@ -62,7 +53,7 @@ pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
         None
     };
     if let (false, Some(d)) = (a.no_calibrate, &data) {
-        calibrate_for(&net, &arch, d, eval_cfg.calib_batch)?;
+        crate::train::recalibrate(&net, &arch, d, eval_cfg.calib_batch, &device)?;
     }
     let sub = extract(&net, &arch);
     let mut extra = serde_json::json!({
@@ -103,43 +94,7 @@ pub struct ExportArgs {
     check: bool,
 }
 
-/// Logits of a subnet and of its ONNX export on the same random batch;
-/// returns the largest difference relative to the logit scale.
-pub fn check_onnx<B: OfaBackend>(
-    net: &Subnet<B>,
-    path: &Path,
-    device: &B::Device,
-) -> anyhow::Result<f64> {
-    let (c, r) = (net.space.in_channels, net.arch.r);
-    let n = 4;
-    let input = npy::Array {
-        shape: vec![n, c, r, r],
-        data: (0..n * c * r * r)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-            .collect(),
-    };
-    let x = Tensor::<B, 4>::from_data(TensorData::new(input.data.clone(), [n, c, r, r]), device);
-    let ours = net
-        .forward(x)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32");
-    let theirs = export::onnx::run_tract(path, &input)?;
-    if theirs.data.len() != ours.len() {
-        anyhow::bail!(
-            "{}: tract produced shape {:?}",
-            path.display(),
-            theirs.shape
-        );
-    }
-    let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(&theirs.data)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    Ok((diff / scale) as f64)
-}
+pub use crate::export::onnx::check as check_onnx;
 
 pub fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
     let device = Default::default();

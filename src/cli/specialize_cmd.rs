@@ -1,27 +1,19 @@
 //! `ofa table`, `ofa predictor`, `ofa profile`, `ofa latency`, `ofa search`.
 
-use super::train_cmd::{EvalFlags, load_data_for, run_config_near};
+use super::train_cmd::EvalFlags;
 use super::{Cpu, CpuTrain, print_json};
-use crate::data::SplitKind;
 use crate::nn::{SupernetConfig, extract, load_supernet};
-use crate::search::evolution::{ScenarioFile, parse_constraints, random_population};
-use crate::search::plot::{Series, SeriesStyle, scatter};
-use crate::search::table::{self, Table, TableMeta, file_digest};
+use crate::search::report::{write_pareto, write_results};
+use crate::search::table::{self, Table, TableMeta};
 use crate::search::{
-    Candidate, Efficiency, EvoConfig, FitConfig, LatencyTable, LutValidation, Metric, Predictor,
-    ProfileConfig, SearchResult, evolve, pareto_front,
+    EvoConfig, FitConfig, LatencyTable, Measurer, Metric, Predictor, ProfileConfig, Scenario,
+    SearchResult, load_scenarios, measure_baselines, rerank, search_all, search_each, sweep,
 };
 use crate::space::{Arch, Space};
-use crate::train::{self, EvalConfig, EvalData, Schedule, TrainConfig};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-
-/// Names of the extra budgets `--pareto` sweeps (not the user's scenarios).
-const SWEEP_PREFIX: &str = "sweep-";
 
 fn bar(len: usize, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
@@ -108,69 +100,6 @@ fn parse_shard(s: &Option<String>) -> anyhow::Result<(usize, usize)> {
     }
 }
 
-/// The supernet's run configuration (hold-out), or defaults.
-fn run_config(supernet: &Path, space: &Space, data: &str) -> TrainConfig {
-    run_config_near(supernet).unwrap_or_else(|| TrainConfig::new(Schedule::Deps, space, data))
-}
-
-/// What a table of `supernet` is built from: its file digest, and the
-/// validation hold-out of its training run.
-pub fn table_meta(
-    supernet: &Path,
-    space: &Space,
-    data: &str,
-    eval: EvalConfig,
-    arch_seed: u64,
-    subnets: usize,
-    resolutions: Vec<usize>,
-) -> anyhow::Result<TableMeta> {
-    let cfg = run_config(supernet, space, data);
-    Ok(TableMeta {
-        space: space.clone(),
-        supernet_digest: file_digest(supernet)?,
-        supernet: supernet.display().to_string(),
-        data: data.to_string(),
-        val_size: cfg.val_size,
-        split_seed: cfg.seed,
-        eval,
-        arch_seed,
-        subnets,
-        resolutions,
-    })
-}
-
-/// Validation data of a supernet: the hold-out of its training run.
-pub fn eval_data(
-    supernet: &Path,
-    space: &Space,
-    data: &str,
-    eval: &EvalConfig,
-) -> anyhow::Result<EvalData> {
-    let mut ds_space = space.clone();
-    let ds = load_data_for(&mut ds_space, data)?;
-    if &ds_space != space {
-        anyhow::bail!(
-            "{}: the supernet expects {} channel(s) and {} classes; {} has {} and {}",
-            supernet.display(),
-            space.in_channels,
-            space.num_classes,
-            ds.name,
-            ds.channels,
-            ds.classes.len()
-        );
-    }
-    let cfg = run_config(supernet, space, data);
-    let (val, train_idx) = train::split_indices(&cfg, &ds)?;
-    Ok(EvalData::new(
-        ds,
-        &train_idx,
-        SplitKind::Train,
-        val,
-        eval,
-        cfg.seed,
-    ))
-}
-
 pub fn table(c: TableCommand) -> anyhow::Result<()> {
     match c.sub {
         Some(TableSub::Merge { out, inputs }) => {
@@ -196,27 +125,33 @@ pub fn table(c: TableCommand) -> anyhow::Result<()> {
 fn show_table(path: &Path, json: bool) -> anyhow::Result<()> {
     let t = Table::open(path)?;
     let rows = t.rows()?;
-    let top1: Vec<f64> = rows.iter().map(|r| r.result.top1).collect();
-    let mean = top1.iter().sum::<f64>() / top1.len().max(1) as f64;
-    let (lo, hi) = top1
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let st = table::stats(&rows);
     if json {
         return print_json(&serde_json::json!({
             "rows": rows.len(), "subnets": t.meta.subnets, "resolutions": t.meta.resolutions,
-            "space": t.meta.space.name, "top1_mean": mean, "top1_min": lo, "top1_max": hi,
+            "space": t.meta.space.name, "stats": st,
         }));
     }
     println!(
-        "{}: {} rows ({} subnets × {:?}) of space {}; top-1 mean {:.2}%, range {:.2}–{:.2}%",
+        "{}: {} rows ({} subnets × {:?}) of space {}",
         path.display(),
         rows.len(),
         t.meta.subnets,
         t.meta.resolutions,
         t.meta.space.name,
-        100.0 * mean,
-        100.0 * lo,
-        100.0 * hi
+    );
+    println!(
+        "top-1 mean {:.2}%, range {:.2}–{:.2}%, standard deviation {:.2} points",
+        100.0 * st.top1_mean,
+        100.0 * st.top1_min,
+        100.0 * st.top1_max,
+        100.0 * st.top1_sd
+    );
+    println!(
+        "standard error of a row {:.2} points ({:.2} of the spread; below 0.33 ranks subnets), of a paired difference {:.2} points",
+        100.0 * st.row_stderr,
+        st.noise_ratio,
+        100.0 * st.paired_stderr
     );
     Ok(())
 }
@@ -242,8 +177,8 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
         }
     }
     let eval = a.eval.config();
-    let data = eval_data(&supernet, &space, &a.data, &eval)?;
-    let meta = table_meta(
+    let data = crate::train::eval_data_of(&supernet, &space, &a.data, &eval)?;
+    let meta = TableMeta::for_supernet(
         &supernet,
         &space,
         &a.data,
@@ -420,54 +355,6 @@ fn space_of(space: &str, supernet: &Option<PathBuf>) -> anyhow::Result<Space> {
     }
 }
 
-/// Times sampled subnets end to end and compares with the table.
-pub fn validate_lut(
-    lut: &LatencyTable,
-    space: &Space,
-    n: usize,
-    seed: u64,
-) -> anyhow::Result<LutValidation> {
-    let device = Default::default();
-    let net = SupernetConfig::new(space.clone()).init::<Cpu>(&device);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut archs = vec![Arch::max(space), Arch::min(space)];
-    while archs.len() < n {
-        archs.push(Arch::sample(space, &mut rng));
-    }
-    archs.truncate(n);
-    let subnets: Vec<_> = archs.iter().map(|a| extract(&net, a)).collect();
-    // End-to-end runs get more repetitions than single layers: they are the
-    // yardstick, and a few of them cost little.
-    let cfg = ProfileConfig {
-        reps: lut.config.reps.max(50),
-        ..lut.config.clone()
-    };
-    let timings = crate::search::latency::time_subnets(&subnets, &cfg, &device);
-    let mut samples = Vec::new();
-    for (a, t) in archs.iter().zip(&timings) {
-        samples.push((a.to_reference_json(), lut.predict(space, a)?, t.median_ms));
-    }
-    let errs: Vec<f64> = samples
-        .iter()
-        .map(|(_, p, m)| 100.0 * (p - m).abs() / m)
-        .collect();
-    let preds: Vec<f64> = samples.iter().map(|s| s.1).collect();
-    let meas: Vec<f64> = samples.iter().map(|s| s.2).collect();
-    let ratios: Vec<f64> = samples.iter().map(|(_, p, m)| m / p).collect();
-    let n = ratios.len().max(1) as f64;
-    let scale = ratios.iter().sum::<f64>() / n;
-    let sd = (ratios.iter().map(|r| (r - scale).powi(2)).sum::<f64>() / n).sqrt();
-    Ok(LutValidation {
-        scale,
-        scale_free_error_pct: 100.0 * sd / scale,
-        subnets: samples.len(),
-        mean_abs_error_pct: errs.iter().sum::<f64>() / errs.len().max(1) as f64,
-        max_abs_error_pct: errs.iter().cloned().fold(0.0, f64::max),
-        kendall_tau: crate::search::predictor::kendall_tau(&preds, &meas),
-        samples,
-    })
-}
-
 pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
     let space = space_of(&a.space, &a.supernet)?;
     let cfg = ProfileConfig {
@@ -491,7 +378,7 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
     if a.validate > 0 {
-        let v = validate_lut(&lut, &space, a.validate, a.seed)?;
+        let v = crate::search::latency::validate::<Cpu>(&lut, &space, a.validate, a.seed, &device)?;
         println!(
             "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
              measured/predicted {:.2} ± {:.1}%",
@@ -630,224 +517,30 @@ pub struct SearchArgs {
     sweep: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-/// Runs scenarios in parallel; returns results in the scenarios' order.
-pub fn run_scenarios(
-    predictor: &Predictor<Cpu>,
-    scenarios: &[(String, Option<LatencyTable>, Vec<String>)],
-    cfg: &EvoConfig,
-) -> anyhow::Result<Vec<SearchResult>> {
-    try_scenarios(predictor, scenarios, cfg)
-        .into_iter()
-        .collect()
-}
-
-/// Searches every scenario (in parallel); one that fails (for example a
-/// budget no subnet can meet) does not stop the others.
-pub fn try_scenarios(
-    predictor: &Predictor<Cpu>,
-    scenarios: &[(String, Option<LatencyTable>, Vec<String>)],
-    cfg: &EvoConfig,
-) -> Vec<anyhow::Result<SearchResult>> {
-    let space = &predictor.space;
-    scenarios
-        .par_iter()
-        .enumerate()
-        .map(|(i, (name, lut, cs))| {
-            let eff = Efficiency::new(space, lut.as_ref())?;
-            let constraints = parse_constraints(name, cs)?;
-            let c = EvoConfig {
-                seed: cfg.seed.wrapping_add(i as u64),
-                ..cfg.clone()
-            };
-            evolve(
-                space,
-                &eff,
-                name,
-                &constraints,
-                &|a| predictor.predict(a),
-                &c,
-            )
-        })
-        .collect()
-}
-
-/// Budgets spread evenly between the smallest and the largest subnet on a
-/// metric, to trace the whole Pareto front.
-pub fn sweep_scenarios(
-    space: &Space,
-    metric: Metric,
-    lut: Option<&LatencyTable>,
-    n: usize,
-) -> anyhow::Result<Vec<(String, Option<LatencyTable>, Vec<String>)>> {
-    let eff = Efficiency::new(space, lut)?;
-    let (lo, hi) = match (
-        eff.value(&Arch::min(space), metric),
-        eff.value(&Arch::max(space), metric),
-    ) {
-        (Some(lo), Some(hi)) => (lo, hi),
-        _ => anyhow::bail!("no {metric} model for the Pareto sweep"),
-    };
-    let unit = if metric == Metric::Latency { "ms" } else { "M" };
-    Ok((1..=n)
-        .map(|i| {
-            let b = lo + (hi - lo) * i as f64 / n as f64;
-            (
-                format!("{SWEEP_PREFIX}{metric}<={b:.4}{unit}"),
-                lut.cloned(),
-                vec![format!("{metric}<={b:.6}{unit}")],
-            )
-        })
-        .collect())
-}
-
-/// File-name-safe version of a scenario name.
-pub fn slug(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Writes one JSON per scenario and a summary.
-pub fn write_results(out: &Path, space: &Space, results: &[SearchResult]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out)?;
-    for r in results {
-        let v = serde_json::json!({
-            "scenario": r.scenario,
-            "constraints": r.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            "arch": r.best.arch.to_json(space),
-            "reference": r.best.arch.to_reference_json(),
-            "predicted_top1": r.best.accuracy,
-            "mflops": r.best.mflops,
-            "mparams": r.best.mparams,
-            "latency_ms": r.best.latency_ms,
-            "search_seconds": r.seconds,
-        });
-        crate::util::write_text_atomic(
-            &out.join(format!("{}.json", slug(&r.scenario))),
-            &serde_json::to_string_pretty(&v)?,
-        )?;
-    }
-    crate::util::write_text_atomic(
-        &out.join("search.json"),
-        &serde_json::to_string_pretty(results)?,
-    )
-}
-
-/// The Pareto front of all visited subnets, on `metric`, plotted over a
-/// random sample of the space; returns written files.
-pub fn write_pareto(
-    out: &Path,
-    predictor: &Predictor<Cpu>,
-    results: &[SearchResult],
-    metric: Metric,
-    lut: Option<&LatencyTable>,
-    measured: &[(String, f64, f64)],
-) -> anyhow::Result<Vec<PathBuf>> {
-    let space = &predictor.space;
-    let eff = Efficiency::new(space, lut)?;
-    let pool: Vec<&Candidate> = results
-        .iter()
-        .flat_map(|r| r.visited.iter())
-        .filter(|c| c.value(metric).is_some())
-        .collect();
-    let pts: Vec<(f64, f64)> = pool
-        .iter()
-        .filter_map(|c| c.value(metric).map(|v| (v, c.accuracy)))
-        .collect();
-    let front = pareto_front(&pts);
-    let front_pts: Vec<(f64, f64)> = front
-        .iter()
-        .map(|&i| (pts[i].0, 100.0 * pts[i].1))
-        .collect();
-    let sample = random_population(space, 1000, 99);
-    let acc = predictor.predict(&sample);
-    let bg: Vec<(f64, f64)> = sample
-        .iter()
-        .zip(&acc)
-        .filter_map(|(a, y)| eff.value(a, metric).map(|v| (v, 100.0 * y)))
-        .collect();
-    let picks: Vec<(f64, f64)> = results
-        .iter()
-        .filter_map(|r| r.best.value(metric).map(|v| (v, 100.0 * r.best.accuracy)))
-        .collect();
-    // Sweep budgets only shape the front; labelling them would bury the
-    // user's scenarios.
-    // Scenarios that chose the same subnet share one label.
-    let mut labels: Vec<(f64, f64, String)> = Vec::new();
-    for r in results
-        .iter()
-        .filter(|r| !r.scenario.starts_with(SWEEP_PREFIX))
-    {
-        let Some(v) = r.best.value(metric) else {
-            continue;
-        };
-        let y = 100.0 * r.best.accuracy;
-        match labels.iter_mut().find(|(x0, y0, _)| *x0 == v && *y0 == y) {
-            Some(l) => l.2 = format!("{}, {}", l.2, r.scenario),
-            None => labels.push((v, y, r.scenario.clone())),
-        }
-    }
-    let front_json: Vec<serde_json::Value> = front
-        .iter()
-        .map(|&i| {
-            let c = pool[i];
-            serde_json::json!({"arch": c.arch.to_reference_json(), "predicted_top1": c.accuracy, "mflops": c.mflops, "mparams": c.mparams, "latency_ms": c.latency_ms})
-        })
-        .collect();
-    let stem = out.join(format!("pareto-{metric}"));
-    crate::util::write_text_atomic(
-        &stem.with_extension("json"),
-        &serde_json::to_string_pretty(&front_json)?,
-    )?;
-    let mut series = vec![
-        Series {
-            name: "random subnets (predicted)",
-            points: bg,
-            style: SeriesStyle::Background,
-        },
-        Series {
-            name: "Pareto front (predicted)",
-            points: front_pts,
-            style: SeriesStyle::Front,
-        },
-        Series {
-            name: "chosen subnets (predicted)",
-            points: picks,
-            style: SeriesStyle::Picks,
-        },
-    ];
-    let measured_pts: Vec<(f64, f64)> = measured.iter().map(|(_, x, y)| (*x, *y)).collect();
-    if !measured_pts.is_empty() {
-        series.push(Series {
-            name: "chosen subnets (measured)",
-            points: measured_pts,
-            style: SeriesStyle::Measured,
-        });
-    }
-    let x_label = format!("{} ({})", metric, metric.unit());
-    let mut files = scatter(
-        &stem,
-        &format!("accuracy vs {metric}: {}", space.name),
-        &x_label,
-        &series,
-        &labels,
-    )?;
-    files.insert(0, stem.with_extension("json"));
-    Ok(files)
+    /// The predictor's supernet: re-rank candidates and measure baselines
+    /// on its validation hold-out (BN recalibrated).
+    #[arg(long)]
+    supernet: Option<PathBuf>,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    /// Best predicted candidates per scenario re-ranked by measured
+    /// validation top-1 (0: return the best predicted).
+    #[arg(long, default_value_t = 8)]
+    rerank: usize,
+    /// Also measure the simple baselines each scenario admits (smallest,
+    /// largest, uniform subnets).
+    #[arg(long)]
+    baselines: bool,
+    /// Measure the best baseline on the test split too.
+    #[arg(long)]
+    test: bool,
+    #[command(flatten)]
+    eval: EvalFlags,
 }
 
 pub fn search(a: SearchArgs) -> anyhow::Result<()> {
     let device = Default::default();
     let predictor = Predictor::<Cpu>::load(&a.predictor, &device)?;
-    let mut scenarios: Vec<(String, Option<LatencyTable>, Vec<String>)> = Vec::new();
     let main_lut = match a.efficiency.strip_prefix("lut:") {
         Some(p) => Some(LatencyTable::load(Path::new(p))?),
         None if ["flops", "params"].contains(&a.efficiency.as_str()) => None,
@@ -856,32 +549,16 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
             a.efficiency
         ),
     };
+    let mut scenarios: Vec<Scenario> = Vec::new();
     if !a.constraint.is_empty() {
-        scenarios.push((
-            a.constraint.join(","),
+        scenarios.push(Scenario::new(
+            &a.constraint.join(","),
             main_lut.clone(),
-            a.constraint.clone(),
-        ));
+            &a.constraint,
+        )?);
     }
     if let Some(f) = &a.scenarios {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        let file: ScenarioFile = toml::from_str(&text)
-            .with_context(|| format!("{}: not a scenarios file", f.display()))?;
-        let base = f.parent().unwrap_or(Path::new("."));
-        for s in file.scenario {
-            let lut = match &s.lut {
-                Some(p) => {
-                    let path = base.join(p);
-                    Some(
-                        LatencyTable::load(&path)
-                            .with_context(|| format!("scenario '{}'", s.name))?,
-                    )
-                }
-                None => main_lut.clone(),
-            };
-            scenarios.push((s.name, lut, s.constraints));
-        }
+        scenarios.extend(load_scenarios(f, main_lut.as_ref())?);
     }
     if scenarios.is_empty() {
         anyhow::bail!("nothing to search: give --constraint and/or --scenarios");
@@ -897,22 +574,73 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         seed: a.seed,
     };
     let t = std::time::Instant::now();
-    let (results, failed): (Vec<_>, Vec<_>) = try_scenarios(&predictor, &scenarios, &cfg)
-        .into_iter()
-        .partition(|r| r.is_ok());
-    let results: Vec<SearchResult> = results.into_iter().map(|r| r.unwrap()).collect();
-    let failed: Vec<String> = failed
-        .into_iter()
-        .map(|r| format!("{:#}", r.err().unwrap()))
-        .collect();
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let mut searched = Vec::new();
+    for (s, r) in scenarios
+        .iter()
+        .zip(search_all(&predictor, &scenarios, &cfg))
+    {
+        match r {
+            Ok(r) => {
+                results.push(r);
+                searched.push(s);
+            }
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
     let total = t.elapsed().as_secs_f64();
     if results.is_empty() {
         anyhow::bail!("every scenario failed:\n  {}", failed.join("\n  "));
     }
+    match &a.supernet {
+        Some(supernet) => {
+            let net = load_supernet::<Cpu>(supernet, Some(&predictor.space), &device)
+                .with_context(|| "--supernet must be the predictor's supernet".to_string())?;
+            let eval = a.eval.config();
+            let val = crate::train::eval_data_of(supernet, &net.space, &a.data, &eval)?;
+            let test = val.with_test_split();
+            let mut m = Measurer::new(&net, &val, a.test.then_some(&test), eval, device);
+            let pb = bar(
+                results.len(),
+                "measure [{bar:30}] {pos}/{len} scenarios ({elapsed})",
+            );
+            for (r, s) in results.iter_mut().zip(&searched) {
+                rerank(r, a.rerank, &mut m)?;
+                if a.baselines {
+                    measure_baselines(r, s, &mut m)?;
+                }
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            println!("{} subnets measured", m.evaluations);
+        }
+        None if a.rerank > 0 => {
+            println!(
+                "(no --supernet: returning the best predicted subnets, not re-ranked by measurement)"
+            )
+        }
+        None => {}
+    }
     write_results(&a.out, &predictor.space, &results)?;
     for r in &results {
+        let measured = r
+            .reranked
+            .iter()
+            .find(|m| m.candidate.arch == r.best.arch)
+            .map(|m| {
+                format!(
+                    "  measured {:.2}% ± {:.2}",
+                    100.0 * m.val.top1,
+                    100.0 * m.val.stderr()
+                )
+            })
+            .unwrap_or_default();
+        let base = crate::search::measure::best_baseline(r)
+            .map(|b| format!("  best baseline {} {:.2}%", b.name, 100.0 * b.val.top1))
+            .unwrap_or_default();
         println!(
-            "{:<28} predicted top-1 {:.2}%  {:.2} MFLOPs  {:.3} M params{}  ({:.2} s)",
+            "{:<28} predicted top-1 {:.2}%{measured}{base}  {:.2} MFLOPs  {:.3} M params{}  ({:.2} s)",
             r.scenario,
             100.0 * r.best.accuracy,
             r.best.mflops,
@@ -925,7 +653,7 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{} scenario(s) in {:.2} s; results in {}",
+        "{} scenario(s) searched in {:.2} s; results in {}",
         results.len(),
         total,
         a.out.display()
@@ -938,16 +666,16 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
         } else {
             Metric::Flops
         };
-        let sweep = sweep_scenarios(&predictor.space, metric, main_lut.as_ref(), a.sweep)?;
         let evo = EvoConfig {
             generations: cfg.generations.min(100),
             ..cfg
         };
-        let all: Vec<SearchResult> = results
-            .iter()
-            .cloned()
-            .chain(run_scenarios(&predictor, &sweep, &evo)?)
-            .collect();
+        let extra = search_each(
+            &predictor,
+            &sweep(&predictor.space, metric, main_lut.as_ref(), a.sweep)?,
+            &evo,
+        )?;
+        let all: Vec<SearchResult> = results.iter().cloned().chain(extra).collect();
         for f in write_pareto(&a.out, &predictor, &all, metric, main_lut.as_ref(), &[])? {
             println!("{}", f.display());
         }

@@ -2,13 +2,13 @@
 
 use super::progress::{TrainProgress, interrupt_flag};
 use super::{Cpu, CpuTrain, print_json};
-use crate::data::{Dataset, DatasetSpec, SplitKind, load};
+use crate::data::{Dataset, SplitKind};
 use crate::nn::load_supernet;
 use crate::space::{Arch, Space};
 use crate::train::{self, EvalData, Schedule, TrainConfig, reference_epochs};
 use anyhow::Context;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Args)]
@@ -61,85 +61,23 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-/// Deep-merges `over` into `base` (tables recursively, other values replaced).
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
-/// Applies a partial TOML configuration on top of `cfg`; unknown keys are
-/// errors naming the file.
-fn apply_toml(cfg: &TrainConfig, text: &str, source: &str) -> anyhow::Result<TrainConfig> {
-    let mut base = toml::Value::try_from(cfg)?;
-    let over: toml::Value =
-        toml::from_str(text).with_context(|| format!("{source}: not valid TOML"))?;
-    merge(&mut base, over);
-    base.try_into::<TrainConfig>()
-        .with_context(|| format!("{source}: not a training configuration"))
-}
-
-/// The `quick` preset: DϵpS sized to train in about ten minutes on a
-/// 2-core CPU (see BENCHMARKS.md).
-const QUICK: &str = r#"
-schedule = "deps"
-epochs = 2.0
-batch_size = 64
-lr = 0.1
-warmup_epochs = 0.05
-augment = false
-[deps]
-full_model_fraction = 0.6
-subnets_per_step = 4
-[eval]
-calib_images = 1000
-max_images = 2500
-"#;
-
-fn preset_toml(name: &str) -> anyhow::Result<&'static str> {
-    match name {
-        "quick" => Ok(QUICK),
-        "reference" => Ok("batch_size = 64\nlr = 0.1\n"),
-        other => anyhow::bail!("unknown training preset '{other}' (quick, reference)"),
-    }
-}
-
-/// Loads the dataset and fits the space's input channels and classes to it.
+/// Loads the dataset and fits the space's input channels and classes to
+/// it, saying so.
 pub fn load_data_for(space: &mut Space, data: &str) -> anyhow::Result<Arc<Dataset>> {
-    let spec: DatasetSpec = data.parse()?;
-    let ds = load(&spec)?;
-    if space.in_channels != ds.channels || space.num_classes != ds.classes.len() {
+    let name = space.name.clone();
+    let (ds, adapted) = train::load_data_for(space, data)?;
+    if adapted {
         eprintln!(
-            "space '{}' adapted to {}: {} input channel(s), {} classes",
-            space.name,
+            "space '{name}' adapted to {}: {} input channel(s), {} classes",
             ds.name,
             ds.channels,
             ds.classes.len()
         );
-        space.in_channels = ds.channels;
-        space.num_classes = ds.classes.len();
     }
-    Ok(Arc::new(ds))
+    Ok(ds)
 }
 
-/// A named training preset applied on top of `cfg`.
-pub fn apply_preset(cfg: &TrainConfig, name: &str) -> anyhow::Result<TrainConfig> {
-    let mut out = apply_toml(cfg, preset_toml(name)?, &format!("preset '{name}'"))?;
-    if name == "reference" {
-        out.epochs = reference_epochs(out.schedule, &out.ps);
-    }
-    Ok(out)
-}
+pub use crate::train::{apply_preset, apply_toml};
 
 fn resolve_config(a: &TrainArgs, space: &Space) -> anyhow::Result<TrainConfig> {
     let mut cfg = TrainConfig::new(a.schedule.unwrap_or(Schedule::Deps), space, &a.data);
@@ -286,11 +224,7 @@ impl EvalFlags {
     }
 }
 
-/// The training configuration saved beside a supernet, if any.
-pub fn run_config_near(supernet: &Path) -> Option<TrainConfig> {
-    let dir = supernet.parent()?;
-    toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).ok()?).ok()
-}
+pub use crate::train::run_config_near;
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = Default::default();

@@ -297,3 +297,44 @@ pub fn run_tract(path: &Path, input: &super::npy::Array) -> anyhow::Result<super
         data: view.iter().copied().collect(),
     })
 }
+
+/// Logits of a subnet and of its ONNX export on the same random batch;
+/// returns the largest difference relative to the logit scale.
+pub fn check<B: OfaBackend>(
+    net: &Subnet<B>,
+    path: &Path,
+    device: &B::Device,
+) -> anyhow::Result<f64> {
+    let (c, r) = (net.space.in_channels, net.arch.r);
+    let n = 4;
+    let input = crate::export::npy::Array {
+        shape: vec![n, c, r, r],
+        data: (0..n * c * r * r)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect(),
+    };
+    let x = burn::tensor::Tensor::<B, 4>::from_data(
+        burn::tensor::TensorData::new(input.data.clone(), [n, c, r, r]),
+        device,
+    );
+    let ours = net
+        .forward(x)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32");
+    let theirs = run_tract(path, &input)?;
+    if theirs.data.len() != ours.len() {
+        anyhow::bail!(
+            "{}: tract produced shape {:?}",
+            path.display(),
+            theirs.shape
+        );
+    }
+    let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(&theirs.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    Ok((diff / scale) as f64)
+}

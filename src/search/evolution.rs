@@ -4,7 +4,6 @@
 
 use super::latency::{FastCost, LatencyTable};
 use crate::space::{Arch, Layer, Space};
-use anyhow::Context;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -107,23 +106,6 @@ impl fmt::Display for Constraint {
     }
 }
 
-/// A deployment scenario: a device (its latency table, if latency is
-/// constrained) and budgets.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Scenario {
-    pub name: String,
-    /// Latency lookup table of the device (JSON file).
-    #[serde(default)]
-    pub lut: Option<String>,
-    pub constraints: Vec<String>,
-}
-
-/// A scenarios file: `[[scenario]]` tables.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ScenarioFile {
-    pub scenario: Vec<Scenario>,
-}
-
 /// Evolution settings (the reference's defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvoConfig {
@@ -222,6 +204,18 @@ impl Efficiency {
         self.latency.is_some()
     }
 
+    /// A subnet with its efficiency and a (predicted) accuracy.
+    pub fn candidate(&self, arch: Arch, accuracy: f64) -> Candidate {
+        let (f, p, l) = self.measure(&arch);
+        Candidate {
+            arch,
+            accuracy,
+            mflops: f,
+            mparams: p,
+            latency_ms: l,
+        }
+    }
+
     fn measure(&self, arch: &Arch) -> (f64, f64, Option<f64>) {
         (
             self.flops.cost(arch),
@@ -230,7 +224,8 @@ impl Efficiency {
         )
     }
 
-    fn ok(&self, arch: &Arch, cs: &[Constraint]) -> bool {
+    /// Whether a subnet meets every constraint (latency only with a table).
+    pub fn meets(&self, arch: &Arch, cs: &[Constraint]) -> bool {
         let (f, p, l) = self.measure(arch);
         cs.iter().all(|c| match c.metric {
             Metric::Flops => f <= c.limit,
@@ -252,6 +247,27 @@ pub struct SearchResult {
     /// Every subnet the search scored (for Pareto fronts).
     #[serde(skip)]
     pub visited: Vec<Candidate>,
+    /// The best predicted candidates, measured; `best` is then the best
+    /// measured one (empty without re-ranking).
+    #[serde(default)]
+    pub reranked: Vec<Measured>,
+    /// Simple subnets that meet the same budget, measured the same way.
+    #[serde(default)]
+    pub baselines: Vec<Measured>,
+}
+
+/// A candidate with its measured accuracy (validation split, BN
+/// recalibrated; test split where it was measured).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// A baseline's name (`smallest`, `largest`, `uniform-k5-e4-d3-r24`);
+    /// empty for search candidates.
+    #[serde(default)]
+    pub name: String,
+    pub candidate: Candidate,
+    pub val: crate::train::EvalResult,
+    #[serde(default)]
+    pub test: Option<crate::train::EvalResult>,
 }
 
 struct Evolver<'a> {
@@ -266,7 +282,7 @@ impl Evolver<'_> {
     fn random(&mut self) -> Option<Arch> {
         (0..self.cfg.max_tries)
             .map(|_| Arch::sample_all(self.space, &mut self.rng))
-            .find(|a| self.eff.ok(a, self.constraints))
+            .find(|a| self.eff.meets(a, self.constraints))
     }
 
     fn pick(&mut self, v: &[usize]) -> usize {
@@ -294,7 +310,7 @@ impl Evolver<'_> {
             // Blocks beyond a stage's depth keep their (random) values, as
             // in the reference's `mutate_sample`: a later depth mutation
             // brings them back.
-            if self.eff.ok(&a, self.constraints) {
+            if self.eff.meets(&a, self.constraints) {
                 return Some(a);
             }
         }
@@ -321,7 +337,7 @@ impl Evolver<'_> {
             if coin(&mut self.rng) {
                 a.r = p2.r;
             }
-            if self.eff.ok(&a, self.constraints) {
+            if self.eff.meets(&a, self.constraints) {
                 return Some(a);
             }
         }
@@ -351,7 +367,7 @@ pub fn evolve(
         rng: ChaCha8Rng::seed_from_u64(cfg.seed),
     };
     let smallest = Arch::min(space);
-    if !eff.ok(&smallest, constraints) {
+    if !eff.meets(&smallest, constraints) {
         let (f, p, l) = eff.measure(&smallest);
         anyhow::bail!(
             "scenario '{name}': no subnet can meet {}: the smallest has {f:.2} MFLOPs, {p:.3} M params{}",
@@ -368,16 +384,7 @@ pub fn evolve(
         archs
             .into_iter()
             .zip(acc)
-            .map(|(arch, accuracy)| {
-                let (f, p, l) = eff.measure(&arch);
-                Candidate {
-                    arch,
-                    accuracy,
-                    mflops: f,
-                    mparams: p,
-                    latency_ms: l,
-                }
-            })
+            .map(|(arch, accuracy)| eff.candidate(arch, accuracy))
             .collect()
     };
     let mut first = Vec::with_capacity(cfg.population);
@@ -431,17 +438,9 @@ pub fn evolve(
         history,
         seconds: t.elapsed().as_secs_f64(),
         visited,
+        reranked: vec![],
+        baselines: vec![],
     })
-}
-
-/// Parses constraint strings, naming the scenario on error.
-pub fn parse_constraints(name: &str, cs: &[String]) -> anyhow::Result<Vec<Constraint>> {
-    cs.iter()
-        .map(|c| {
-            c.parse::<Constraint>()
-                .with_context(|| format!("scenario '{name}'"))
-        })
-        .collect()
 }
 
 /// Indices of the points on the Pareto front: no other point is at least as

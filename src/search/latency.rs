@@ -497,3 +497,54 @@ mod tests {
         }
     }
 }
+
+/// Times `n` subnets end to end (the largest, the smallest and seeded
+/// random ones, extracted from a freshly built supernet: timing does not
+/// depend on the weights) and compares them with the table's predictions.
+pub fn validate<B: OfaBackend>(
+    lut: &LatencyTable,
+    space: &Space,
+    n: usize,
+    seed: u64,
+    device: &B::Device,
+) -> anyhow::Result<LutValidation> {
+    use rand::SeedableRng;
+    let net = crate::nn::SupernetConfig::new(space.clone()).init::<B>(device);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut archs = vec![Arch::max(space), Arch::min(space)];
+    while archs.len() < n {
+        archs.push(Arch::sample(space, &mut rng));
+    }
+    archs.truncate(n);
+    let subnets: Vec<_> = archs.iter().map(|a| crate::nn::extract(&net, a)).collect();
+    // End-to-end runs get more repetitions than single layers: they are the
+    // yardstick, and a few of them cost little.
+    let cfg = ProfileConfig {
+        reps: lut.config.reps.max(50),
+        ..lut.config.clone()
+    };
+    let timings = time_subnets(&subnets, &cfg, device);
+    let mut samples = Vec::new();
+    for (a, t) in archs.iter().zip(&timings) {
+        samples.push((a.to_reference_json(), lut.predict(space, a)?, t.median_ms));
+    }
+    let errs: Vec<f64> = samples
+        .iter()
+        .map(|(_, p, m)| 100.0 * (p - m).abs() / m)
+        .collect();
+    let preds: Vec<f64> = samples.iter().map(|s| s.1).collect();
+    let meas: Vec<f64> = samples.iter().map(|s| s.2).collect();
+    let ratios: Vec<f64> = samples.iter().map(|(_, p, m)| m / p).collect();
+    let k = ratios.len().max(1) as f64;
+    let scale = ratios.iter().sum::<f64>() / k;
+    let sd = (ratios.iter().map(|r| (r - scale).powi(2)).sum::<f64>() / k).sqrt();
+    Ok(LutValidation {
+        scale,
+        scale_free_error_pct: 100.0 * sd / scale,
+        subnets: samples.len(),
+        mean_abs_error_pct: errs.iter().sum::<f64>() / errs.len().max(1) as f64,
+        max_abs_error_pct: errs.iter().cloned().fold(0.0, f64::max),
+        kendall_tau: super::predictor::kendall_tau(&preds, &meas),
+        samples,
+    })
+}

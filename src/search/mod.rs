@@ -4,14 +4,19 @@
 
 pub mod evolution;
 pub mod latency;
+pub mod measure;
 pub mod plot;
 pub mod predictor;
+pub mod report;
+pub mod scenario;
 pub mod table;
 
 pub use evolution::{
-    Candidate, Constraint, Efficiency, EvoConfig, Metric, Scenario, ScenarioFile, SearchResult,
-    evolve, pareto_front,
+    Candidate, Constraint, Efficiency, EvoConfig, Measured, Metric, SearchResult, evolve,
+    pareto_front,
 };
 pub use latency::{FastCost, LatencyTable, LutValidation, ProfileConfig, Timing};
+pub use measure::{Measurer, measure_baselines, rerank};
 pub use predictor::{Encoding, FitConfig, Predictor, PredictorReport, fit};
+pub use scenario::{Scenario, load_scenarios, search_all, search_each, slug, sweep};
 pub use table::{Table, TableMeta, TableRow};

@@ -20,6 +20,8 @@ pub enum SeriesStyle {
     Picks,
     /// Unconnected markers in a second colour (the chosen subnets as measured).
     Measured,
+    /// Crosses (simple baselines, measured).
+    Baselines,
 }
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -128,6 +130,18 @@ where
                     .map_err(|e| anyhow::anyhow!("plot: {e}"))?
                     .label(s.name)
                     .legend(move |(x, y)| Circle::new((x, y), 4, green.filled()));
+            }
+            SeriesStyle::Baselines => {
+                let orange = RGBColor(230, 120, 0);
+                chart
+                    .draw_series(
+                        s.points
+                            .iter()
+                            .map(move |&(x, y)| Cross::new((x, y), 5, orange.stroke_width(2))),
+                    )
+                    .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+                    .label(s.name)
+                    .legend(move |(x, y)| Cross::new((x, y), 4, orange.stroke_width(2)));
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use crate::nn::{OfaBackend, Supernet};
 use crate::space::{Arch, Space};
-use crate::train::{EvalConfig, EvalData, EvalResult, evaluate};
+use crate::train::{EvalConfig, EvalData, EvalResult, evaluate_with_hits, paired_stderr};
 use anyhow::Context;
 use rand::SeedableRng;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -32,6 +32,34 @@ pub struct TableMeta {
     pub resolutions: Vec<usize>,
 }
 
+impl TableMeta {
+    /// What a table of `supernet` is built from: its file digest, and the
+    /// validation hold-out of its training run.
+    pub fn for_supernet(
+        supernet: &Path,
+        space: &Space,
+        data: &str,
+        eval: EvalConfig,
+        arch_seed: u64,
+        subnets: usize,
+        resolutions: Vec<usize>,
+    ) -> anyhow::Result<TableMeta> {
+        let cfg = crate::train::run_config_or_default(supernet, space, data);
+        Ok(TableMeta {
+            space: space.clone(),
+            supernet_digest: file_digest(supernet)?,
+            supernet: supernet.display().to_string(),
+            data: data.to_string(),
+            val_size: cfg.val_size,
+            split_seed: cfg.seed,
+            eval,
+            arch_seed,
+            subnets,
+            resolutions,
+        })
+    }
+}
+
 /// One evaluated (subnet, resolution).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableRow {
@@ -43,6 +71,77 @@ pub struct TableRow {
     pub mflops: f64,
     pub params: u64,
     pub seconds: f64,
+    /// Top-1 correctness of every validation image, in the table's image
+    /// order (empty for rows of tables built before it was recorded).
+    pub hits: Vec<bool>,
+}
+
+/// Bits packed 8 to a byte, lowest bit first.
+fn pack(bits: &[bool]) -> Vec<u8> {
+    bits.chunks(8)
+        .map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u8, |b, (i, &x)| b | ((x as u8) << i))
+        })
+        .collect()
+}
+
+fn unpack(bytes: &[u8], n: usize) -> Vec<bool> {
+    (0..n.min(bytes.len() * 8))
+        .map(|i| bytes[i / 8] >> (i % 8) & 1 == 1)
+        .collect()
+}
+
+/// How precise a table's rows are compared with how much they differ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableStats {
+    pub rows: usize,
+    pub top1_mean: f64,
+    pub top1_min: f64,
+    pub top1_max: f64,
+    /// Standard deviation of the rows' top-1 (the spread a predictor has to
+    /// rank).
+    pub top1_sd: f64,
+    /// Mean standard error of a row's top-1 (binomial).
+    pub row_stderr: f64,
+    /// Median standard error of the difference between two rows, paired
+    /// on the same images (over up to 2 000 row pairs); NaN without
+    /// recorded hits.
+    pub paired_stderr: f64,
+    /// `row_stderr / top1_sd`: below 1/3 means the rows rank subnets.
+    pub noise_ratio: f64,
+}
+
+/// Summary statistics of a table's rows.
+pub fn stats(rows: &[TableRow]) -> TableStats {
+    let n = rows.len().max(1) as f64;
+    let top1: Vec<f64> = rows.iter().map(|r| r.result.top1).collect();
+    let mean = top1.iter().sum::<f64>() / n;
+    let sd = (top1.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let row_stderr = rows.iter().map(|r| r.result.stderr()).sum::<f64>() / n;
+    let with_hits: Vec<&TableRow> = rows.iter().filter(|r| !r.hits.is_empty()).collect();
+    let mut paired: Vec<f64> = Vec::new();
+    // Pairs (i, i + k) for growing k: spread over the table, bounded cost.
+    'outer: for k in 1..with_hits.len() {
+        for i in 0..with_hits.len() - k {
+            paired.push(paired_stderr(&with_hits[i].hits, &with_hits[i + k].hits));
+            if paired.len() >= 2000 {
+                break 'outer;
+            }
+        }
+    }
+    paired.sort_by(f64::total_cmp);
+    TableStats {
+        rows: rows.len(),
+        top1_mean: mean,
+        top1_min: top1.iter().cloned().fold(f64::INFINITY, f64::min),
+        top1_max: top1.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        top1_sd: sd,
+        row_stderr,
+        paired_stderr: paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN),
+        noise_ratio: row_stderr / sd.max(1e-12),
+    }
 }
 
 /// An open accuracy table.
@@ -78,8 +177,17 @@ fn schema(conn: &Connection) -> rusqlite::Result<()> {
              arch TEXT NOT NULL,
              top1 REAL NOT NULL, top5 REAL NOT NULL, loss REAL NOT NULL, images INTEGER NOT NULL,
              mflops REAL NOT NULL, params INTEGER NOT NULL, seconds REAL NOT NULL,
+             hits BLOB,
              PRIMARY KEY (arch_index, resolution));",
-    )
+    )?;
+    // Tables written before per-image hits were recorded lack the column.
+    let has_hits: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('rows') WHERE name = 'hits'")?
+        .exists([])?;
+    if !has_hits {
+        conn.execute_batch("ALTER TABLE rows ADD COLUMN hits BLOB")?;
+    }
+    Ok(())
 }
 
 impl Table {
@@ -170,7 +278,9 @@ impl Table {
     /// Adds a row in its own transaction; a row already present is an error.
     pub fn insert(&self, row: &TableRow) -> anyhow::Result<()> {
         self.conn.execute(
-            "INSERT INTO rows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO rows (arch_index, resolution, arch, top1, top5, loss, images, mflops,
+                               params, seconds, hits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 row.index as i64,
                 row.arch.r as i64,
@@ -181,7 +291,8 @@ impl Table {
                 row.result.images as i64,
                 row.mflops,
                 row.params as i64,
-                row.seconds
+                row.seconds,
+                (!row.hits.is_empty()).then(|| pack(&row.hits)),
             ],
         )?;
         Ok(())
@@ -190,7 +301,8 @@ impl Table {
     /// Every row, ordered by (index, resolution).
     pub fn rows(&self) -> anyhow::Result<Vec<TableRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT arch_index, resolution, arch, top1, top5, loss, images, mflops, params, seconds
+            "SELECT arch_index, resolution, arch, top1, top5, loss, images, mflops, params, seconds,
+                    hits
              FROM rows ORDER BY arch_index, resolution",
         )?;
         let raw = stmt.query_map([], |r| {
@@ -209,11 +321,13 @@ impl Table {
                     r.get::<_, i64>(8)?,
                     r.get::<_, f64>(9)?,
                 ),
+                r.get::<_, Option<Vec<u8>>>(10)?,
             ))
         })?;
         let mut out = Vec::new();
         for item in raw {
-            let (index, res, arch, (top1, top5, loss, images), (mflops, params, seconds)) = item?;
+            let (index, res, arch, (top1, top5, loss, images), (mflops, params, seconds), hits) =
+                item?;
             let v: serde_json::Value = serde_json::from_str(&arch)?;
             let arch = Arch::from_json(&v, &self.meta.space)?.with_resolution(res as usize);
             out.push(TableRow {
@@ -228,6 +342,9 @@ impl Table {
                 mflops,
                 params: params as u64,
                 seconds,
+                hits: hits
+                    .map(|b| unpack(&b, images as usize))
+                    .unwrap_or_default(),
             });
         }
         Ok(out)
@@ -235,14 +352,16 @@ impl Table {
 
     /// Writes the rows as CSV (one line per subnet and resolution).
     pub fn export_csv(&self, path: &Path) -> anyhow::Result<()> {
-        let mut s =
-            String::from("index,resolution,top1,top5,loss,images,mflops,params,seconds,arch\n");
+        let mut s = String::from(
+            "index,resolution,top1,stderr,top5,loss,images,mflops,params,seconds,arch\n",
+        );
         for r in self.rows()? {
             s.push_str(&format!(
-                "{},{},{:.6},{:.6},{:.6},{},{:.4},{},{:.3},\"{}\"\n",
+                "{},{},{:.6},{:.6},{:.6},{:.6},{},{:.4},{},{:.3},\"{}\"\n",
                 r.index,
                 r.arch.r,
                 r.result.top1,
+                r.result.stderr(),
                 r.result.top5,
                 r.result.loss,
                 r.result.images,
@@ -321,7 +440,8 @@ pub fn build<B: OfaBackend>(
         }
         let arch = archs[i].clone().with_resolution(r);
         let t = std::time::Instant::now();
-        let result = evaluate(net, &arch, data, &table.meta.eval, device, &mut |_, _| {})?;
+        let (result, hits) =
+            evaluate_with_hits(net, &arch, data, &table.meta.eval, device, &mut |_, _| {})?;
         let cost = arch.cost(&net.space);
         let row = TableRow {
             index: i,
@@ -330,6 +450,7 @@ pub fn build<B: OfaBackend>(
             mflops: cost.mflops(),
             params: cost.params,
             seconds: t.elapsed().as_secs_f64(),
+            hits,
         };
         table.insert(&row)?;
         done += 1;
@@ -405,5 +526,12 @@ mod tests {
         let mut other = meta(12);
         other.arch_seed = 4;
         assert!(Table::create_or_open(&path, other).is_err());
+    }
+
+    #[test]
+    fn hits_round_trip_through_bit_packing() {
+        let bits: Vec<bool> = (0..21).map(|i| i % 3 == 0 || i == 20).collect();
+        assert_eq!(unpack(&pack(&bits), bits.len()), bits);
+        assert_eq!(pack(&bits).len(), 3);
     }
 }

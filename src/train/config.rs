@@ -263,13 +263,11 @@ pub struct DepsConfig {
     /// Channel sorting when the subnets join (DepS `--reorganize_weights`).
     #[serde(default = "legacy::yes")]
     pub sort_channels: bool,
-    /// Expand stage of that sort; absent = DepS's (`len(expand_list) − 2`
-    /// in `train_one_epoch_deps`).
-    #[serde(
-        default = "legacy::sort_stage",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sort_stage: Option<usize>,
+    /// Expand stage of that sort (the reference's `expand_ratio_stage`);
+    /// DepS uses `len(expand_list) − 2` (`train_one_epoch_deps`), which
+    /// [`TrainConfig::new`] fills in for the space.
+    #[serde(default)]
+    pub sort_stage: usize,
 }
 
 impl Default for DepsConfig {
@@ -285,18 +283,24 @@ impl Default for DepsConfig {
             eps_start: 1e-4,
             eps_ramp_epochs: 1.0,
             sort_channels: true,
-            sort_stage: None,
+            sort_stage: 1,
         }
     }
 }
 
 impl DepsConfig {
+    /// DepS's defaults for a space: the sort stage depends on its expand
+    /// choices.
+    pub fn for_space(space: &Space) -> Self {
+        DepsConfig {
+            sort_stage: space.expand_choices.len().saturating_sub(2),
+            ..DepsConfig::default()
+        }
+    }
+
     /// The expand stage of the channel sort, if any.
-    pub fn sort_stage(&self, space: &Space) -> Option<usize> {
-        self.sort_channels.then(|| {
-            self.sort_stage
-                .unwrap_or(space.expand_choices.len().saturating_sub(2))
-        })
+    pub fn sort_stage(&self) -> Option<usize> {
+        self.sort_channels.then_some(self.sort_stage)
     }
 }
 
@@ -332,9 +336,6 @@ mod legacy {
     }
     pub fn yes() -> bool {
         true
-    }
-    pub fn sort_stage() -> Option<usize> {
-        Some(0)
     }
     pub fn inplace_loss() -> InplaceLoss {
         InplaceLoss::CePlusKd
@@ -469,7 +470,7 @@ impl TrainConfig {
             augment: true,
             checkpoint_every: 200,
             sgd: SgdConfig::default(),
-            deps: DepsConfig::default(),
+            deps: DepsConfig::for_space(space),
             sandwich: SandwichConfig::default(),
             ps: PsConfig::reference(space, lr),
             eval: EvalConfig::default(),
@@ -524,9 +525,7 @@ impl TrainConfig {
                 return bad(field, "must be a finite number ≥ 0");
             }
         }
-        if let Some(stage) = self.deps.sort_stage
-            && stage >= space.expand_choices.len()
-        {
+        if self.deps.sort_channels && self.deps.sort_stage >= space.expand_choices.len() {
             return bad(
                 "deps.sort_stage",
                 &format!(

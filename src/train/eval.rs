@@ -74,14 +74,50 @@ pub struct EvalResult {
     pub images: usize,
 }
 
-/// Top-1/top-5 hits and summed cross-entropy of a logits batch.
-pub(crate) fn score(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usize, f64) {
+impl EvalResult {
+    /// Standard error of `top1` as an estimate from `images` images
+    /// (binomial): `√(p (1 − p) / n)`.
+    pub fn stderr(&self) -> f64 {
+        let n = self.images.max(1) as f64;
+        (self.top1 * (1.0 - self.top1) / n).sqrt()
+    }
+}
+
+/// Standard error of the difference in top-1 of two evaluations on the
+/// same images (paired, McNemar): `√(b + c − (b − c)² / n) / n`, with `b`
+/// and `c` the images only one of them gets right.
+pub fn paired_stderr(a: &[bool], b: &[bool]) -> f64 {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (mut only_a, mut only_b) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        match (x, y) {
+            (true, false) => only_a += 1.0,
+            (false, true) => only_b += 1.0,
+            _ => {}
+        }
+    }
+    let n = n as f64;
+    ((only_a + only_b - (only_a - only_b).powi(2) / n).max(0.0)).sqrt() / n
+}
+
+/// Top-1/top-5 hits and summed cross-entropy of a logits batch; `hits`
+/// receives each row's top-1 correctness.
+pub(crate) fn score(
+    logits: &[f32],
+    labels: &[i64],
+    classes: usize,
+    hits: &mut Vec<bool>,
+) -> (usize, usize, f64) {
     let (mut t1, mut t5, mut loss) = (0, 0, 0.0);
     for (row, &y) in logits.chunks_exact(classes).zip(labels) {
         let target = row[y as usize];
         let better = row.iter().filter(|&&v| v > target).count();
         t1 += (better < 1) as usize;
         t5 += (better < 5) as usize;
+        hits.push(better < 1);
         let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
         let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
         loss += lse - target as f64;
@@ -124,6 +160,19 @@ pub fn evaluate<B: OfaBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<EvalResult> {
+    Ok(evaluate_with_hits(net, arch, data, cfg, device, progress)?.0)
+}
+
+/// [`evaluate`], also returning each evaluated image's top-1 correctness
+/// (in `data.eval` order), for paired comparisons.
+pub fn evaluate_with_hits<B: OfaBackend>(
+    net: &Supernet<B>,
+    arch: &Arch,
+    data: &EvalData,
+    cfg: &EvalConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<(EvalResult, Vec<bool>)> {
     if !data.calib.is_empty() {
         recalibrate(net, arch, data, cfg.calib_batch, device)?;
     }
@@ -136,7 +185,7 @@ pub fn evaluate<B: OfaBackend>(
         progress,
         &|x| net.forward(x, arch, crate::nn::Mode::Eval),
     )?;
-    if !r.loss.is_finite() {
+    if !r.0.loss.is_finite() {
         anyhow::bail!("evaluation of {arch} produced a non-finite loss");
     }
     Ok(r)
@@ -149,7 +198,7 @@ pub fn evaluate_subnet<B: OfaBackend>(
     batch: usize,
     device: &B::Device,
 ) -> anyhow::Result<EvalResult> {
-    measure(
+    Ok(measure(
         data,
         net.arch.r,
         batch,
@@ -157,7 +206,8 @@ pub fn evaluate_subnet<B: OfaBackend>(
         device,
         &mut |_, _| {},
         &|x| net.forward(x),
-    )
+    )?
+    .0)
 }
 
 /// Top-1/top-5/loss of `forward` on `data.eval` at resolution `r`.
@@ -169,7 +219,7 @@ fn measure<B: OfaBackend>(
     device: &B::Device,
     progress: &mut dyn FnMut(usize, usize),
     forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 2>,
-) -> anyhow::Result<EvalResult> {
+) -> anyhow::Result<(EvalResult, Vec<bool>)> {
     let requests: Vec<BatchRequest> = data
         .eval
         .chunks(batch.max(1))
@@ -181,6 +231,7 @@ fn measure<B: OfaBackend>(
         })
         .collect();
     let (mut t1, mut t5, mut loss, mut n) = (0, 0, 0.0, 0);
+    let mut hits = Vec::with_capacity(data.eval.len());
     for batch in Prefetcher::new(data.dataset.clone(), data.split, requests) {
         let batch = batch?;
         let (x, _) = batch_tensors::<B>(&batch, device);
@@ -189,7 +240,7 @@ fn measure<B: OfaBackend>(
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 logits");
-        let (a, b, l) = score(&host, &batch.labels, classes);
+        let (a, b, l) = score(&host, &batch.labels, classes, &mut hits);
         t1 += a;
         t5 += b;
         loss += l;
@@ -199,12 +250,15 @@ fn measure<B: OfaBackend>(
     if n == 0 {
         anyhow::bail!("no images to evaluate on");
     }
-    Ok(EvalResult {
-        top1: t1 as f64 / n as f64,
-        top5: t5 as f64 / n as f64,
-        loss: loss / n as f64,
-        images: n,
-    })
+    Ok((
+        EvalResult {
+            top1: t1 as f64 / n as f64,
+            top5: t5 as f64 / n as f64,
+            loss: loss / n as f64,
+            images: n,
+        },
+        hits,
+    ))
 }
 
 /// The subnets validated during training: the largest, the smallest, one
@@ -242,8 +296,10 @@ mod tests {
     fn score_counts_ranks_and_loss() {
         // Two rows of 6 classes; label ranks 1st and 6th.
         let logits = [5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
-        let (t1, t5, loss) = score(&logits, &[0, 0], 6);
+        let mut hits = vec![];
+        let (t1, t5, loss) = score(&logits, &[0, 0], 6, &mut hits);
         assert_eq!((t1, t5), (1, 1 - 0));
+        assert_eq!(hits, [true, false]);
         let row1: f64 = [5.0f64, 1.0, 0.0, 0.0, 0.0, 0.0]
             .iter()
             .map(|v| v.exp())
@@ -256,5 +312,23 @@ mod tests {
             .sum::<f64>()
             .ln();
         assert!((loss - (row1 + row2)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn paired_stderr_of_a_hand_worked_case() {
+        // 10 images: both right on 6, only a on 3, only b on 1, both wrong 0.
+        let a = [true, true, true, true, true, true, true, true, true, false];
+        let b = [
+            true, true, true, true, true, true, false, false, false, true,
+        ];
+        // b + c = 4, (b − c)² / n = 0.4: √3.6 / 10.
+        assert!((paired_stderr(&a, &b) - 3.6f64.sqrt() / 10.0).abs() < 1e-12);
+        assert_eq!(paired_stderr(&a, &a), 0.0);
+        let r = EvalResult {
+            top1: 0.9,
+            images: 100,
+            ..Default::default()
+        };
+        assert!((r.stderr() - 0.03).abs() < 1e-12);
     }
 }

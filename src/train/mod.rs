@@ -8,6 +8,8 @@ pub mod eval;
 pub mod finetune;
 mod loss;
 mod optim;
+mod presets;
+mod run_data;
 pub mod schedule;
 pub use schedule::{Item, Kd};
 mod trainer;
@@ -17,10 +19,13 @@ pub use config::{
     PsConfig, PsPhase, SandwichConfig, Schedule, TeacherBn, TrainConfig, reference_epochs,
 };
 pub use eval::{
-    EvalData, EvalResult, batch_tensors, evaluate, evaluate_subnet, recalibrate, reference_archs,
+    EvalData, EvalResult, batch_tensors, evaluate, evaluate_subnet, evaluate_with_hits,
+    paired_stderr, recalibrate, reference_archs,
 };
 pub use loss::{ce_plus_kd, kd_only, smoothed_cross_entropy, soft_cross_entropy, soft_labels};
 pub use optim::{CosineSchedule, Sgd, SgdConfig};
+pub use presets::{apply_preset, apply_toml};
+pub use run_data::{eval_data_of, load_data_for, run_config_near, run_config_or_default};
 pub use trainer::{
     EpochMetrics, NoObserver, StepReport, TrainObserver, TrainOutcome, split_indices,
     step_gradients, train,

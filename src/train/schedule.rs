@@ -62,7 +62,7 @@ fn steps_of(epochs: f64, steps_per_epoch: u64) -> u64 {
 }
 
 /// The phases of a run with `steps_per_epoch` optimizer steps per epoch.
-pub fn phases(cfg: &TrainConfig, space: &Space, steps_per_epoch: u64) -> Vec<Phase> {
+pub fn phases(cfg: &TrainConfig, steps_per_epoch: u64) -> Vec<Phase> {
     let total = steps_of(cfg.epochs, steps_per_epoch).max(1);
     let warmup = steps_of(cfg.warmup_epochs, steps_per_epoch).min(total / 2);
     let cosine = |base: f64, steps: u64, warmup: u64| CosineSchedule {
@@ -103,7 +103,7 @@ pub fn phases(cfg: &TrainConfig, space: &Space, steps_per_epoch: u64) -> Vec<Pha
             let mut shrink = plain("ε-shrinking", PhaseKind::DepsShrink { start, switch });
             shrink.start = start;
             shrink.steps = total - start;
-            shrink.sort_stage = cfg.deps.sort_stage(space);
+            shrink.sort_stage = cfg.deps.sort_stage();
             vec![warm, shrink]
                 .into_iter()
                 .filter(|p| p.steps > 0)
@@ -300,14 +300,14 @@ mod tests {
 
     #[test]
     fn linear_epsilon_ramps_from_the_switch() {
-        let (mut c, s) = cfg(Schedule::Deps);
+        let (mut c, _) = cfg(Schedule::Deps);
         c.deps.eps_schedule = EpsSchedule::Linear;
         c.deps.eps_start = 1e-4;
         c.deps.eps_ramp_epochs = 2.0;
         c.epochs = 12.0;
         c.deps.full_model_fraction = 0.5;
         let spe = 50;
-        let ph = phases(&c, &s, spe);
+        let ph = phases(&c, spe);
         assert_eq!(
             ph[1].kind,
             PhaseKind::DepsShrink {
@@ -334,7 +334,7 @@ mod tests {
         c.deps.smallnet_warmup_fraction = 0.2;
         c.deps.min_multiplier = 1.0;
         c.deps.other_multiplier = 1.0;
-        let ph = phases(&c, &s, 1);
+        let ph = phases(&c, 1);
         assert_eq!((ph[0].steps, ph[1].start), (3, 3));
         assert_eq!(
             ph[1].kind,
@@ -377,7 +377,7 @@ mod tests {
         c.epochs = 10.0;
         c.deps.full_model_fraction = 0.5;
         c.deps.smallnet_warmup_fraction = 0.1;
-        let ph = phases(&c, &s, 100);
+        let ph = phases(&c, 100);
         assert_eq!(ph.len(), 2);
         assert_eq!(
             (ph[0].start, ph[0].steps, ph[1].start, ph[1].steps),
@@ -409,7 +409,7 @@ mod tests {
     fn ps_phase_table_samples_only_the_phase_choices() {
         let (mut c, s) = cfg(Schedule::Ps);
         c.epochs = 5.9;
-        let ph = phases(&c, &s, 100);
+        let ph = phases(&c, 100);
         let names: Vec<&str> = ph.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,

@@ -447,7 +447,7 @@ where
             cfg.batch_size
         );
     }
-    let plan = phases(cfg, space, steps_per_epoch);
+    let plan = phases(cfg, steps_per_epoch);
     let total = plan.last().map(|p| p.end()).unwrap_or(0);
     let independent = match cfg.schedule {
         super::Schedule::Independent => Some(cfg.independent_arch(space)?),
