@@ -478,18 +478,91 @@ pub fn pointwise_backward(
     (dx, dw)
 }
 
+/// Elements a parallel task should cover at least: with 2×2 or 7×7
+/// planes, one task per plane would cost more to schedule than to run.
+const MIN_TASK: usize = 8192;
+
+/// Planes per parallel task for planes of `plane` elements.
+fn planes_per_task(plane: usize) -> usize {
+    (MIN_TASK / plane.max(1)).max(1)
+}
+
+/// A sample's feature map is small enough to accumulate whole rows into a
+/// per-thread buffer that stays in cache.
+fn small_rows(d: Nchw) -> bool {
+    d.c * d.plane() <= 1 << 16
+}
+
+/// Per-channel `(Σa, Σa·b)` over (N, H, W) — `b = a` gives `(Σx, Σx²)`.
+///
+/// Small feature maps: every thread sums whole sample rows
+/// (`[C·H·W]`, contiguous, vectorised) over its share of the batch, then
+/// each channel's plane is reduced in f64. Large ones: one channel at a
+/// time, plane by plane.
+fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw) -> Vec<(f64, f64)> {
+    if !small_rows(d) {
+        return (0..d.c)
+            .into_par_iter()
+            .map(|c| match b {
+                Some(b) => channel_sum_and_dot(a, b, d, c),
+                None => channel_sum_and_squares(a, d, c),
+            })
+            .collect();
+    }
+    let row = d.c * d.plane();
+    let threads = rayon::current_num_threads().max(1);
+    let per = d.n.div_ceil(threads).max(1);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..d.n)
+        .collect::<Vec<_>>()
+        .par_chunks(per)
+        .map(|ns| {
+            let (mut s, mut q) = (vec![0f32; row], vec![0f32; row]);
+            for &n in ns {
+                let x = &a[n * row..][..row];
+                let y = b.map_or(x, |b| &b[n * row..][..row]);
+                accumulate_row(&mut s, &mut q, x, y);
+            }
+            (s, q)
+        })
+        .collect();
+    let plane = d.plane();
+    (0..d.c)
+        .map(|c| {
+            let (mut s, mut q) = (0f64, 0f64);
+            for (ps, pq) in &partials {
+                s += ps[c * plane..][..plane]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+                q += pq[c * plane..][..plane]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
+            }
+            (s, q)
+        })
+        .collect()
+}
+
+/// `s += x`, `q += x · y`, elementwise.
+#[multiversion::multiversion(targets = "simd")]
+fn accumulate_row(s: &mut [f32], q: &mut [f32], x: &[f32], y: &[f32]) {
+    for (((s, q), x), y) in s.iter_mut().zip(q.iter_mut()).zip(x).zip(y) {
+        *s += x;
+        *q += x * y;
+    }
+}
+
 /// Per-channel mean and biased variance over (N, H, W), in f64.
 fn channel_stats(x: &[f32], d: Nchw) -> (Vec<f32>, Vec<f32>) {
     let m = (d.n * d.plane()) as f64;
-    let stats: Vec<(f32, f32)> = (0..d.c)
-        .into_par_iter()
-        .map(|c| {
-            let (s, sq) = channel_sum_and_squares(x, d, c);
+    channel_sums(x, None, d)
+        .into_iter()
+        .map(|(s, sq)| {
             let mean = s / m;
             ((mean) as f32, (sq / m - mean * mean).max(0.0) as f32)
         })
-        .collect();
-    stats.into_iter().unzip()
+        .unzip()
 }
 
 #[multiversion::multiversion(targets = "simd")]
@@ -567,12 +640,15 @@ fn sum_and_dot(g: &[f32], x: &[f32]) -> (f32, f32) {
 /// `y = x · scale[c] + shift[c]`.
 pub fn channel_affine(x: &[f32], d: Nchw, scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let mut y = output(x.len());
-    y.par_chunks_mut(d.plane())
-        .zip(x.par_chunks(d.plane()))
+    let (plane, k) = (d.plane().max(1), planes_per_task(d.plane()));
+    y.par_chunks_mut(k * plane)
+        .zip(x.par_chunks(k * plane))
         .enumerate()
-        .for_each(|(plane, (yo, xi))| {
-            let c = plane % d.c;
-            affine_plane(yo, xi, scale[c], shift[c]);
+        .for_each(|(task, (yo, xi))| {
+            for (j, (yp, xp)) in yo.chunks_mut(plane).zip(xi.chunks(plane)).enumerate() {
+                let c = (task * k + j) % d.c;
+                affine_plane(yp, xp, scale[c], shift[c]);
+            }
         });
     // SAFETY: affine_plane wrote every plane.
     unsafe { finish(y) }
@@ -608,10 +684,7 @@ pub fn batch_norm_backward(
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let m = (d.n * d.plane()) as f64;
-    let sums: Vec<(f64, f64)> = (0..d.c)
-        .into_par_iter()
-        .map(|c| channel_sum_and_dot(dy, x, d, c))
-        .collect();
+    let sums = channel_sums(dy, Some(x), d);
     // dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with k = γ/σ and x̂ = (x − μ)/σ,
     // rewritten per channel as dx = k·dy + a·x + b.
     let mut dgamma = vec![0f32; d.c];
@@ -629,14 +702,18 @@ pub fn batch_norm_backward(
         coef[c] = (k as f32, a as f32, b as f32);
     }
     let mut dx = output(x.len());
-    dx.par_chunks_mut(d.plane())
+    let (plane, k) = (d.plane().max(1), planes_per_task(d.plane()));
+    dx.par_chunks_mut(k * plane)
         .enumerate()
-        .for_each(|(plane, out)| {
-            let c = plane % d.c;
-            let start = plane * d.plane();
-            let (xs, gs) = (&x[start..start + d.plane()], &dy[start..start + d.plane()]);
-            let (kc, ac, bc) = coef[c];
-            bn_dx_plane(out, gs, xs, kc, ac, bc);
+        .for_each(|(task, out)| {
+            for (j, o) in out.chunks_mut(plane).enumerate() {
+                let p = task * k + j;
+                let c = p % d.c;
+                let start = p * plane;
+                let (xs, gs) = (&x[start..start + plane], &dy[start..start + plane]);
+                let (kc, ac, bc) = coef[c];
+                bn_dx_plane(o, gs, xs, kc, ac, bc);
+            }
         });
     // SAFETY: bn_dx_plane wrote every plane.
     (unsafe { finish(dx) }, dgamma, dbeta)
@@ -937,6 +1014,174 @@ mod tests {
                     dx[i]
                 );
                 assert_eq!(y[i], f(x[i]));
+            }
+        }
+    }
+
+    /// Random shapes for the property tests: channels 1–40 (across the
+    /// 16-lane blocks), h ≠ w, batch 1 and 3.
+    fn shapes(seed: u64, cases: usize) -> Vec<Nchw> {
+        use rand::{RngExt, SeedableRng};
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..cases)
+            .map(|i| Nchw {
+                n: if i % 2 == 0 { 1 } else { 3 },
+                c: r.random_range(1..=40),
+                h: r.random_range(1..=13),
+                w: r.random_range(1..=13),
+            })
+            .collect()
+    }
+
+    /// Naive gradients of the depthwise convolution: every output pixel's
+    /// gradient spread back over its taps.
+    fn naive_dw_backward(
+        x: &[f32],
+        d: Nchw,
+        w: &[f32],
+        k: usize,
+        s: usize,
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let p = k as isize / 2;
+        let oh = (d.h + 2 * (k / 2) - k) / s + 1;
+        let ow = (d.w + 2 * (k / 2) - k) / s + 1;
+        let (mut dx, mut dw) = (vec![0f64; x.len()], vec![0f64; w.len()]);
+        for n in 0..d.n {
+            for c in 0..d.c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let g = dy[((n * d.c + c) * oh + oy) * ow + ox] as f64;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - p;
+                                let ix = (ox * s + kx) as isize - p;
+                                if iy < 0 || ix < 0 || iy as usize >= d.h || ix as usize >= d.w {
+                                    continue;
+                                }
+                                let xi = ((n * d.c + c) * d.h + iy as usize) * d.w + ix as usize;
+                                let wi = (c * k + ky) * k + kx;
+                                dx[xi] += g * w[wi] as f64;
+                                dw[wi] += g * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+        (f(dx), f(dw))
+    }
+
+    #[test]
+    fn depthwise_property_random_shapes() {
+        for (i, d) in shapes(41, 36).into_iter().enumerate() {
+            let k = [3, 5, 7][i % 3];
+            let s = 1 + (i / 3) % 2;
+            let x = rnd(d.len(), 100 + i as u32);
+            let w = rnd(d.c * k * k, 200 + i as u32);
+            let (y, od) = depthwise_forward(&x, d, &w, k, s);
+            close(&y, &naive_dw(&x, d, &w, k, s), 1e-5);
+            let dy = rnd(od.len(), 300 + i as u32);
+            let (dx, dw) = depthwise_backward(&x, d, &w, k, s, &dy, od);
+            let (ndx, ndw) = naive_dw_backward(&x, d, &w, k, s, &dy);
+            close(&dx, &ndx, 1e-4);
+            close(&dw, &ndw, 1e-4);
+        }
+    }
+
+    #[test]
+    fn pointwise_property_random_shapes() {
+        for (i, d) in shapes(42, 24).into_iter().enumerate() {
+            let cout = 1 + (i * 7) % 40;
+            let x = rnd(d.len(), 400 + i as u32);
+            let w = rnd(cout * d.c, 500 + i as u32);
+            let hw = d.plane();
+            let y = pointwise_forward(&x, d, &w, cout);
+            let g = rnd(y.len(), 600 + i as u32);
+            let (dx, dw) = pointwise_backward(&x, d, &w, cout, &g);
+            let (mut ny, mut ndx, mut ndw) = (
+                vec![0f64; y.len()],
+                vec![0f64; d.len()],
+                vec![0f64; cout * d.c],
+            );
+            for n in 0..d.n {
+                for o in 0..cout {
+                    for c in 0..d.c {
+                        for p in 0..hw {
+                            let (xi, yi) = ((n * d.c + c) * hw + p, (n * cout + o) * hw + p);
+                            let wv = w[o * d.c + c] as f64;
+                            ny[yi] += wv * x[xi] as f64;
+                            ndx[xi] += wv * g[yi] as f64;
+                            ndw[o * d.c + c] += x[xi] as f64 * g[yi] as f64;
+                        }
+                    }
+                }
+            }
+            let f = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|a| a as f32).collect() };
+            close(&y, &f(ny), 1e-4);
+            close(&dx, &f(ndx), 1e-4);
+            close(&dw, &f(ndw), 1e-4);
+        }
+    }
+
+    /// Forward and backward of training-mode BN against the closed forms
+    /// in f64, on random shapes, and on one sample row too large for the
+    /// row-accumulation path.
+    #[test]
+    fn batch_norm_property_random_shapes() {
+        let mut cases = shapes(43, 24);
+        cases.push(Nchw {
+            n: 3,
+            c: 40,
+            h: 41,
+            w: 43,
+        });
+        for (i, d) in cases.into_iter().enumerate() {
+            let x: Vec<f32> = rnd(d.len(), 700 + i as u32)
+                .iter()
+                .map(|v| 3.0 * v + 1.0)
+                .collect();
+            let dy = rnd(d.len(), 800 + i as u32);
+            let gamma: Vec<f32> = (0..d.c).map(|c| 0.5 + c as f32 * 0.05).collect();
+            let beta: Vec<f32> = (0..d.c).map(|c| 0.1 * c as f32 - 1.0).collect();
+            let eps = 1e-5;
+            let (y, mean, var) = batch_norm_forward(&x, d, &gamma, &beta, eps);
+            let (dx, dg, db) = batch_norm_backward(&x, d, &gamma, &mean, &var, eps, &dy);
+            let m = (d.n * d.plane()) as f64;
+            for c in 0..d.c {
+                let idx: Vec<usize> = (0..d.n)
+                    .flat_map(|n| (0..d.plane()).map(move |p| (n * d.c + c) * d.plane() + p))
+                    .collect();
+                let mu = idx.iter().map(|&j| x[j] as f64).sum::<f64>() / m;
+                let v = idx.iter().map(|&j| (x[j] as f64 - mu).powi(2)).sum::<f64>() / m;
+                assert!(
+                    (mean[c] as f64 - mu).abs() < 1e-5 * (1.0 + mu.abs()),
+                    "mean {d:?}"
+                );
+                assert!((var[c] as f64 - v).abs() < 1e-4 * (1.0 + v), "var {d:?}");
+                let sd = (v + eps).sqrt();
+                let xh = |j: usize| (x[j] as f64 - mu) / sd;
+                let sg: f64 = idx.iter().map(|&j| dy[j] as f64).sum();
+                let sgx: f64 = idx.iter().map(|&j| dy[j] as f64 * xh(j)).sum();
+                assert!(
+                    (db[c] as f64 - sg).abs() < 1e-3 * (1.0 + sg.abs()),
+                    "dbeta {d:?}"
+                );
+                assert!(
+                    (dg[c] as f64 - sgx).abs() < 1e-3 * (1.0 + sgx.abs()),
+                    "dgamma {d:?}"
+                );
+                for &j in idx.iter().step_by(7) {
+                    let want_y = xh(j) * gamma[c] as f64 + beta[c] as f64;
+                    assert!((y[j] as f64 - want_y).abs() < 1e-4 * (1.0 + want_y.abs()));
+                    let want = gamma[c] as f64 / sd * (dy[j] as f64 - sg / m - xh(j) * sgx / m);
+                    assert!(
+                        (dx[j] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "dx {d:?}: {} vs {want}",
+                        dx[j]
+                    );
+                }
             }
         }
     }
