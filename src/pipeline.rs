@@ -10,10 +10,10 @@
 use crate::export;
 use crate::nn::{OfaBackend, Supernet, extract, load_supernet};
 use crate::search::latency::{time_subnets, validate};
-use crate::search::measure::best_baseline;
+use crate::search::measure::{best_baseline, prefer_better_baseline};
 use crate::search::report::{MeasuredPoint, write_pareto, write_results};
 use crate::search::scenario::budgets_between;
-use crate::search::table::{self, Table, TableMeta, TableStats};
+use crate::search::table::{self, Sampling, Table, TableMeta, TableStats};
 use crate::search::{
     EvoConfig, FitConfig, LatencyTable, Measurer, Metric, Predictor, ProfileConfig, SearchResult,
     measure_baselines, rerank, search_each, slug, sweep,
@@ -42,6 +42,8 @@ pub struct RunConfig {
     pub table_subnets: usize,
     /// Validation images per table row (0: the whole hold-out).
     pub table_images: usize,
+    /// How the table's architectures are drawn.
+    pub table_sampling: Sampling,
     /// BN recalibration and evaluation of every measurement: table rows,
     /// re-ranked candidates, baselines and the returned subnets (the same
     /// calibration images for all, so predicted and measured stand on the
@@ -65,6 +67,7 @@ impl RunConfig {
             epochs: None,
             table_subnets: 60,
             table_images: 0,
+            table_sampling: Sampling::Spread,
             measure: EvalConfig {
                 calib_images: 1000,
                 calib_batch: 250,
@@ -112,6 +115,9 @@ pub struct StageTime {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Chosen {
     pub scenario: String,
+    /// `measured` (the best re-ranked search candidate) or the baseline
+    /// that measured better.
+    pub chosen_from: String,
     pub arch: serde_json::Value,
     pub mflops: f64,
     pub mparams: f64,
@@ -232,6 +238,7 @@ where
             &cfg.data,
             eval,
             1,
+            cfg.table_sampling,
             cfg.table_subnets,
             space.resolutions.clone(),
         )?;
@@ -351,7 +358,8 @@ where
         let n = results.len();
         for (i, (r, s)) in results.iter_mut().zip(&scenarios).enumerate() {
             rerank(r, cfg.rerank, &mut m)?;
-            measure_baselines(r, s, &mut m)?;
+            measure_baselines(r, s, &|a| predictor.predict(a), &mut m)?;
+            prefer_better_baseline(r);
             obs.progress("measure", i + 1, n);
         }
         Ok(())
@@ -468,6 +476,7 @@ fn extract_and_ship<B: OfaBackend>(
         });
         chosen.push(Chosen {
             scenario: r.scenario.clone(),
+            chosen_from: r.chosen_from.clone(),
             arch: r.best.arch.to_reference_json(),
             mflops: r.best.mflops,
             mparams: r.best.mparams,
@@ -548,10 +557,10 @@ fn write_report<B: burn::tensor::backend::Backend>(
         ));
     }
     s.push_str(&format!(
-        "## Scenarios\n\nEach scenario's {} best predicted subnets were measured (validation, BN recalibrated) and the best measured one is returned. Baselines: the smallest subnet and the uniform subnets (one k, e, d, r everywhere) that meet the budget and are not dominated by another that does, measured the same way; the best of them by validation is also measured on the test split.\n\n",
+        "## Scenarios\n\nEach scenario's {} best predicted subnets were measured (validation, BN recalibrated) and the best measured one is returned (\"from\": `measured`), unless a baseline measured better (then that baseline is returned and named). Baselines: the smallest subnet and the uniform subnets (one k, e, d, r everywhere) that meet the budget and are not dominated by another that does, measured the same way; the best of them by validation is also measured on the test split.\n\n",
         cfg.rerank
     ));
-    s.push_str("| scenario | MFLOPs | predicted | val top-1 | test top-1 | best baseline | its val / test | gain (test) | LUT ms | measured ms | ONNX Δ |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| scenario | from | MFLOPs | predicted | val top-1 | test top-1 | best baseline | its val / test | gain (test) | LUT ms | measured ms | ONNX Δ |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in &sum.chosen {
         let (bname, bacc, gain) = match &c.baseline {
             Some(b) => (
@@ -568,8 +577,9 @@ fn write_report<B: burn::tensor::backend::Backend>(
             None => (String::new(), String::new(), String::new()),
         };
         s.push_str(&format!(
-            "| {} | {:.2} | {} | {} ± {:.2} | {} | {} | {} | {} | {:.3} | {:.3} | {:.1e} |\n",
+            "| {} | {} | {:.2} | {} | {} ± {:.2} | {} | {} | {} | {} | {:.3} | {:.3} | {:.1e} |\n",
             c.scenario,
+            c.chosen_from,
             c.mflops,
             pct(c.predicted_top1),
             pct(c.val.top1),

@@ -420,7 +420,7 @@ fn rerank_returns_the_best_measured_candidate_and_baselines_meet_the_budget() {
         assert_eq!(x.val.top1, *want);
         assert!(x.candidate.accuracy.is_finite());
     }
-    measure_baselines(&mut r, &sc, &mut m).unwrap();
+    measure_baselines(&mut r, &sc, &predict, &mut m).unwrap();
     assert!(r.baselines.iter().any(|b| b.name == "smallest"));
     for b in &r.baselines {
         assert!(sc.admits(&eff, &b.candidate.arch), "{} over budget", b.name);

@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// Validation images per table row (0: the whole hold-out).
     #[arg(long, default_value_t = RunConfig::new(PathBuf::new()).table_images)]
     table_images: usize,
+    /// How the table's architectures are drawn: `spread` (covering the
+    /// cost range) or `uniform`.
+    #[arg(long, default_value = "spread")]
+    table_sampling: crate::search::table::Sampling,
     /// Calibration images of every measurement (table rows, re-ranking,
     /// baselines, returned subnets).
     #[arg(long, default_value_t = RunConfig::new(PathBuf::new()).measure.calib_images)]
@@ -97,6 +101,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         epochs: a.epochs,
         table_subnets: a.table_subnets,
         table_images: a.table_images,
+        table_sampling: a.table_sampling,
         generations: a.generations,
         rerank: a.rerank,
         ..RunConfig::new(PathBuf::new())

@@ -79,6 +79,10 @@ pub struct TableArgs {
     /// Seed of the architecture sampler.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// `uniform` (every choice uniform, as the reference) or `spread` (a
+    /// size per architecture, covering the cost range).
+    #[arg(long, default_value = "uniform")]
+    sampling: crate::search::table::Sampling,
     #[command(flatten)]
     eval: EvalFlags,
     /// Also write the table as CSV.
@@ -184,6 +188,7 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
         &a.data,
         eval,
         a.seed,
+        a.sampling,
         a.subnets,
         resolutions,
     )?;
@@ -608,7 +613,8 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
             for (r, s) in results.iter_mut().zip(&searched) {
                 rerank(r, a.rerank, &mut m)?;
                 if a.baselines {
-                    measure_baselines(r, s, &mut m)?;
+                    measure_baselines(r, s, &|x| predictor.predict(x), &mut m)?;
+                    crate::search::measure::prefer_better_baseline(r);
                 }
                 pb.inc(1);
             }
@@ -624,10 +630,7 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
     }
     write_results(&a.out, &predictor.space, &results)?;
     for r in &results {
-        let measured = r
-            .reranked
-            .iter()
-            .find(|m| m.candidate.arch == r.best.arch)
+        let measured = crate::search::measure::measured_best(r)
             .map(|m| {
                 format!(
                     "  measured {:.2}% ± {:.2}",

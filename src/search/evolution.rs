@@ -254,6 +254,11 @@ pub struct SearchResult {
     /// Simple subnets that meet the same budget, measured the same way.
     #[serde(default)]
     pub baselines: Vec<Measured>,
+    /// Where `best` comes from: `predicted` (the search's best prediction),
+    /// `measured` (the best re-ranked candidate), or the name of a
+    /// baseline that measured better than every candidate.
+    #[serde(default)]
+    pub chosen_from: String,
 }
 
 /// A candidate with its measured accuracy (validation split, BN
@@ -440,6 +445,7 @@ pub fn evolve(
         visited,
         reranked: vec![],
         baselines: vec![],
+        chosen_from: "predicted".into(),
     })
 }
 

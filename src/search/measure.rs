@@ -135,7 +135,27 @@ pub fn rerank<B: OfaBackend>(
         .expect("at least the search's best");
     result.best = out[best].candidate.clone();
     result.reranked = out;
+    result.chosen_from = "measured".into();
     Ok(())
+}
+
+/// Returns a measured baseline instead of the re-ranked choice when it
+/// measured better on validation: the user never gets a subnet that a
+/// simple choice under the same budget beats on the data it was chosen on.
+/// `chosen_from` says which happened.
+pub fn prefer_better_baseline(result: &mut SearchResult) {
+    let Some(b) = best_baseline(result).cloned() else {
+        return;
+    };
+    let chosen = result
+        .reranked
+        .iter()
+        .find(|m| m.candidate.arch == result.best.arch)
+        .map(|m| m.val.top1);
+    if chosen.is_some_and(|v| b.val.top1 > v) {
+        result.best = b.candidate.clone();
+        result.chosen_from = b.name.clone();
+    }
 }
 
 /// Every uniform subnet of a space: all blocks one kernel and expand
@@ -205,16 +225,20 @@ pub fn baseline_frontier(
 pub fn measure_baselines<B: OfaBackend>(
     result: &mut SearchResult,
     scenario: &Scenario,
+    predict: &dyn Fn(&[Arch]) -> Vec<f64>,
     m: &mut Measurer<'_, B>,
 ) -> anyhow::Result<()> {
     let space = m.net.space.clone();
     let eff = Efficiency::new(&space, scenario.lut.as_ref())?;
+    let frontier = baseline_frontier(&space, scenario, &eff);
+    let archs: Vec<Arch> = frontier.iter().map(|(_, a)| a.clone()).collect();
+    let predicted = predict(&archs);
     let mut out = Vec::new();
-    for (name, arch) in baseline_frontier(&space, scenario, &eff) {
+    for ((name, arch), p) in frontier.into_iter().zip(predicted) {
         let val = m.val(&arch)?;
         out.push(Measured {
             name,
-            candidate: eff.candidate(arch, f64::NAN),
+            candidate: eff.candidate(arch, p),
             val,
             test: None,
         });
@@ -227,6 +251,16 @@ pub fn measure_baselines<B: OfaBackend>(
     }
     result.baselines = out;
     Ok(())
+}
+
+/// The measurement of the returned subnet (a re-ranked candidate or a
+/// baseline), if it was measured.
+pub fn measured_best(result: &SearchResult) -> Option<&Measured> {
+    result
+        .reranked
+        .iter()
+        .chain(&result.baselines)
+        .find(|m| m.candidate.arch == result.best.arch)
 }
 
 /// The baseline with the best validation top-1, if any.

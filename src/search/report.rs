@@ -5,7 +5,7 @@ use super::evolution::{
     Candidate, Efficiency, Metric, SearchResult, pareto_front, random_population,
 };
 use super::latency::LatencyTable;
-use super::measure::best_baseline;
+use super::measure::{best_baseline, measured_best};
 use super::plot::{Series, SeriesStyle, scatter};
 use super::predictor::Predictor;
 use super::scenario::slug;
@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 /// A scenario's outcome for files and reports: the returned subnet,
 /// predicted and measured, and its gain over the best baseline.
 pub fn summary(r: &SearchResult, space: &Space) -> serde_json::Value {
-    let measured = r.reranked.iter().find(|m| m.candidate.arch == r.best.arch);
+    let measured = measured_best(r);
     let base = best_baseline(r);
     serde_json::json!({
         "scenario": r.scenario,
+        "chosen_from": r.chosen_from,
         "constraints": r.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         "arch": r.best.arch.to_json(space),
         "reference": r.best.arch.to_reference_json(),

@@ -26,8 +26,11 @@ pub struct TableMeta {
     pub val_size: usize,
     pub split_seed: u64,
     pub eval: EvalConfig,
-    /// Architectures are `Arch::sample` draws number 0..subnets of this seed.
+    /// Architectures are draws number 0..subnets of this seed.
     pub arch_seed: u64,
+    /// How they are drawn (tables written before the option: uniform).
+    #[serde(default)]
+    pub sampling: Sampling,
     pub subnets: usize,
     pub resolutions: Vec<usize>,
 }
@@ -41,6 +44,7 @@ impl TableMeta {
         data: &str,
         eval: EvalConfig,
         arch_seed: u64,
+        sampling: Sampling,
         subnets: usize,
         resolutions: Vec<usize>,
     ) -> anyhow::Result<TableMeta> {
@@ -54,9 +58,35 @@ impl TableMeta {
             split_seed: cfg.seed,
             eval,
             arch_seed,
+            sampling,
             subnets,
             resolutions,
         })
+    }
+}
+
+/// How a table draws its architectures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Every choice uniform, as the reference's `random_sample`: subnets
+    /// cluster around the middle of the cost range.
+    #[default]
+    Uniform,
+    /// A size drawn uniformly per architecture, then every choice leaning
+    /// to it ([`Arch::sample_sized`]): subnets cover the cost range from
+    /// the smallest to the largest, which is what the search compares.
+    Spread,
+}
+
+impl std::str::FromStr for Sampling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uniform" => Ok(Sampling::Uniform),
+            "spread" => Ok(Sampling::Spread),
+            o => Err(format!("unknown sampling '{o}' (uniform, spread)")),
+        }
     }
 }
 
@@ -153,9 +183,16 @@ pub struct Table {
 /// The architectures of a table, in draw order (resolution left at the
 /// draw's; rows override it).
 pub fn table_archs(meta: &TableMeta) -> Vec<Arch> {
+    use rand::RngExt;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(meta.arch_seed);
     (0..meta.subnets)
-        .map(|_| Arch::sample(&meta.space, &mut rng))
+        .map(|_| match meta.sampling {
+            Sampling::Uniform => Arch::sample(&meta.space, &mut rng),
+            Sampling::Spread => {
+                let size = rng.random::<f64>();
+                Arch::sample_sized(&meta.space, size, &mut rng)
+            }
+        })
         .collect()
 }
 
@@ -389,8 +426,11 @@ fn check_compatible(old: &TableMeta, new: &TableMeta) -> anyhow::Result<()> {
     if old.eval != new.eval {
         return differs("evaluation setting (calibration images, batch sizes, image cap)");
     }
-    if old.arch_seed != new.arch_seed || old.resolutions != new.resolutions {
-        return differs("architecture seed or resolution list");
+    if old.arch_seed != new.arch_seed
+        || old.resolutions != new.resolutions
+        || old.sampling != new.sampling
+    {
+        return differs("architecture seed, sampling or resolution list");
     }
     // A larger --subnets extends the same draw sequence; a smaller one is fine.
     Ok(())
@@ -504,6 +544,7 @@ mod tests {
             split_seed: 0,
             eval: EvalConfig::default(),
             arch_seed: 3,
+            sampling: Sampling::Uniform,
             subnets,
             resolutions: vec![12],
         }

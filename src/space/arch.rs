@@ -170,6 +170,35 @@ impl Arch {
         Self::draw(space, &Choices::all(space), rng)
     }
 
+    /// A subnet whose choices lean towards the small or the large end by
+    /// `size` ∈ [0, 1]: each block's k and e and each stage's d is the
+    /// i-th of its n choices with the binomial probability
+    /// `C(n−1, i) · size^i · (1 − size)^(n−1−i)`; the resolution is uniform.
+    /// With `size` itself uniform, subnets spread over the whole cost range
+    /// instead of clustering around the middle as uniform draws do.
+    pub fn sample_sized<R: Rng + ?Sized>(space: &Space, size: f64, rng: &mut R) -> Arch {
+        let size = size.clamp(0.0, 1.0);
+        let pick = |rng: &mut R, v: &[usize]| -> usize {
+            // Index ~ Binomial(n − 1, size).
+            let i = (1..v.len()).filter(|_| rng.random::<f64>() < size).count();
+            v[i]
+        };
+        let n = space.num_blocks();
+        let ks = (0..n).map(|_| pick(rng, &space.kernel_choices)).collect();
+        let e = (0..n).map(|_| pick(rng, &space.expand_choices)).collect();
+        let d = (0..space.stages.len())
+            .map(|s| {
+                if space.stages[s].elastic_depth {
+                    pick(rng, &space.stage_depths(s))
+                } else {
+                    space.stages[s].max_depth
+                }
+            })
+            .collect();
+        let r = space.resolutions[rng.random_range(0..space.resolutions.len())];
+        Arch { ks, e, d, r }.canonical(space)
+    }
+
     /// Uniform sampling restricted to some choices (a progressive-shrinking
     /// phase). Fixed-depth stages keep their depth.
     pub fn sample_from<R: Rng + ?Sized>(space: &Space, choices: &Choices, rng: &mut R) -> Arch {
@@ -555,5 +584,39 @@ mod tests {
         b.e[2] = 4;
         assert_ne!(a, b);
         assert_eq!(a.canonical(&s), b.canonical(&s));
+    }
+
+    #[test]
+    fn sized_samples_reach_both_ends_and_spread_the_cost_range() {
+        use rand::{RngExt, SeedableRng};
+        let s = crate::space::preset("mbv3-28-lite").unwrap();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut a0 = Arch::sample_sized(&s, 0.0, &mut r);
+        a0.r = s.resolutions[0];
+        assert_eq!(a0, Arch::min(&s));
+        let mut a1 = Arch::sample_sized(&s, 1.0, &mut r);
+        a1.r = *s.resolutions.last().unwrap();
+        assert_eq!(a1, Arch::max(&s));
+        let sd = |v: &[f64]| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let fixed = |mut a: Arch| {
+            a.r = 28;
+            a.cost(&s).mflops()
+        };
+        let uniform: Vec<f64> = (0..400).map(|_| fixed(Arch::sample(&s, &mut r))).collect();
+        let spread: Vec<f64> = (0..400)
+            .map(|_| {
+                let size = r.random::<f64>();
+                fixed(Arch::sample_sized(&s, size, &mut r))
+            })
+            .collect();
+        assert!(
+            sd(&spread) > 1.5 * sd(&uniform),
+            "{} vs {}",
+            sd(&spread),
+            sd(&uniform)
+        );
     }
 }

@@ -58,6 +58,10 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training throughput: images through a network per second.
     pub images_per_s: f64,
+    /// Images through a network so far (a step that trains 4 networks on
+    /// a batch of 64 counts 256).
+    #[serde(default)]
+    pub images: u64,
     /// Training seconds so far (validation excluded).
     pub train_seconds: f64,
     pub eval_seconds: f64,
@@ -630,6 +634,7 @@ where
                 lr,
                 train_loss: state.epoch_loss_sum / state.epoch_loss_steps.max(1) as f64,
                 images_per_s: state.images as f64 / state.seconds.max(1e-9),
+                images: state.images,
                 train_seconds: state.seconds,
                 eval_seconds: t_eval.elapsed().as_secs_f64(),
                 val,
