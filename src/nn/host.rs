@@ -22,9 +22,6 @@ impl Nchw {
     pub fn len(&self) -> usize {
         self.n * self.c * self.plane()
     }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Output buffers are allocated without zeroing: every kernel writes each

@@ -6,14 +6,8 @@
 //! the caller (CLI), never here.
 
 mod calib;
-pub mod host;
+pub(crate) mod host;
 mod init;
-pub mod kernel_ops {
-    //! Tensor-level entry points of the fused operators.
-    pub use super::kernels::{
-        activate, batch_norm_train, channel_affine, depthwise, global_avg_pool, pointwise,
-    };
-}
 mod kernels;
 mod layers;
 mod sort;

@@ -7,7 +7,7 @@ use super::OfaBackend;
 use super::layers::{ElasticBn, ElasticConv, activate, dropout, h_sigmoid};
 use super::state::{HostTensor, StateError, TensorMap};
 use super::supernet::{ConvBnAct, MbConv, Supernet};
-use super::{BnStats, Mode, kernels};
+use super::{Mode, kernels};
 use crate::space::{Activation, Arch, Space};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -277,12 +277,13 @@ fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 
 /// A burn `BatchNorm` with an explicit mode (burn's own picks its mode from
 /// the backend): running statistics in `Eval`, batch statistics (updating
-/// the running ones) in `Train`, batch statistics recorded in `Calibrate`.
+/// the running ones) in `Train`. A static subnet is recalibrated through
+/// its supernet before extraction, so `Calibrate` records nothing here: it
+/// runs on batch statistics like `Teacher`.
 fn bn_forward<B: OfaBackend>(
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     mode: Mode<'_, B>,
-    name: &str,
 ) -> Tensor<B, 4> {
     let [n, _, h, w] = x.dims();
     match mode {
@@ -291,7 +292,9 @@ fn bn_forward<B: OfaBackend>(
             let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
             kernels::channel_affine(x, scale, shift)
         }
-        Mode::Teacher => kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0,
+        Mode::Teacher | Mode::Calibrate(_) => {
+            kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0
+        }
         Mode::Train | Mode::TrainNoDropout => {
             let (y, mean, var) =
                 kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
@@ -308,33 +311,18 @@ fn bn_forward<B: OfaBackend>(
             bn.running_var.update(rv);
             y
         }
-        Mode::Calibrate(stats) => {
-            let (y, mean, var) =
-                kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-            stats.record(name, mean.detach(), var.detach(), n);
-            y
-        }
     }
 }
 
 impl<B: OfaBackend> SubnetBlock<B> {
-    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`; `name` keys the BN
-    /// statistics during calibration.
-    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>, name: &str) -> Tensor<B, 4> {
+    /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let mut h = x.clone();
         if let (Some(c), Some(b)) = (&self.expand, &self.expand_bn) {
-            h = activate(
-                bn_forward(b, conv_forward(c, h), mode, &format!("{name}.expand")),
-                self.act,
-            );
+            h = activate(bn_forward(b, conv_forward(c, h), mode), self.act);
         }
         h = activate(
-            bn_forward(
-                &self.depthwise_bn,
-                conv_forward(&self.depthwise, h),
-                mode,
-                &format!("{name}.depthwise"),
-            ),
+            bn_forward(&self.depthwise_bn, conv_forward(&self.depthwise, h), mode),
             self.act,
         );
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
@@ -342,12 +330,7 @@ impl<B: OfaBackend> SubnetBlock<B> {
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
-        let h = bn_forward(
-            &self.project_bn,
-            conv_forward(&self.project, h),
-            mode,
-            &format!("{name}.project"),
-        );
+        let h = bn_forward(&self.project_bn, conv_forward(&self.project, h), mode);
         if self.residual { h + x } else { h }
     }
 }
@@ -367,17 +350,14 @@ impl<B: OfaBackend> Subnet<B> {
     /// Everything before global pooling.
     pub fn features(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let mut x = activate(
-            bn_forward(&self.stem_bn, conv_forward(&self.stem, x), mode, "stem"),
+            bn_forward(&self.stem_bn, conv_forward(&self.stem, x), mode),
             self.stem_act,
         );
-        for (i, b) in self.blocks.iter().enumerate() {
-            x = b.forward(x, mode, &format!("block{i}"));
+        for b in &self.blocks {
+            x = b.forward(x, mode);
         }
         if let (Some(c), Some(b)) = (&self.pre_pool, &self.pre_pool_bn) {
-            x = activate(
-                bn_forward(b, conv_forward(c, x), mode, "pre_pool"),
-                self.head_act,
-            );
+            x = activate(bn_forward(b, conv_forward(c, x), mode), self.head_act);
         }
         x
     }
@@ -391,47 +371,6 @@ impl<B: OfaBackend> Subnet<B> {
         let [n, c, _, _] = x.dims();
         self.classifier
             .forward(dropout(x.reshape([n, c]), self.dropout, mode))
-    }
-
-    /// Every BN layer with the name used in calibration.
-    pub fn bn_layers(&self) -> Vec<(String, &BatchNorm<B>)> {
-        let mut v = vec![("stem".to_string(), &self.stem_bn)];
-        for (i, b) in self.blocks.iter().enumerate() {
-            if let Some(e) = &b.expand_bn {
-                v.push((format!("block{i}.expand"), e));
-            }
-            v.push((format!("block{i}.depthwise"), &b.depthwise_bn));
-            v.push((format!("block{i}.project"), &b.project_bn));
-        }
-        if let Some(b) = &self.pre_pool_bn {
-            v.push(("pre_pool".to_string(), b));
-        }
-        v
-    }
-
-    /// Resets BN running statistics from `batches` (see `calibrate_bn`).
-    pub fn calibrate(
-        &self,
-        batches: impl IntoIterator<Item = Tensor<B, 4>>,
-    ) -> Result<(), super::CalibrationError> {
-        let stats = BnStats::<B>::new();
-        let mut seen = 0;
-        for x in batches {
-            seen += x.dims()[0];
-            let _ = self.features(x, Mode::Calibrate(&stats));
-        }
-        if seen == 0 {
-            return Err(super::CalibrationError::NoImages);
-        }
-        for (name, bn) in self.bn_layers() {
-            if let Some((m, v)) = stats.averaged(&name) {
-                bn.running_mean.update(m);
-                bn.running_var.update(v);
-                let _ = bn.running_mean.value_sync();
-                let _ = bn.running_var.value_sync();
-            }
-        }
-        Ok(())
     }
 
     /// Weights under the reference's static network keys
@@ -695,12 +634,12 @@ impl<B: OfaBackend> LayerModule<B> {
             LayerModule::Conv(c) => {
                 let y = conv_forward(&c.conv, x);
                 let y = match &c.bn {
-                    Some(bn) => bn_forward(bn, y, Mode::Eval, ""),
+                    Some(bn) => bn_forward(bn, y, Mode::Eval),
                     None => y,
                 };
                 activate(y, c.act)
             }
-            LayerModule::Block(b) => b.forward(x, Mode::Eval, ""),
+            LayerModule::Block(b) => b.forward(x, Mode::Eval),
             LayerModule::Pool => kernels::global_avg_pool(x),
             LayerModule::Linear(l) => {
                 let [n, c, _, _] = x.dims();

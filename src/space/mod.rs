@@ -313,13 +313,6 @@ impl Space {
         self.head.post_pool.map(|w| self.width(w))
     }
 
-    /// Width entering the classifier.
-    pub fn classifier_in(&self) -> usize {
-        self.post_pool_width()
-            .or(self.pre_pool_width())
-            .unwrap_or_else(|| self.last_stage_width())
-    }
-
     /// Middle width of a block for a given expand ratio (reference formula).
     pub fn middle_width(&self, in_ch: usize, expand: usize) -> usize {
         make_divisible((in_ch * expand) as f64, self.channel_divisor)
@@ -390,18 +383,6 @@ impl Space {
                     .sum::<u128>()
             })
             .product()
-    }
-
-    /// Spatial size entering every elastic block, and after the last block.
-    pub fn block_input_resolutions(&self, res: usize) -> (Vec<usize>, usize) {
-        let mut r = conv_out(res, self.stem.kernel, self.stem.stride);
-        r = conv_out(r, self.first_block.kernel, self.first_block.stride);
-        let mut ins = Vec::with_capacity(self.num_blocks());
-        for b in self.blocks() {
-            ins.push(r);
-            r = conv_out(r, 3, b.stride);
-        }
-        (ins, r)
     }
 }
 
