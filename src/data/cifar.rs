@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::DataError;
-use super::dataset::MemoryData;
+use super::memory::MemoryData;
 
 const SIZE: usize = 32;
 const CHANNELS: usize = 3;

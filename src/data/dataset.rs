@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::memory::MemoryData;
 use super::rng::{below, stream_rng};
 use super::{DataError, DatasetSpec, cifar, folder, idx};
 
@@ -289,15 +290,6 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         }
         DatasetSpec::Folder(dir) => load_folder(dir),
     }
-}
-
-/// What the in-memory readers hand back: both splits plus class names.
-pub(crate) struct MemoryData {
-    pub classes: Vec<String>,
-    pub channels: usize,
-    pub size: usize,
-    pub train: (Vec<u8>, Vec<usize>),
-    pub test: (Vec<u8>, Vec<usize>),
 }
 
 fn load_idx(

@@ -3,14 +3,12 @@
 //! Loading only lists files (sorted, so labels and order are the same on every
 //! machine); images are decoded when a batch needs them.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use image::ImageReader;
-use rayon::prelude::*;
 
+use super::DataError;
 use super::transform::Image;
-use super::{DataError, Dataset};
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
@@ -147,60 +145,10 @@ pub(crate) fn decode(path: &Path) -> Result<Image, DataError> {
     Ok(Image::from_rgb(&rgb))
 }
 
-/// Outcome of [`check_decode`].
-#[derive(Debug, Default)]
-pub struct DecodeReport {
-    /// Image files decoded (0 for in-memory datasets, validated at load).
-    pub decoded: usize,
-    /// One error per file that failed, in split then file order.
-    pub failures: Vec<DataError>,
-}
-
-impl DecodeReport {
-    /// Whether every image decoded.
-    pub fn is_ok(&self) -> bool {
-        self.failures.is_empty()
-    }
-}
-
-impl fmt::Display for DecodeReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "decoded {} image files, {} failed",
-            self.decoded,
-            self.failures.len()
-        )?;
-        for failure in &self.failures {
-            write!(f, "\n  {failure}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Decodes every image file of both splits in parallel and reports all
-/// failures at once, so a broken dataset is found before training starts
-/// rather than hours into it (`data check --decode`).
-pub fn check_decode(ds: &Dataset) -> DecodeReport {
-    let paths: Vec<&Path> = [&ds.train, &ds.test]
-        .into_iter()
-        .flat_map(|split| (0..split.len()).filter_map(|i| split.path(i)))
-        .collect();
-    let failures = paths
-        .par_iter()
-        .filter_map(|path| decode(path).err())
-        .collect();
-    DecodeReport {
-        decoded: paths.len(),
-        failures,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::data::test_util::{write, write_image, write_tree};
-    use crate::data::{DatasetSpec, load};
+    use crate::data::{DatasetSpec, check_decode, load};
 
     #[test]
     fn lists_sorted_classes_and_files() {

@@ -20,6 +20,7 @@ mod dataset;
 mod error;
 mod folder;
 mod idx;
+mod memory;
 mod prefetch;
 mod rng;
 mod sampling;
@@ -34,11 +35,11 @@ pub use dataset::{
     MNIST_STD, Split, SplitKind, load, synthetic,
 };
 pub use error::DataError;
-pub use folder::{DecodeReport, check_decode};
 pub use prefetch::{BatchRequest, Prefetcher};
 pub use sampling::{batch_seed, cap_indices, cap_indices_stratified, epoch_order, holdout};
 pub use spec::{DatasetSpec, FASHION_MNIST_DEBIAN_DIR};
 pub use summary::{ClassSummary, DataSummary, summary};
+pub use summary::{DecodeReport, check_decode};
 pub use transform::resize_bilinear;
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::Dataset;
+use super::{DataError, Dataset};
+use rayon::prelude::*;
+use std::path::Path;
 
 /// Image counts of a dataset, per split and per class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,5 +122,54 @@ mod tests {
         assert!(lines.contains(&"class  train   test"), "{text}");
         assert!(lines.contains(&"0          3      1"), "{text}");
         assert!(lines.contains(&"total      7      3"), "{text}");
+    }
+}
+
+/// Outcome of [`check_decode`].
+#[derive(Debug, Default)]
+pub struct DecodeReport {
+    /// Image files decoded (0 for in-memory datasets, validated at load).
+    pub decoded: usize,
+    /// One error per file that failed, in split then file order.
+    pub failures: Vec<DataError>,
+}
+
+impl DecodeReport {
+    /// Whether every image decoded.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl fmt::Display for DecodeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "decoded {} image files, {} failed",
+            self.decoded,
+            self.failures.len()
+        )?;
+        for failure in &self.failures {
+            write!(f, "\n  {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes every image file of both splits in parallel and reports all
+/// failures at once, so a broken dataset is found before training starts
+/// rather than hours into it (`data check --decode`).
+pub fn check_decode(ds: &Dataset) -> DecodeReport {
+    let paths: Vec<&Path> = [&ds.train, &ds.test]
+        .into_iter()
+        .flat_map(|split| (0..split.len()).filter_map(|i| split.path(i)))
+        .collect();
+    let failures = paths
+        .par_iter()
+        .filter_map(|path| super::folder::decode(path).err())
+        .collect();
+    DecodeReport {
+        decoded: paths.len(),
+        failures,
     }
 }
