@@ -227,7 +227,7 @@ fn bn_recalibration_matches_a_direct_computation() {
     let b1 = random_tensor::<B, 4>([3, 3, arch.r, arch.r], 21);
     let b2 = random_tensor::<B, 4>([5, 3, arch.r, arch.r], 22);
     ofa::nn::calibrate_bn(&net, &arch, vec![b1.clone(), b2.clone()]).unwrap();
-    // Direct: the stem convolution, then per-channel batch mean and biased
+    // Direct: the first convolution, then per-channel batch mean and biased
     // variance, averaged with weights 3 and 5.
     let w = net.first_conv.conv.weight.val();
     let stats = |x: burn::tensor::Tensor<B, 4>| {
@@ -397,7 +397,7 @@ fn independent_runs_train_the_static_network() {
     assert_eq!(params as u64, arch.cost(&space).params);
     // Fresh He (fan-out) weights for its own shape: a 3×3 depthwise kernel
     // of C channels has std √(2 / (9 C)), not the 7×7 supernet's.
-    let dw = &fresh.blocks[1].depthwise.weight;
+    let dw = &fresh.blocks[1].depth_conv.weight;
     let [c, _, k, _] = dw.dims();
     assert_eq!(k, 3);
     let vals = to_vec(dw.val());

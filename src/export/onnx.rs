@@ -189,16 +189,16 @@ pub fn to_onnx<B: OfaBackend>(net: &Subnet<B>) -> pb::ModelProto {
         init: vec![],
         n: 0,
     };
-    let mut x = g.conv("input".into(), &net.stem, Some(&net.stem_bn));
-    x = g.act(x, net.stem_act);
+    let mut x = g.conv("input".into(), &net.first_conv, Some(&net.first_conv_bn));
+    x = g.act(x, net.first_conv_act);
     for b in &net.blocks {
         let input = x.clone();
         let mut h = x;
-        if let (Some(c), Some(bn)) = (&b.expand, &b.expand_bn) {
+        if let (Some(c), Some(bn)) = (&b.inverted_bottleneck, &b.inverted_bottleneck_bn) {
             h = g.conv(h, c, Some(bn));
             h = g.act(h, b.act);
         }
-        h = g.conv(h, &b.depthwise, Some(&b.depthwise_bn));
+        h = g.conv(h, &b.depth_conv, Some(&b.depth_bn));
         h = g.act(h, b.act);
         if let (Some(r), Some(e)) = (&b.se_reduce, &b.se_expand) {
             let y = g.node("GlobalAveragePool", vec![h.clone()], vec![]);
@@ -212,7 +212,7 @@ pub fn to_onnx<B: OfaBackend>(net: &Subnet<B>) -> pb::ModelProto {
             );
             h = g.node("Mul", vec![h, y], vec![]);
         }
-        h = g.conv(h, &b.project, Some(&b.project_bn));
+        h = g.conv(h, &b.point_linear, Some(&b.point_linear_bn));
         x = if b.residual {
             g.node("Add", vec![h, input], vec![])
         } else {

@@ -18,14 +18,14 @@ use burn::tensor::activation::relu;
 /// One static inverted-residual block.
 #[derive(Module, Debug)]
 pub struct SubnetBlock<B: OfaBackend> {
-    pub expand: Option<Conv2d<B>>,
-    pub expand_bn: Option<BatchNorm<B>>,
-    pub depthwise: Conv2d<B>,
-    pub depthwise_bn: BatchNorm<B>,
+    pub inverted_bottleneck: Option<Conv2d<B>>,
+    pub inverted_bottleneck_bn: Option<BatchNorm<B>>,
+    pub depth_conv: Conv2d<B>,
+    pub depth_bn: BatchNorm<B>,
     pub se_reduce: Option<Conv2d<B>>,
     pub se_expand: Option<Conv2d<B>>,
-    pub project: Conv2d<B>,
-    pub project_bn: BatchNorm<B>,
+    pub point_linear: Conv2d<B>,
+    pub point_linear_bn: BatchNorm<B>,
     pub act: Activation,
     pub residual: bool,
 }
@@ -33,9 +33,9 @@ pub struct SubnetBlock<B: OfaBackend> {
 /// A static subnet: the output of [`extract`].
 #[derive(Module, Debug)]
 pub struct Subnet<B: OfaBackend> {
-    pub stem: Conv2d<B>,
-    pub stem_bn: BatchNorm<B>,
-    pub stem_act: Activation,
+    pub first_conv: Conv2d<B>,
+    pub first_conv_bn: BatchNorm<B>,
+    pub first_conv_act: Activation,
     /// The fixed first block, then the active elastic blocks.
     pub blocks: Vec<SubnetBlock<B>>,
     pub pre_pool: Option<Conv2d<B>>,
@@ -102,7 +102,7 @@ fn block<B: OfaBackend>(
     mid: usize,
     device: &B::Device,
 ) -> SubnetBlock<B> {
-    let (expand, expand_bn) = match &src.inverted_bottleneck {
+    let (inverted_bottleneck, inverted_bottleneck_bn) = match &src.inverted_bottleneck {
         Some(ib) => (
             Some(pointwise(&ib.conv, mid, in_ch, device)),
             Some(bn(&ib.bn, mid, device)),
@@ -133,14 +133,14 @@ fn block<B: OfaBackend>(
         None => (None, None),
     };
     SubnetBlock {
-        expand,
-        expand_bn,
-        depthwise: conv(filter, None, src.depth_conv.stride, mid, device),
-        depthwise_bn: bn(&src.depth_bn, mid, device),
+        inverted_bottleneck,
+        inverted_bottleneck_bn,
+        depth_conv: conv(filter, None, src.depth_conv.stride, mid, device),
+        depth_bn: bn(&src.depth_bn, mid, device),
         se_reduce,
         se_expand,
-        project: pointwise(&src.point_linear.conv, src.out_ch, mid, device),
-        project_bn: bn(&src.point_linear.bn, src.out_ch, device),
+        point_linear: pointwise(&src.point_linear.conv, src.out_ch, mid, device),
+        point_linear_bn: bn(&src.point_linear.bn, src.out_ch, device),
         act: src.act,
         residual: src.residual,
     }
@@ -158,13 +158,13 @@ fn head<B: OfaBackend>(l: &ConvBnAct<B>, device: &B::Device) -> (Conv2d<B>, Opti
 pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     let device = &net.classifier.weight.device();
     let s = &net.space;
-    let stem_w = net.first_conv.out_channels();
-    let (stem, stem_bn) = head(&net.first_conv, device);
+    let first_w = net.first_conv.out_channels();
+    let (first_conv, first_conv_bn) = head(&net.first_conv, device);
     let mut blocks = vec![block(
         &net.first_block,
-        stem_w,
+        first_w,
         s.first_block.kernel,
-        stem_w,
+        first_w,
         device,
     )];
     for (b, src) in net.layout.iter().zip(&net.blocks) {
@@ -186,9 +186,9 @@ pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     classifier.weight = Param::from_tensor(net.classifier.weight.val().transpose().detach());
     classifier.bias = Some(Param::from_tensor(net.classifier.bias.val().detach()));
     Subnet {
-        stem,
-        stem_bn: stem_bn.expect("the stem has BN"),
-        stem_act: s.stem.act,
+        first_conv,
+        first_conv_bn: first_conv_bn.expect("the first conv has BN"),
+        first_conv_act: s.first_conv.act,
         blocks,
         pre_pool,
         pre_pool_bn,
@@ -227,22 +227,26 @@ impl<B: OfaBackend> Subnet<B> {
             b.running_mean = RunningState::new(Tensor::zeros([c], device));
             b.running_var = RunningState::new(Tensor::ones([c], device));
         };
-        fresh_conv(&mut net.stem);
-        fresh_bn(&mut net.stem_bn);
+        fresh_conv(&mut net.first_conv);
+        fresh_bn(&mut net.first_conv_bn);
         for b in &mut net.blocks {
-            for c in [&mut b.expand, &mut b.se_reduce, &mut b.se_expand]
-                .into_iter()
-                .flatten()
+            for c in [
+                &mut b.inverted_bottleneck,
+                &mut b.se_reduce,
+                &mut b.se_expand,
+            ]
+            .into_iter()
+            .flatten()
             {
                 fresh_conv(c);
             }
-            fresh_conv(&mut b.depthwise);
-            fresh_conv(&mut b.project);
-            for n in [&mut b.expand_bn].into_iter().flatten() {
+            fresh_conv(&mut b.depth_conv);
+            fresh_conv(&mut b.point_linear);
+            for n in [&mut b.inverted_bottleneck_bn].into_iter().flatten() {
                 fresh_bn(n);
             }
-            fresh_bn(&mut b.depthwise_bn);
-            fresh_bn(&mut b.project_bn);
+            fresh_bn(&mut b.depth_bn);
+            fresh_bn(&mut b.point_linear_bn);
         }
         for c in [&mut net.pre_pool, &mut net.post_pool]
             .into_iter()
@@ -318,11 +322,11 @@ impl<B: OfaBackend> SubnetBlock<B> {
     /// `x: [N, C_in, H, W]` → `[N, C_out, H/s, W/s]`.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let mut h = x.clone();
-        if let (Some(c), Some(b)) = (&self.expand, &self.expand_bn) {
+        if let (Some(c), Some(b)) = (&self.inverted_bottleneck, &self.inverted_bottleneck_bn) {
             h = activate(bn_forward(b, conv_forward(c, h), mode), self.act);
         }
         h = activate(
-            bn_forward(&self.depthwise_bn, conv_forward(&self.depthwise, h), mode),
+            bn_forward(&self.depth_bn, conv_forward(&self.depth_conv, h), mode),
             self.act,
         );
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
@@ -330,7 +334,11 @@ impl<B: OfaBackend> SubnetBlock<B> {
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
-        let h = bn_forward(&self.project_bn, conv_forward(&self.project, h), mode);
+        let h = bn_forward(
+            &self.point_linear_bn,
+            conv_forward(&self.point_linear, h),
+            mode,
+        );
         if self.residual { h + x } else { h }
     }
 }
@@ -350,8 +358,8 @@ impl<B: OfaBackend> Subnet<B> {
     /// Everything before global pooling.
     pub fn features(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let mut x = activate(
-            bn_forward(&self.stem_bn, conv_forward(&self.stem, x), mode),
-            self.stem_act,
+            bn_forward(&self.first_conv_bn, conv_forward(&self.first_conv, x), mode),
+            self.first_conv_act,
         );
         for b in &self.blocks {
             x = b.forward(x, mode);
@@ -401,22 +409,22 @@ impl<B: OfaBackend> Subnet<B> {
                 HostTensor::from_tensor(b.running_var.value()),
             );
         };
-        put_conv(&mut m, "first_conv.conv", &self.stem);
-        put_bn(&mut m, "first_conv.bn", &self.stem_bn);
+        put_conv(&mut m, "first_conv.conv", &self.first_conv);
+        put_bn(&mut m, "first_conv.bn", &self.first_conv_bn);
         for (i, b) in self.blocks.iter().enumerate() {
             let p = format!("blocks.{i}.conv");
-            if let (Some(c), Some(n)) = (&b.expand, &b.expand_bn) {
+            if let (Some(c), Some(n)) = (&b.inverted_bottleneck, &b.inverted_bottleneck_bn) {
                 put_conv(&mut m, &format!("{p}.inverted_bottleneck.conv"), c);
                 put_bn(&mut m, &format!("{p}.inverted_bottleneck.bn"), n);
             }
-            put_conv(&mut m, &format!("{p}.depth_conv.conv"), &b.depthwise);
-            put_bn(&mut m, &format!("{p}.depth_conv.bn"), &b.depthwise_bn);
+            put_conv(&mut m, &format!("{p}.depth_conv.conv"), &b.depth_conv);
+            put_bn(&mut m, &format!("{p}.depth_conv.bn"), &b.depth_bn);
             if let (Some(r), Some(e)) = (&b.se_reduce, &b.se_expand) {
                 put_conv(&mut m, &format!("{p}.depth_conv.se.fc.reduce"), r);
                 put_conv(&mut m, &format!("{p}.depth_conv.se.fc.expand"), e);
             }
-            put_conv(&mut m, &format!("{p}.point_linear.conv"), &b.project);
-            put_bn(&mut m, &format!("{p}.point_linear.bn"), &b.project_bn);
+            put_conv(&mut m, &format!("{p}.point_linear.conv"), &b.point_linear);
+            put_bn(&mut m, &format!("{p}.point_linear.bn"), &b.point_linear_bn);
         }
         let pre = if self.post_pool.is_some() {
             "final_expand_layer"
@@ -491,22 +499,23 @@ impl<B: OfaBackend> Subnet<B> {
             b.running_mean = RunningState::new(t1(&format!("{p}.running_mean")));
             b.running_var = RunningState::new(t1(&format!("{p}.running_var")));
         };
-        set_conv(&mut self.stem, "first_conv.conv");
-        set_bn(&mut self.stem_bn, "first_conv.bn");
+        set_conv(&mut self.first_conv, "first_conv.conv");
+        set_bn(&mut self.first_conv_bn, "first_conv.bn");
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let p = format!("blocks.{i}.conv");
-            if let (Some(c), Some(n)) = (&mut b.expand, &mut b.expand_bn) {
+            if let (Some(c), Some(n)) = (&mut b.inverted_bottleneck, &mut b.inverted_bottleneck_bn)
+            {
                 set_conv(c, &format!("{p}.inverted_bottleneck.conv"));
                 set_bn(n, &format!("{p}.inverted_bottleneck.bn"));
             }
-            set_conv(&mut b.depthwise, &format!("{p}.depth_conv.conv"));
-            set_bn(&mut b.depthwise_bn, &format!("{p}.depth_conv.bn"));
+            set_conv(&mut b.depth_conv, &format!("{p}.depth_conv.conv"));
+            set_bn(&mut b.depth_bn, &format!("{p}.depth_conv.bn"));
             if let (Some(r), Some(e)) = (&mut b.se_reduce, &mut b.se_expand) {
                 set_conv(r, &format!("{p}.depth_conv.se.fc.reduce"));
                 set_conv(e, &format!("{p}.depth_conv.se.fc.expand"));
             }
-            set_conv(&mut b.project, &format!("{p}.point_linear.conv"));
-            set_bn(&mut b.project_bn, &format!("{p}.point_linear.bn"));
+            set_conv(&mut b.point_linear, &format!("{p}.point_linear.conv"));
+            set_bn(&mut b.point_linear_bn, &format!("{p}.point_linear.bn"));
         }
         let pre = if self.post_pool.is_some() {
             "final_expand_layer"
@@ -603,17 +612,19 @@ impl<B: OfaBackend> LayerModule<B> {
                 residual,
             } => {
                 let block = SubnetBlock {
-                    expand: expand
+                    inverted_bottleneck: expand
                         .then(|| random_conv(&mut init, in_ch, mid, 1, 1, 1, false, device)),
-                    expand_bn: expand.then(|| fresh_bn(mid, device)),
-                    depthwise: random_conv(&mut init, mid, mid, kernel, stride, mid, false, device),
-                    depthwise_bn: fresh_bn(mid, device),
+                    inverted_bottleneck_bn: expand.then(|| fresh_bn(mid, device)),
+                    depth_conv: random_conv(
+                        &mut init, mid, mid, kernel, stride, mid, false, device,
+                    ),
+                    depth_bn: fresh_bn(mid, device),
                     se_reduce: se_mid
                         .map(|s| random_conv(&mut init, mid, s, 1, 1, 1, true, device)),
                     se_expand: se_mid
                         .map(|s| random_conv(&mut init, s, mid, 1, 1, 1, true, device)),
-                    project: random_conv(&mut init, mid, out_ch, 1, 1, 1, false, device),
-                    project_bn: fresh_bn(out_ch, device),
+                    point_linear: random_conv(&mut init, mid, out_ch, 1, 1, 1, false, device),
+                    point_linear_bn: fresh_bn(out_ch, device),
                     act,
                     residual,
                 };

@@ -34,7 +34,7 @@ impl<B: OfaBackend> ConvBn<B> {
     }
 }
 
-/// Conv (+ BN) + activation: the stem and the head's 1×1 layers.
+/// Conv (+ BN) + activation: the first conv and the head's 1×1 layers.
 #[derive(Module, Debug)]
 pub struct ConvBnAct<B: OfaBackend> {
     pub conv: ElasticConv<B>,
@@ -121,31 +121,31 @@ impl SupernetConfig {
         let mut init = Init::new(self.seed);
         let bn =
             |ch: usize, name: String| ElasticBn::new(ch, s.bn_momentum, s.bn_eps, name, device);
-        let stem_w = s.stem_width();
+        let first_w = s.first_conv_width();
         let first_conv = ConvBnAct {
             conv: ElasticConv::new(
                 &mut init,
                 s.in_channels,
-                stem_w,
-                s.stem.kernel,
-                s.stem.stride,
+                first_w,
+                s.first_conv.kernel,
+                s.first_conv.stride,
                 false,
                 device,
             ),
-            bn: Some(bn(stem_w, "first_conv.bn".into())),
-            act: s.stem.act,
+            bn: Some(bn(first_w, "first_conv.bn".into())),
+            act: s.first_conv.act,
         };
         let fb = &s.first_block;
         let fb_out = s.first_block_width();
         let first_block = MbConv {
             inverted_bottleneck: None,
-            depth_conv: ElasticDepthwise::new(&mut init, stem_w, &[fb.kernel], fb.stride, device),
-            depth_bn: bn(stem_w, "blocks.0.conv.depth_conv.bn".into()),
+            depth_conv: ElasticDepthwise::new(&mut init, first_w, &[fb.kernel], fb.stride, device),
+            depth_bn: bn(first_w, "blocks.0.conv.depth_conv.bn".into()),
             se: fb
                 .se
-                .then(|| ElasticSe::new(&mut init, stem_w, s.channel_divisor, device)),
+                .then(|| ElasticSe::new(&mut init, first_w, s.channel_divisor, device)),
             point_linear: ConvBn {
-                conv: ElasticConv::new(&mut init, stem_w, fb_out, 1, 1, false, device),
+                conv: ElasticConv::new(&mut init, first_w, fb_out, 1, 1, false, device),
                 bn: bn(fb_out, "blocks.0.conv.point_linear.bn".into()),
             },
             act: fb.act,
@@ -236,10 +236,10 @@ impl<B: OfaBackend> Supernet<B> {
     pub fn features(&self, x: Tensor<B, 4>, arch: &Arch, mode: Mode<'_, B>) -> Tensor<B, 4> {
         debug_assert!(arch.validate(&self.space).is_ok(), "invalid arch {arch}");
         let mut x = self.first_conv.forward(x, mode);
-        let stem_w = self.first_conv.out_channels();
+        let first_w = self.first_conv.out_channels();
         x = self
             .first_block
-            .forward(x, self.space.first_block.kernel, stem_w, mode);
+            .forward(x, self.space.first_block.kernel, first_w, mode);
         for (b, block) in self.layout.iter().zip(&self.blocks) {
             if arch.is_active(b) {
                 let mid = self.space.middle_width(b.in_ch, arch.e[b.index]);
@@ -360,9 +360,9 @@ impl<B: OfaBackend> Supernet<B> {
     pub fn active_regions(&self, arch: &Arch) -> ActiveRegions {
         let mut out = ActiveRegions::new();
         self.first_conv.regions(&mut out);
-        let stem_w = self.first_conv.out_channels();
+        let first_w = self.first_conv.out_channels();
         self.first_block
-            .regions(stem_w, self.space.first_block.kernel, stem_w, &mut out);
+            .regions(first_w, self.space.first_block.kernel, first_w, &mut out);
         for (b, block) in self.layout.iter().zip(&self.blocks) {
             if arch.is_active(b) {
                 let mid = self.space.middle_width(b.in_ch, arch.e[b.index]);

@@ -387,7 +387,7 @@ impl FastCost {
                     a.ks.iter_mut().for_each(|x| *x = k);
                     a.e.iter_mut().for_each(|x| *x = e);
                     let ls = layers(space, &a);
-                    // layers(): stem, first block, n elastic blocks, head.
+                    // layers(): first conv, first block, n elastic blocks, head.
                     for (b, l) in ls[2..2 + n].iter().enumerate() {
                         per_block[b][ki * space.expand_choices.len() + ei] = cost(l)?;
                     }

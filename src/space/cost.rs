@@ -198,19 +198,19 @@ impl Layer {
 pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
     let mut out = Vec::new();
     let mut res = arch.r;
-    let stem = Layer::Conv {
+    let first_conv = Layer::Conv {
         in_res: res,
         in_ch: space.in_channels,
-        out_ch: space.stem_width(),
-        kernel: space.stem.kernel,
-        stride: space.stem.stride,
+        out_ch: space.first_conv_width(),
+        kernel: space.first_conv.kernel,
+        stride: space.first_conv.stride,
         bn: true,
-        act: space.stem.act,
+        act: space.first_conv.act,
     };
-    res = stem.out_res();
-    out.push(stem);
+    res = first_conv.out_res();
+    out.push(first_conv);
     let fb = &space.first_block;
-    let fb_in = space.stem_width();
+    let fb_in = space.first_conv_width();
     let first = Layer::MbConv {
         in_res: res,
         in_ch: fb_in,

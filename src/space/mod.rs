@@ -1,7 +1,7 @@
 //! The search space as plain data: what a supernet can become.
 //!
 //! A [`Space`] is a serializable description (TOML/JSON) of an elastic
-//! MobileNet-style network: a fixed stem and first block, elastic stages of
+//! MobileNet-style network: a fixed first conv and first block, elastic stages of
 //! MBConv blocks, and a head. Nothing here touches tensors, so search,
 //! counting, FLOPs and prediction run without a network in memory.
 
@@ -39,7 +39,7 @@ impl fmt::Display for Activation {
 /// The first convolution (conv + BN + activation).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct StemSpec {
+pub struct FirstConvSpec {
     pub width: usize,
     pub kernel: usize,
     pub stride: usize,
@@ -110,7 +110,10 @@ pub struct Space {
     pub bn_momentum: f64,
     pub bn_eps: f64,
     pub dropout: f64,
-    pub stem: StemSpec,
+    /// The reference's `first_conv` (`stem` in files written before the
+    /// rename).
+    #[serde(alias = "stem")]
+    pub first_conv: FirstConvSpec,
     pub first_block: FirstBlockSpec,
     pub stages: Vec<StageSpec>,
     pub head: HeadSpec,
@@ -265,7 +268,7 @@ impl Space {
             }
         }
         for (what, k, s) in [
-            ("stem", self.stem.kernel, self.stem.stride),
+            ("first_conv", self.first_conv.kernel, self.first_conv.stride),
             (
                 "first_block",
                 self.first_block.kernel,
@@ -283,8 +286,8 @@ impl Space {
         make_divisible(base as f64 * self.width_mult, self.channel_divisor)
     }
 
-    pub fn stem_width(&self) -> usize {
-        self.width(self.stem.width)
+    pub fn first_conv_width(&self) -> usize {
+        self.width(self.first_conv.width)
     }
 
     pub fn first_block_width(&self) -> usize {
@@ -293,7 +296,7 @@ impl Space {
 
     /// The first block adds its input when shapes allow (MobileNetV3: 16→16).
     pub fn first_block_residual(&self) -> bool {
-        self.first_block.stride == 1 && self.stem_width() == self.first_block_width()
+        self.first_block.stride == 1 && self.first_conv_width() == self.first_block_width()
     }
 
     pub fn stage_width(&self, stage: usize) -> usize {
@@ -438,7 +441,7 @@ mod tests {
         assert!(!b[0].residual && b[1].residual);
         assert_eq!(s.se_width(144), 40);
         let s = preset("ofa-mbv3-w1.2").unwrap();
-        assert_eq!(s.stem_width(), 24);
+        assert_eq!(s.first_conv_width(), 24);
         assert_eq!(s.blocks()[4].max_mid, 192);
     }
 

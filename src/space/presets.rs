@@ -1,6 +1,6 @@
 //! Built-in search spaces.
 
-use super::{Activation::*, FirstBlockSpec, HeadSpec, Space, StageSpec, StemSpec};
+use super::{Activation::*, FirstBlockSpec, FirstConvSpec, HeadSpec, Space, StageSpec};
 
 /// Names accepted by [`preset`], in the order `ofa space list` shows them.
 pub const PRESET_NAMES: &[&str] = &[
@@ -51,7 +51,7 @@ fn ofa_mbv3(name: &str, width_mult: f64) -> Space {
         bn_momentum: 0.1,
         bn_eps: 1e-5,
         dropout: 0.1,
-        stem: StemSpec {
+        first_conv: FirstConvSpec {
             width: 16,
             kernel: 3,
             stride: 2,
@@ -104,7 +104,7 @@ fn ofa_proxyless() -> Space {
         bn_momentum: 0.1,
         bn_eps: 1e-3,
         dropout: 0.1,
-        stem: StemSpec {
+        first_conv: FirstConvSpec {
             width: 32,
             kernel: 3,
             stride: 2,
@@ -127,27 +127,27 @@ fn ofa_proxyless() -> Space {
 }
 
 /// The MobileNetV3 block structure for 28–32 px inputs (Fashion-MNIST,
-/// CIFAR): stem stride 1 and a first stage without down-sampling, so the
+/// CIFAR): first conv stride 1 and a first stage without down-sampling, so the
 /// network down-samples 8× instead of 32×.
 fn mbv3_32() -> Space {
     let mut s = ofa_mbv3("mbv3-32", 1.0);
     s.num_classes = 10;
     s.resolutions = vec![24, 28, 32];
-    s.stem.stride = 1;
+    s.first_conv.stride = 1;
     s.stages[0].stride = 1;
     s
 }
 
 /// A CPU-friendly space for 28 px grayscale images (Fashion-MNIST) and quick
 /// runs: the same elastic structure (k ∈ {3,5,7}, e ∈ {3,4,6},
-/// d ∈ {2,3,4}, SE, h-swish) at half width, a stride-2 stem, and a lighter
+/// d ∈ {2,3,4}, SE, h-swish) at half width, a stride-2 first conv, and a lighter
 /// head.
 fn mbv3_28_lite() -> Space {
     let mut s = ofa_mbv3("mbv3-28-lite", 0.5);
     s.in_channels = 1;
     s.num_classes = 10;
     s.resolutions = vec![20, 24, 28];
-    s.stem.stride = 2;
+    s.first_conv.stride = 2;
     s.stages[0].stride = 1;
     s.head.pre_pool = Some(480);
     s.head.post_pool = Some(640);
@@ -170,7 +170,7 @@ fn tiny() -> Space {
         bn_momentum: 0.1,
         bn_eps: 1e-5,
         dropout: 0.0,
-        stem: StemSpec {
+        first_conv: FirstConvSpec {
             width: 8,
             kernel: 3,
             stride: 1,
