@@ -2,7 +2,7 @@
 //! smaller one by using the first channels (and, for depthwise kernels, the
 //! centre of the kernel after a learned transformation).
 
-use super::kernels::{self, OfaBackend};
+use super::backend::{self, OfaBackend};
 use super::{BnStats, Mode, init::Init};
 use crate::space::make_divisible;
 use burn::module::{Module, Param, RunningState};
@@ -11,7 +11,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 
-pub use kernels::activate;
+pub use backend::activate;
 
 /// `relu6(x + 3) / 6`, the gate of squeeze-excite.
 pub fn h_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -76,7 +76,7 @@ impl<B: OfaBackend> ElasticConv<B> {
         let inp = x.dims()[1];
         let k = self.kernel();
         if k == 1 && self.stride == 1 && self.bias.is_none() {
-            return kernels::pointwise(x, self.active_weight(out, inp));
+            return backend::pointwise(x, self.active_weight(out, inp));
         }
         conv2d(
             x,
@@ -155,7 +155,7 @@ impl<B: OfaBackend> ElasticDepthwise<B> {
     /// `x: [N, C, H, W]` → `[N, C, H', W']` with a `k×k` kernel.
     pub fn forward(&self, x: Tensor<B, 4>, k: usize) -> Tensor<B, 4> {
         let c = x.dims()[1];
-        kernels::depthwise(x, self.active_filter(c, k), self.stride)
+        backend::depthwise(x, self.active_filter(c, k), self.stride)
     }
 }
 
@@ -205,16 +205,16 @@ impl<B: OfaBackend> ElasticBn<B> {
                 let var = first(self.running_var.value_sync(), c);
                 let scale = gamma / (var + self.eps).sqrt();
                 let shift = beta - mean * scale.clone();
-                kernels::channel_affine(x, scale, shift)
+                backend::channel_affine(x, scale, shift)
             }
             Mode::Train | Mode::TrainNoDropout => {
-                let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
+                let (y, mean, var) = backend::batch_norm_train(x, gamma, beta, self.eps);
                 self.update_running(mean, var, n * h * w);
                 y
             }
-            Mode::Teacher => kernels::batch_norm_train(x, gamma, beta, self.eps).0,
+            Mode::Teacher => backend::batch_norm_train(x, gamma, beta, self.eps).0,
             Mode::Calibrate(stats) => {
-                let (y, mean, var) = kernels::batch_norm_train(x, gamma, beta, self.eps);
+                let (y, mean, var) = backend::batch_norm_train(x, gamma, beta, self.eps);
                 stats.record(&self.name, mean, var, n);
                 y
             }
@@ -316,7 +316,7 @@ impl<B: OfaBackend> ElasticSe<B> {
         };
         let reduce_w = crop(self.reduce_weight.val(), s, c, smax, cmax);
         let expand_w = crop(self.expand_weight.val(), c, s, cmax, smax);
-        let y = kernels::global_avg_pool(x.clone()).reshape([n, c]);
+        let y = backend::global_avg_pool(x.clone()).reshape([n, c]);
         let y = relu(y.matmul(reduce_w.transpose()) + first(self.reduce_bias.val(), s).unsqueeze());
         let y = h_sigmoid(
             y.matmul(expand_w.transpose()) + first(self.expand_bias.val(), c).unsqueeze(),

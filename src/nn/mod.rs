@@ -5,28 +5,30 @@
 //! All code is generic over `B: Backend`; which backend runs is chosen by
 //! the caller (CLI), never here.
 
+mod backend;
 mod calib;
-pub(crate) mod host;
+pub(crate) mod cpu_kernels;
 mod init;
-mod kernels;
 mod layers;
+mod single_layer;
 mod sort;
 mod state;
 mod subnet;
 mod supernet;
 
+pub use backend::OfaBackend;
 pub use calib::{CalibrationError, calibrate_bn};
 pub use init::Init;
-pub use kernels::OfaBackend;
 pub use layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout, h_sigmoid,
 };
+pub use single_layer::{LayerConv, LayerModule};
 pub use sort::{BlockPermutation, apply_permutations, channel_permutations};
 pub use state::{
     HostTensor, StateError, TensorMap, load_subnet, load_supernet, read_safetensors, save_subnet,
     save_supernet, write_safetensors,
 };
-pub use subnet::{LayerConv, LayerModule, Subnet, SubnetBlock, extract, param_names_in_order};
+pub use subnet::{Subnet, SubnetBlock, extract, param_names_in_order};
 pub use supernet::{ActiveRegions, ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
 use burn::tensor::Tensor;

@@ -7,7 +7,7 @@ use super::OfaBackend;
 use super::layers::{ElasticBn, ElasticConv, activate, dropout, h_sigmoid};
 use super::state::{HostTensor, StateError, TensorMap};
 use super::supernet::{ConvBnAct, MbConv, Supernet};
-use super::{Mode, kernels};
+use super::{Mode, backend};
 use crate::space::{Activation, Arch, Space};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -48,7 +48,7 @@ pub struct Subnet<B: OfaBackend> {
     pub arch: Arch,
 }
 
-fn conv<B: OfaBackend>(
+pub(super) fn conv<B: OfaBackend>(
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     stride: usize,
@@ -267,14 +267,14 @@ impl<B: OfaBackend> Subnet<B> {
 }
 
 /// A burn `Conv2d` run with the fused kernels where they apply.
-fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(super) fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [out, in_g, k, _] = c.weight.dims();
     let cin = x.dims()[1];
     if c.groups == cin && in_g == 1 && out == cin && c.bias.is_none() {
-        return kernels::depthwise(x, c.weight.val(), c.stride[0]);
+        return backend::depthwise(x, c.weight.val(), c.stride[0]);
     }
     if k == 1 && c.stride == [1, 1] && c.groups == 1 && c.bias.is_none() {
-        return kernels::pointwise(x, c.weight.val());
+        return backend::pointwise(x, c.weight.val());
     }
     c.forward(x)
 }
@@ -284,7 +284,7 @@ fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// the running ones) in `Train`. A static subnet is recalibrated through
 /// its supernet before extraction, so `Calibrate` records nothing here: it
 /// runs on batch statistics like `Teacher`.
-fn bn_forward<B: OfaBackend>(
+pub(super) fn bn_forward<B: OfaBackend>(
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     mode: Mode<'_, B>,
@@ -294,14 +294,14 @@ fn bn_forward<B: OfaBackend>(
         Mode::Eval => {
             let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
             let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
-            kernels::channel_affine(x, scale, shift)
+            backend::channel_affine(x, scale, shift)
         }
         Mode::Teacher | Mode::Calibrate(_) => {
-            kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0
+            backend::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0
         }
         Mode::Train | Mode::TrainNoDropout => {
             let (y, mean, var) =
-                kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+                backend::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
             let count = n * h * w;
             let unbias = if count > 1 {
                 count as f64 / (count - 1) as f64
@@ -330,7 +330,7 @@ impl<B: OfaBackend> SubnetBlock<B> {
             self.act,
         );
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
-            let y = kernels::global_avg_pool(h.clone());
+            let y = backend::global_avg_pool(h.clone());
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
@@ -372,7 +372,7 @@ impl<B: OfaBackend> Subnet<B> {
 
     /// Pooling, post-pool 1×1 conv, dropout (in `Train`) and classifier.
     pub fn classify(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
-        let mut x = super::kernels::global_avg_pool(x);
+        let mut x = super::backend::global_avg_pool(x);
         if let Some(c) = &self.post_pool {
             x = activate(c.forward(x), self.head_act);
         }
@@ -536,129 +536,6 @@ impl<B: OfaBackend> Subnet<B> {
         );
         self.classifier.bias = Some(Param::from_tensor(t1("classifier.linear.bias")));
         self
-    }
-}
-
-/// One operator of a subnet, built on its own with random weights, to time
-/// it (the latency lookup table).
-#[derive(Debug)]
-pub enum LayerModule<B: OfaBackend> {
-    Conv(LayerConv<B>),
-    Block(SubnetBlock<B>),
-    Pool,
-    Linear(burn::nn::Linear<B>),
-}
-
-/// Conv (+ BN) + activation.
-#[derive(Debug)]
-pub struct LayerConv<B: OfaBackend> {
-    pub conv: Conv2d<B>,
-    pub bn: Option<BatchNorm<B>>,
-    pub act: Activation,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn random_conv<B: OfaBackend>(
-    init: &mut super::Init,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    bias: bool,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let w = init.normal([cout, cin / groups, k, k], 0.1, device);
-    let b = bias.then(|| Tensor::zeros([cout], device));
-    conv(w, b, stride, groups, device)
-}
-
-fn fresh_bn<B: OfaBackend>(c: usize, device: &B::Device) -> BatchNorm<B> {
-    BatchNormConfig::new(c).init(device)
-}
-
-impl<B: OfaBackend> LayerModule<B> {
-    /// A module running `layer`, and the input shape it takes.
-    pub fn new(layer: &crate::space::Layer, device: &B::Device) -> (Self, [usize; 4]) {
-        use crate::space::Layer;
-        let mut init = super::Init::new(1);
-        match *layer {
-            Layer::Conv {
-                in_res,
-                in_ch,
-                out_ch,
-                kernel,
-                stride,
-                bn,
-                act,
-            } => (
-                LayerModule::Conv(LayerConv {
-                    conv: random_conv(&mut init, in_ch, out_ch, kernel, stride, 1, false, device),
-                    bn: bn.then(|| fresh_bn(out_ch, device)),
-                    act,
-                }),
-                [1, in_ch, in_res, in_res],
-            ),
-            Layer::MbConv {
-                in_res,
-                in_ch,
-                out_ch,
-                mid,
-                expand,
-                kernel,
-                stride,
-                se_mid,
-                act,
-                residual,
-            } => {
-                let block = SubnetBlock {
-                    inverted_bottleneck: expand
-                        .then(|| random_conv(&mut init, in_ch, mid, 1, 1, 1, false, device)),
-                    inverted_bottleneck_bn: expand.then(|| fresh_bn(mid, device)),
-                    depth_conv: random_conv(
-                        &mut init, mid, mid, kernel, stride, mid, false, device,
-                    ),
-                    depth_bn: fresh_bn(mid, device),
-                    se_reduce: se_mid
-                        .map(|s| random_conv(&mut init, mid, s, 1, 1, 1, true, device)),
-                    se_expand: se_mid
-                        .map(|s| random_conv(&mut init, s, mid, 1, 1, 1, true, device)),
-                    point_linear: random_conv(&mut init, mid, out_ch, 1, 1, 1, false, device),
-                    point_linear_bn: fresh_bn(out_ch, device),
-                    act,
-                    residual,
-                };
-                (LayerModule::Block(block), [1, in_ch, in_res, in_res])
-            }
-            Layer::Pool { in_res, ch } => (LayerModule::Pool, [1, ch, in_res, in_res]),
-            Layer::Linear { in_f, out_f } => (
-                LayerModule::Linear(burn::nn::LinearConfig::new(in_f, out_f).init(device)),
-                [1, in_f, 1, 1],
-            ),
-        }
-    }
-
-    /// Runs the operator (inference mode) on `x` of the shape [`Self::new`]
-    /// returned, with the batch size of `x`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self {
-            LayerModule::Conv(c) => {
-                let y = conv_forward(&c.conv, x);
-                let y = match &c.bn {
-                    Some(bn) => bn_forward(bn, y, Mode::Eval),
-                    None => y,
-                };
-                activate(y, c.act)
-            }
-            LayerModule::Block(b) => b.forward(x, Mode::Eval),
-            LayerModule::Pool => kernels::global_avg_pool(x),
-            LayerModule::Linear(l) => {
-                let [n, c, _, _] = x.dims();
-                let y = l.forward(x.reshape([n, c]));
-                let o = y.dims()[1];
-                y.reshape([n, o, 1, 1])
-            }
-        }
     }
 }
 

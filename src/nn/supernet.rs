@@ -255,7 +255,7 @@ impl<B: OfaBackend> Supernet<B> {
     /// Pooling, post-pool layer, dropout and classifier:
     /// `[N, C, r, r]` → `[N, classes]`.
     pub fn classify(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 2> {
-        let mut x = super::kernels::global_avg_pool(x);
+        let mut x = super::backend::global_avg_pool(x);
         if let Some(layer) = &self.post_pool {
             x = layer.forward(x, mode);
         }

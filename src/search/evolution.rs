@@ -2,109 +2,12 @@
 //! scenario's constraints, improved by mutation and crossover, ranked by
 //! the accuracy predictor. Many scenarios run in one call.
 
-use super::latency::{FastCost, LatencyTable};
-use crate::space::{Arch, Layer, Space};
+pub use super::efficiency::{Constraint, Efficiency, Metric};
+pub use super::pareto::{pareto_front, random_population};
+use crate::space::{Arch, Space};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
-
-/// An efficiency measure of a subnet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Milliseconds, from a latency lookup table.
-    Latency,
-    /// Multiply-adds, in millions.
-    Flops,
-    /// Parameters, in millions.
-    Params,
-}
-
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Metric::Latency => "latency",
-            Metric::Flops => "flops",
-            Metric::Params => "params",
-        })
-    }
-}
-
-impl Metric {
-    pub fn unit(&self) -> &'static str {
-        match self {
-            Metric::Latency => "ms",
-            Metric::Flops => "MFLOPs",
-            Metric::Params => "M params",
-        }
-    }
-}
-
-/// `metric <= limit` (latency in ms, FLOPs and params in millions).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Constraint {
-    pub metric: Metric,
-    pub limit: f64,
-}
-
-impl FromStr for Constraint {
-    type Err = anyhow::Error;
-    /// `latency<=4ms`, `latency<=800us`, `flops<=30M`, `flops<=1.2G`,
-    /// `params<=500K`, `params<=1.5M` (a bare number is ms / millions).
-    fn from_str(s: &str) -> anyhow::Result<Constraint> {
-        let bad = || {
-            anyhow::anyhow!(
-                "constraint '{s}': expected METRIC<=VALUE, e.g. latency<=4ms, flops<=30M, params<=1.5M"
-            )
-        };
-        let (name, value) = s.split_once("<=").ok_or_else(bad)?;
-        let metric = match name.trim().to_ascii_lowercase().as_str() {
-            "latency" | "lat" => Metric::Latency,
-            "flops" | "macs" | "mflops" => Metric::Flops,
-            "params" | "parameters" => Metric::Params,
-            _ => return Err(bad()),
-        };
-        let v = value.trim().to_ascii_lowercase();
-        let split = v
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
-            .unwrap_or(v.len());
-        let (num, unit) = v.split_at(split);
-        let x: f64 = num.parse().map_err(|_| bad())?;
-        let scale = match (metric, unit.trim()) {
-            (Metric::Latency, "" | "ms") => 1.0,
-            (Metric::Latency, "us" | "µs") => 1e-3,
-            (Metric::Latency, "s") => 1e3,
-            (Metric::Flops | Metric::Params, "" | "m" | "mflops") => 1.0,
-            (Metric::Flops | Metric::Params, "k") => 1e-3,
-            (Metric::Flops | Metric::Params, "g" | "gflops") => 1e3,
-            _ => return Err(bad()),
-        };
-        if !(x > 0.0) {
-            return Err(bad());
-        }
-        Ok(Constraint {
-            metric,
-            limit: x * scale,
-        })
-    }
-}
-
-impl fmt::Display for Constraint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}<={}{}",
-            self.metric,
-            self.limit,
-            match self.metric {
-                Metric::Latency => "ms",
-                _ => "M",
-            }
-        )
-    }
-}
 
 /// Evolution settings (the reference's defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,85 +56,6 @@ impl Candidate {
             Metric::Flops => Some(self.mflops),
             Metric::Params => Some(self.mparams),
         }
-    }
-}
-
-/// Efficiency of subnets: FLOPs and params always, latency with a LUT.
-pub struct Efficiency {
-    flops: FastCost,
-    params: FastCost,
-    latency: Option<FastCost>,
-}
-
-impl Efficiency {
-    pub fn new(space: &Space, lut: Option<&LatencyTable>) -> anyhow::Result<Efficiency> {
-        let flops = FastCost::new(space, &|l: &Layer| Ok(l.cost().macs as f64 / 1e6))?;
-        let params = FastCost::new(space, &|l: &Layer| Ok(l.cost().params as f64 / 1e6))?;
-        let latency = match lut {
-            Some(t) => {
-                if t.space.blocks() != space.blocks() || t.space.resolutions != space.resolutions {
-                    anyhow::bail!(
-                        "the latency table was measured for space '{}', not '{}'",
-                        t.space.name,
-                        space.name
-                    );
-                }
-                Some(FastCost::new(space, &|l: &Layer| {
-                    t.entries.get(&l.key()).map(|x| x.median_ms).ok_or_else(|| {
-                        anyhow::anyhow!("layer '{}' missing from the latency table", l.key())
-                    })
-                })?)
-            }
-            None => None,
-        };
-        Ok(Efficiency {
-            flops,
-            params,
-            latency,
-        })
-    }
-
-    /// One metric of a subnet (latency only with a table).
-    pub fn value(&self, arch: &Arch, metric: Metric) -> Option<f64> {
-        match metric {
-            Metric::Flops => Some(self.flops.cost(arch)),
-            Metric::Params => Some(self.params.cost(arch)),
-            Metric::Latency => self.latency.as_ref().map(|l| l.cost(arch)),
-        }
-    }
-
-    pub fn has_latency(&self) -> bool {
-        self.latency.is_some()
-    }
-
-    /// A subnet with its efficiency and a (predicted) accuracy.
-    pub fn candidate(&self, arch: Arch, accuracy: f64) -> Candidate {
-        let (f, p, l) = self.measure(&arch);
-        Candidate {
-            arch,
-            accuracy,
-            mflops: f,
-            mparams: p,
-            latency_ms: l,
-        }
-    }
-
-    fn measure(&self, arch: &Arch) -> (f64, f64, Option<f64>) {
-        (
-            self.flops.cost(arch),
-            self.params.cost(arch),
-            self.latency.as_ref().map(|l| l.cost(arch)),
-        )
-    }
-
-    /// Whether a subnet meets every constraint (latency only with a table).
-    pub fn meets(&self, arch: &Arch, cs: &[Constraint]) -> bool {
-        let (f, p, l) = self.measure(arch);
-        cs.iter().all(|c| match c.metric {
-            Metric::Flops => f <= c.limit,
-            Metric::Params => p <= c.limit,
-            Metric::Latency => l.is_some_and(|l| l <= c.limit),
-        })
     }
 }
 
@@ -449,57 +273,10 @@ pub fn evolve(
     })
 }
 
-/// Indices of the points on the Pareto front: no other point is at least as
-/// efficient and strictly more accurate (or vice versa). Sorted by cost.
-pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..points.len()).collect();
-    idx.sort_by(|&a, &b| {
-        points[a]
-            .0
-            .total_cmp(&points[b].0)
-            .then(points[b].1.total_cmp(&points[a].1))
-    });
-    let mut front = Vec::new();
-    let mut best = f64::NEG_INFINITY;
-    for i in idx {
-        if points[i].1 > best {
-            best = points[i].1;
-            front.push(i);
-        }
-    }
-    front
-}
-
-/// A sample of the space for the background of a Pareto plot.
-pub fn random_population(space: &Space, n: usize, seed: u64) -> Vec<Arch> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| Arch::sample(space, &mut rng)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::space::preset;
-
-    #[test]
-    fn constraints_parse_with_units() {
-        let c: Constraint = "latency<=4ms".parse().unwrap();
-        assert_eq!((c.metric, c.limit), (Metric::Latency, 4.0));
-        let c: Constraint = "latency<=800us".parse().unwrap();
-        assert!((c.limit - 0.8).abs() < 1e-12);
-        let c: Constraint = "flops<=1.2G".parse().unwrap();
-        assert_eq!((c.metric, c.limit), (Metric::Flops, 1200.0));
-        let c: Constraint = "params<=500K".parse().unwrap();
-        assert!((c.limit - 0.5).abs() < 1e-12);
-        assert!("speed<=3".parse::<Constraint>().is_err());
-        assert!("flops<=abc".parse::<Constraint>().is_err());
-    }
-
-    #[test]
-    fn pareto_front_of_known_points() {
-        let pts = [(1.0, 0.5), (2.0, 0.4), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9)];
-        assert_eq!(pareto_front(&pts), vec![0, 2, 4]);
-    }
 
     /// A toy predictor with a known optimum under a FLOPs budget: accuracy
     /// grows with FLOPs, so the optimum is the most expensive feasible arch.

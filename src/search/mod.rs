@@ -2,9 +2,11 @@
 //! efficiency models (FLOPs, params, a per-device latency lookup table),
 //! the evolutionary search over deployment scenarios, and Pareto fronts.
 
+pub mod efficiency;
 pub mod evolution;
 pub mod latency;
 pub mod measure;
+pub mod pareto;
 pub mod plot;
 pub mod predictor;
 pub mod report;

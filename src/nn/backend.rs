@@ -5,10 +5,10 @@
 //! Every method has a default built from burn's own tensor ops, so any burn
 //! backend (CUDA, LibTorch, …) runs the supernet by declaring
 //! `impl OfaBackend for ThatBackend {}`. Backends whose tensors live in host
-//! memory use the fused kernels of [`super::host`] instead, and the autodiff
+//! memory use the fused kernels of [`super::cpu_kernels`] instead, and the autodiff
 //! decorator gives each fused op a hand-written backward pass.
 
-use super::host::{self, Nchw};
+use super::cpu_kernels::{self, Nchw};
 use crate::space::Activation;
 use burn::backend::autodiff::{
     Autodiff,
@@ -198,7 +198,8 @@ macro_rules! host_backend {
                 stride: usize,
             ) -> FloatTensor<Self> {
                 let (d, k) = (nchw(dims4::<Self>(&x)), dims4::<Self>(&weight)[2]);
-                let (y, od) = host::depthwise_forward(&$view(&x), d, &$view(&weight), k, stride);
+                let (y, od) =
+                    cpu_kernels::depthwise_forward(&$view(&x), d, &$view(&weight), k, stride);
                 $make(y, &[od.n, od.c, od.h, od.w])
             }
 
@@ -210,7 +211,7 @@ macro_rules! host_backend {
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
                 let (d, od) = (nchw(dims4::<Self>(&x)), nchw(dims4::<Self>(&grad)));
                 let wd = dims4::<Self>(&weight);
-                let (dx, dw) = host::depthwise_backward(
+                let (dx, dw) = cpu_kernels::depthwise_backward(
                     &$view(&x),
                     d,
                     &$view(&weight),
@@ -228,7 +229,7 @@ macro_rules! host_backend {
             ) -> FloatTensor<Self> {
                 let d = nchw(dims4::<Self>(&x));
                 let cout = dims4::<Self>(&weight)[0];
-                let y = host::pointwise_forward(&$view(&x), d, &$view(&weight), cout);
+                let y = cpu_kernels::pointwise_forward(&$view(&x), d, &$view(&weight), cout);
                 $make(y, &[d.n, cout, d.h, d.w])
             }
 
@@ -239,8 +240,13 @@ macro_rules! host_backend {
             ) -> (FloatTensor<Self>, FloatTensor<Self>) {
                 let d = nchw(dims4::<Self>(&x));
                 let wd = dims4::<Self>(&weight);
-                let (dx, dw) =
-                    host::pointwise_backward(&$view(&x), d, &$view(&weight), wd[0], &$view(&grad));
+                let (dx, dw) = cpu_kernels::pointwise_backward(
+                    &$view(&x),
+                    d,
+                    &$view(&weight),
+                    wd[0],
+                    &$view(&grad),
+                );
                 ($make(dx, &[d.n, d.c, d.h, d.w]), $make(dw, &wd))
             }
 
@@ -251,8 +257,13 @@ macro_rules! host_backend {
                 eps: f64,
             ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
                 let d = nchw(dims4::<Self>(&x));
-                let (y, mean, var) =
-                    host::batch_norm_forward(&$view(&x), d, &$view(&gamma), &$view(&beta), eps);
+                let (y, mean, var) = cpu_kernels::batch_norm_forward(
+                    &$view(&x),
+                    d,
+                    &$view(&gamma),
+                    &$view(&beta),
+                    eps,
+                );
                 (
                     $make(y, &[d.n, d.c, d.h, d.w]),
                     $make(mean, &[d.c]),
@@ -269,7 +280,7 @@ macro_rules! host_backend {
                 grad: FloatTensor<Self>,
             ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
                 let d = nchw(dims4::<Self>(&x));
-                let (dx, dg, db) = host::batch_norm_backward(
+                let (dx, dg, db) = cpu_kernels::batch_norm_backward(
                     &$view(&x),
                     d,
                     &$view(&gamma),
@@ -291,12 +302,12 @@ macro_rules! host_backend {
                 shift: FloatTensor<Self>,
             ) -> FloatTensor<Self> {
                 let d = nchw(dims4::<Self>(&x));
-                let y = host::channel_affine(&$view(&x), d, &$view(&scale), &$view(&shift));
+                let y = cpu_kernels::channel_affine(&$view(&x), d, &$view(&scale), &$view(&shift));
                 $make(y, &[d.n, d.c, d.h, d.w])
             }
 
             fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
-                let y = host::activation_forward(&$view(&x), act);
+                let y = cpu_kernels::activation_forward(&$view(&x), act);
                 $make(y, x.shape().as_slice())
             }
 
@@ -305,7 +316,7 @@ macro_rules! host_backend {
                 grad: FloatTensor<Self>,
                 act: Activation,
             ) -> FloatTensor<Self> {
-                let dx = host::activation_backward(&$view(&x), &$view(&grad), act);
+                let dx = cpu_kernels::activation_backward(&$view(&x), &$view(&grad), act);
                 $make(dx, x.shape().as_slice())
             }
         }
