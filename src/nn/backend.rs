@@ -349,85 +349,72 @@ mod flex_io {
     }
 }
 
-#[derive(Debug)]
-struct DepthwiseBackward;
+/// The backward pass of a fused op: its saved state and the output
+/// gradient give the gradients of its `N` inputs. One type for every fused
+/// op; what differs is the function.
+struct Fused<B: Backend, S, const N: usize>(fn(S, FloatTensor<B>) -> [FloatTensor<B>; N]);
 
-impl<B: OfaBackend> Backward<B, 2> for DepthwiseBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, usize);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, w, stride) = ops.state;
-        let (dx, dw) = B::depthwise_conv2d_backward(x, w, grad, stride);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            grads.register::<B>(node.id, dw);
-        }
+impl<B: Backend, S, const N: usize> std::fmt::Debug for Fused<B, S, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fused<{N}>")
     }
 }
 
-#[derive(Debug)]
-struct PointwiseBackward;
+impl<B, S, const N: usize> Backward<B, N> for Fused<B, S, N>
+where
+    B: OfaBackend,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    type State = S;
 
-impl<B: OfaBackend> Backward<B, 2> for PointwiseBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
+    fn backward(self, ops: Ops<S, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (x, w) = ops.state;
-        let (dx, dw) = B::pointwise_conv2d_backward(x, w, grad);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = node_w {
-            grads.register::<B>(node.id, dw);
-        }
-    }
-}
-
-#[derive(Debug)]
-struct BatchNormBackward;
-
-impl<B: OfaBackend> Backward<B, 3> for BatchNormBackward {
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        f64,
-    );
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, gamma, mean, var, eps) = ops.state;
-        let (dx, dgamma, dbeta) = B::batch_norm_train_backward(x, gamma, mean, var, eps, grad);
-        for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
+        let ids = ops.parents.map(|p| p.map(|n| n.id));
+        for (id, g) in ids.into_iter().zip((self.0)(ops.state, grad)) {
+            if let Some(id) = id {
+                grads.register::<B>(id, g);
             }
         }
     }
 }
 
-#[derive(Debug)]
-struct ActivationBackward;
+fn depthwise_backward<B: OfaBackend>(
+    (x, w, stride): (FloatTensor<B>, FloatTensor<B>, usize),
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 2] {
+    let (dx, dw) = B::depthwise_conv2d_backward(x, w, grad, stride);
+    [dx, dw]
+}
 
-impl<B: OfaBackend> Backward<B, 1> for ActivationBackward {
-    type State = (FloatTensor<B>, Activation);
+fn pointwise_backward<B: OfaBackend>(
+    (x, w): (FloatTensor<B>, FloatTensor<B>),
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 2] {
+    let (dx, dw) = B::pointwise_conv2d_backward(x, w, grad);
+    [dx, dw]
+}
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x, act) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::activation_backward(x, grad, act));
-        }
-    }
+type BnState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    f64,
+);
+
+fn batch_norm_backward<B: OfaBackend>(
+    (x, gamma, mean, var, eps): BnState<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let (dx, dgamma, dbeta) = B::batch_norm_train_backward(x, gamma, mean, var, eps, grad);
+    [dx, dgamma, dbeta]
+}
+
+fn activation_backward<B: OfaBackend>(
+    (x, act): (FloatTensor<B>, Activation),
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 1] {
+    [B::activation_backward(x, grad, act)]
 }
 
 impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
@@ -437,7 +424,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
         stride: usize,
     ) -> FloatTensor<Self> {
         let out = B::depthwise_conv2d(x.primitive.clone(), weight.primitive.clone(), stride);
-        match DepthwiseBackward
+        match Fused::<B, _, 2>(depthwise_backward::<B>)
             .prepare::<C>([x.node.clone(), weight.node.clone()])
             .compute_bound()
             .stateful()
@@ -449,7 +436,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
 
     fn pointwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         let out = B::pointwise_conv2d(x.primitive.clone(), weight.primitive.clone());
-        match PointwiseBackward
+        match Fused::<B, _, 2>(pointwise_backward::<B>)
             .prepare::<C>([x.node.clone(), weight.node.clone()])
             .compute_bound()
             .stateful()
@@ -475,7 +462,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
             Self::from_inner(mean.clone()),
             Self::from_inner(var.clone()),
         );
-        let y = match BatchNormBackward
+        let y = match Fused::<B, _, 3>(batch_norm_backward::<B>)
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
             .stateful()
@@ -490,7 +477,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
 
     fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
         let out = B::activation(x.primitive.clone(), act);
-        match ActivationBackward
+        match Fused::<B, _, 1>(activation_backward::<B>)
             .prepare::<C>([x.node.clone()])
             .compute_bound()
             .stateful()
