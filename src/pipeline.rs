@@ -65,17 +65,17 @@ impl RunConfig {
             space: "mbv3-28-lite".into(),
             out,
             epochs: None,
-            table_subnets: 60,
+            table_subnets: 40,
             table_images: 0,
-            table_sampling: Sampling::Spread,
+            table_sampling: Sampling::Mixed,
             measure: EvalConfig {
-                calib_images: 1000,
+                calib_images: 500,
                 calib_batch: 250,
                 batch: 250,
                 max_images: 0,
             },
             generations: 500,
-            rerank: 8,
+            rerank: 6,
             budget_shares: vec![0.3, 0.55, 0.8],
         }
     }

@@ -27,9 +27,9 @@ pub struct RunArgs {
     /// Validation images per table row (0: the whole hold-out).
     #[arg(long, default_value_t = RunConfig::new(PathBuf::new()).table_images)]
     table_images: usize,
-    /// How the table's architectures are drawn: `spread` (covering the
-    /// cost range) or `uniform`.
-    #[arg(long, default_value = "spread")]
+    /// How the table's architectures are drawn: `mixed` (alternately
+    /// uniform and spread over the cost range), `spread` or `uniform`.
+    #[arg(long, default_value = "mixed")]
     table_sampling: crate::search::table::Sampling,
     /// Calibration images of every measurement (table rows, re-ranking,
     /// baselines, returned subnets).

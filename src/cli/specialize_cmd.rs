@@ -79,8 +79,9 @@ pub struct TableArgs {
     /// Seed of the architecture sampler.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// `uniform` (every choice uniform, as the reference) or `spread` (a
-    /// size per architecture, covering the cost range).
+    /// `uniform` (every choice uniform, as the reference), `spread` (a
+    /// size per architecture, covering the cost range) or `mixed`
+    /// (alternately).
     #[arg(long, default_value = "uniform")]
     sampling: crate::search::table::Sampling,
     #[command(flatten)]

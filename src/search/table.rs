@@ -77,6 +77,10 @@ pub enum Sampling {
     /// to it ([`Arch::sample_sized`]): subnets cover the cost range from
     /// the smallest to the largest, which is what the search compares.
     Spread,
+    /// Alternately uniform and spread draws: the whole cost range, and the
+    /// mixed architectures (large choices in some blocks, small in others)
+    /// the search explores and a predictor must not extrapolate to.
+    Mixed,
 }
 
 impl std::str::FromStr for Sampling {
@@ -85,7 +89,8 @@ impl std::str::FromStr for Sampling {
         match s {
             "uniform" => Ok(Sampling::Uniform),
             "spread" => Ok(Sampling::Spread),
-            o => Err(format!("unknown sampling '{o}' (uniform, spread)")),
+            "mixed" => Ok(Sampling::Mixed),
+            o => Err(format!("unknown sampling '{o}' (uniform, spread, mixed)")),
         }
     }
 }
@@ -186,9 +191,9 @@ pub fn table_archs(meta: &TableMeta) -> Vec<Arch> {
     use rand::RngExt;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(meta.arch_seed);
     (0..meta.subnets)
-        .map(|_| match meta.sampling {
-            Sampling::Uniform => Arch::sample(&meta.space, &mut rng),
-            Sampling::Spread => {
+        .map(|i| match (meta.sampling, i % 2) {
+            (Sampling::Uniform, _) | (Sampling::Mixed, 0) => Arch::sample(&meta.space, &mut rng),
+            (Sampling::Spread, _) | (Sampling::Mixed, _) => {
                 let size = rng.random::<f64>();
                 Arch::sample_sized(&meta.space, size, &mut rng)
             }
