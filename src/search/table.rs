@@ -77,9 +77,11 @@ pub enum Sampling {
     /// to it ([`Arch::sample_sized`]): subnets cover the cost range from
     /// the smallest to the largest, which is what the search compares.
     Spread,
-    /// Alternately uniform and spread draws: the whole cost range, and the
-    /// mixed architectures (large choices in some blocks, small in others)
-    /// the search explores and a predictor must not extrapolate to.
+    /// Every uniform subnet (one k, e and d everywhere) first, then
+    /// alternately uniform and spread draws: the simple subnets the search
+    /// is compared with (their rows are the baselines' measurements), the
+    /// whole cost range, and the mixed architectures (large choices in some
+    /// blocks, small in others) the search explores.
     Mixed,
 }
 
@@ -190,15 +192,35 @@ pub struct Table {
 pub fn table_archs(meta: &TableMeta) -> Vec<Arch> {
     use rand::RngExt;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(meta.arch_seed);
-    (0..meta.subnets)
-        .map(|i| match (meta.sampling, i % 2) {
+    let grid: Vec<Arch> = match meta.sampling {
+        Sampling::Mixed => uniform_grid(&meta.space),
+        _ => vec![],
+    };
+    let mut out: Vec<Arch> = grid.into_iter().take(meta.subnets).collect();
+    for i in 0..meta.subnets - out.len() {
+        out.push(match (meta.sampling, i % 2) {
             (Sampling::Uniform, _) | (Sampling::Mixed, 0) => Arch::sample(&meta.space, &mut rng),
             (Sampling::Spread, _) | (Sampling::Mixed, _) => {
                 let size = rng.random::<f64>();
                 Arch::sample_sized(&meta.space, size, &mut rng)
             }
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// The uniform subnets of a space at its smallest resolution (rows set the
+/// resolution): every (k, e, d) with one k and e in all blocks and one d in
+/// all elastic stages.
+pub fn uniform_grid(space: &Space) -> Vec<Arch> {
+    let r = space.resolutions[0];
+    let mut v: Vec<Arch> = crate::search::measure::uniform_subnets(space)
+        .into_iter()
+        .filter(|(_, a)| a.r == r)
+        .map(|(_, a)| a)
+        .collect();
+    v.dedup();
+    v
 }
 
 /// SHA-256 of a file, hex.
@@ -579,5 +601,26 @@ mod tests {
         let bits: Vec<bool> = (0..21).map(|i| i % 3 == 0 || i == 20).collect();
         assert_eq!(unpack(&pack(&bits), bits.len()), bits);
         assert_eq!(pack(&bits).len(), 3);
+    }
+
+    #[test]
+    fn mixed_tables_start_with_every_uniform_subnet() {
+        let mut m = meta(40);
+        m.sampling = Sampling::Mixed;
+        let archs = table_archs(&m);
+        assert_eq!(archs.len(), 40);
+        let grid = uniform_grid(&m.space);
+        assert_eq!(grid.len(), 27, "3 kernels × 3 expands × 3 depths");
+        assert_eq!(&archs[..27], &grid[..]);
+        for a in &grid {
+            let blocks = a.active_blocks(&m.space);
+            assert!(
+                blocks
+                    .iter()
+                    .all(|b| (b.1, b.2) == (blocks[0].1, blocks[0].2))
+            );
+        }
+        // The draws after the grid do not repeat it.
+        assert!(archs[27..].iter().any(|a| !grid.contains(a)));
     }
 }
