@@ -4,7 +4,10 @@ PyTorch modules from the layer lists `ofa bench ... --dump FILE` writes.
 
     ofa bench train --dump /tmp/train.json && python3 bench/pytorch_reference.py /tmp/train.json
     ofa bench infer --batch 1,64 --dump /tmp/infer.json && python3 bench/pytorch_reference.py /tmp/infer.json
+    python3 bench/pytorch_reference.py /tmp/train.json --device cuda      # on a GPU
+    python3 bench/pytorch_reference.py /tmp/train.json --threads 1
 """
+import argparse
 import json
 import statistics
 import sys
@@ -67,28 +70,45 @@ def build(layers):
     return nn.Sequential(*mods)
 
 
-def main(path):
-    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
-    spec = json.load(open(path))
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("spec")
+    ap.add_argument("threads", nargs="?", type=int, default=2)
+    ap.add_argument("--threads", dest="threads_opt", type=int)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads_opt or a.threads)
+    dev = torch.device(a.device)
+    spec = json.load(open(a.spec))
     c, classes = spec["in_channels"], spec["classes"]
-    nets = [build(a["layers"]) for a in spec["archs"]]
+    nets = [build(x["layers"]).to(dev) for x in spec["archs"]]
     r = spec["archs"][0]["resolution"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     if spec["label"] == "train":
         bs = spec["batch"][0]
-        y = torch.arange(bs) % classes
+        y = (torch.arange(bs) % classes).to(dev)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-        largest = build(spec["largest"])
+        largest = build(spec["largest"]).to(dev)
         for label, seq in [("random subnet", [nets[0]] + nets), ("largest subnet", [largest] * (len(nets) + 1))]:
             times = []
             for i, net in enumerate(seq):
                 net.train()
                 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=3e-5)
-                x = torch.randn(bs, c, r, r)
+                x = torch.randn(bs, c, r, r, device=dev)
+                sync(dev)
                 t = time.perf_counter()
                 opt.zero_grad()
                 loss_fn(net(x), y).backward()
                 opt.step()
+                sync(dev)
                 if i > 0:
                     times.append(time.perf_counter() - t)
             m = statistics.median(times)
@@ -98,16 +118,20 @@ def main(path):
             rates = []
             for net in nets:
                 net.eval()
-                x = torch.randn(bs, c, r, r)
+                x = torch.randn(bs, c, r, r, device=dev)
                 with torch.no_grad():
                     net(x)
                     reps = 10 * (10 if bs == 1 else 1)
+                    sync(dev)
                     t = time.perf_counter()
                     for _ in range(reps):
                         net(x)
+                    sync(dev)
                     rates.append(reps * bs / (time.perf_counter() - t))
             print(f"inference, batch {bs:>3}: {statistics.median(rates):.0f} img/s")
+    if dev.type == "cuda":
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

@@ -16,7 +16,7 @@
 #   E=4 THREADS=2 bash bench/train_comparison.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ofa=./target/release/ofa
+ofa=${OFA:-./target/release/ofa}
 results=${RESULTS:-bench/results}
 mkdir -p "$results"
 

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --release --locked "$@"
+# `ndarray`: the generic operator path (what a GPU runs) tested on the CPU.
+cargo test --release --locked --features ndarray "$@"

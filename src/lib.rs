@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod data;
 pub mod export;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod nn;
 pub mod pipeline;
 pub mod search;

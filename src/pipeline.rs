@@ -65,7 +65,7 @@ impl RunConfig {
             space: "mbv3-28-lite".into(),
             out,
             epochs: None,
-            table_subnets: 51,
+            table_subnets: 45,
             table_images: 0,
             table_sampling: Sampling::Mixed,
             measure: EvalConfig {
@@ -293,13 +293,9 @@ where
     let lut_path = out.join("cpu.lut.json");
     st.run("latency table", lut_path.exists(), |obs| {
         let pc = ProfileConfig::default();
-        let mut lut = LatencyTable::profile::<B::InnerBackend>(
-            &space,
-            &pc,
-            "flex (CPU)",
-            device,
-            &mut |d, n| obs.progress("latency table", d, n),
-        );
+        let mut lut = LatencyTable::profile::<B::InnerBackend>(&space, &pc, device, &mut |d, n| {
+            obs.progress("latency table", d, n)
+        });
         let v = validate::<B::InnerBackend>(&lut, &space, 12, 0, device)?;
         obs.note(&format!(
             "LUT: {} layers; vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%; \

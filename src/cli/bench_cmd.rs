@@ -3,7 +3,8 @@
 //! inference throughput — plus the layer list of the subnets used, so that
 //! `bench/pytorch_reference.py` can time the same networks in PyTorch.
 
-use super::{Cpu, CpuTrain, print_json};
+use super::print_json;
+use crate::nn::TrainBackend;
 use crate::nn::{Mode, SupernetConfig, extract};
 use crate::space::{Arch, Space, layers};
 use crate::train::{Sgd, SgdConfig, smoothed_cross_entropy};
@@ -85,21 +86,20 @@ fn space_for(a: &BenchArgs) -> anyhow::Result<Space> {
     Ok(s)
 }
 
-pub fn bench(c: BenchCommand) -> anyhow::Result<()> {
+pub fn bench<B: TrainBackend>(device: &B::Device, c: BenchCommand) -> anyhow::Result<()> {
     match c {
-        BenchCommand::Train(a) => train(a),
-        BenchCommand::Infer(a) => infer(a),
+        BenchCommand::Train(a) => train::<B>(device, a),
+        BenchCommand::Infer(a) => infer::<B>(device, a),
     }
 }
 
-fn train(a: BenchArgs) -> anyhow::Result<()> {
+fn train<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()> {
     let space = space_for(&a)?;
     let bs = a.batch[0];
-    let device = Default::default();
     let mut net = SupernetConfig::new(space.clone())
         .with_seed(a.seed)
-        .init::<CpuTrain>(&device);
-    let mut sgd = Sgd::<CpuTrain>::new(SgdConfig::default());
+        .init::<B>(device);
+    let mut sgd = Sgd::<B>::new(SgdConfig::default());
     let random = archs(&space, a.steps + 1, a.seed);
     let max = vec![Arch::max(&space); a.steps + 1];
     if let Some(p) = &a.dump {
@@ -109,15 +109,15 @@ fn train(a: BenchArgs) -> anyhow::Result<()> {
     let labels: Vec<i64> = (0..bs as i64)
         .map(|i| i % space.num_classes as i64)
         .collect();
-    let y = Tensor::<CpuTrain, 1, Int>::from_data(TensorData::new(labels, [bs]), &device);
+    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [bs]), device);
     let mut report = serde_json::Map::new();
     for (label, list) in [("random subnet", &random), ("largest subnet", &max)] {
         let mut times = Vec::new();
         for (i, arch) in list.iter().enumerate() {
-            let x = Tensor::<CpuTrain, 4>::random(
+            let x = Tensor::<B, 4>::random(
                 [bs, space.in_channels, r, r],
                 Distribution::Normal(0.0, 1.0),
-                &device,
+                device,
             );
             let t = Instant::now();
             let logits = net.forward(x, arch, Mode::Train);
@@ -147,12 +147,11 @@ fn train(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn infer(a: BenchArgs) -> anyhow::Result<()> {
+fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()> {
     let space = space_for(&a)?;
-    let device = Default::default();
     let net = SupernetConfig::new(space.clone())
         .with_seed(a.seed)
-        .init::<Cpu>(&device);
+        .init::<B::InnerBackend>(device);
     let random = archs(&space, 4, a.seed);
     if let Some(p) = &a.dump {
         dump(p, &space, "infer", &random, &a.batch)?;
@@ -162,10 +161,10 @@ fn infer(a: BenchArgs) -> anyhow::Result<()> {
         let mut rates = Vec::new();
         for arch in &random {
             let sub = extract(&net, arch);
-            let x = Tensor::<Cpu, 4>::random(
+            let x = Tensor::<B::InnerBackend, 4>::random(
                 [bs, space.in_channels, arch.r, arch.r],
                 Distribution::Normal(0.0, 1.0),
-                &device,
+                device,
             );
             let _ = sub.forward(x.clone()).into_data();
             let reps = a.steps.max(1) * if bs == 1 { 10 } else { 1 };

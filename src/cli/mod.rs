@@ -15,6 +15,84 @@ use clap::{Parser, Subcommand};
 /// The CPU backend: burn's flex, with autodiff for training.
 pub type Cpu = burn::backend::Flex;
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+/// The NVIDIA backend: burn's CUDA (cubecl), with autodiff.
+#[cfg(feature = "cuda")]
+pub type Gpu = burn::backend::Cuda;
+#[cfg(feature = "cuda")]
+pub type GpuTrain = burn::backend::Autodiff<Gpu>;
+
+/// `--device`: where networks run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    Cpu,
+    /// GPU number N (`cuda` = `cuda:0`).
+    Cuda(usize),
+    /// The first GPU when this binary supports GPUs and one is present,
+    /// else the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceArg::Cpu),
+            "auto" => Ok(DeviceArg::Auto),
+            "cuda" | "gpu" => Ok(DeviceArg::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
+                _ => Err(format!("unknown device '{s}' (cpu, cuda, cuda:N, auto)")),
+            },
+        }
+    }
+}
+
+/// The device a run resolves to.
+enum Resolved {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
+fn resolve(d: DeviceArg) -> anyhow::Result<Resolved> {
+    #[cfg(feature = "cuda")]
+    {
+        match d {
+            DeviceArg::Cpu => Ok(Resolved::Cpu),
+            DeviceArg::Cuda(n) => match crate::gpu::device_count() {
+                Ok(count) if n < count => Ok(Resolved::Cuda(n)),
+                Ok(count) => anyhow::bail!(
+                    "--device cuda:{n}: this machine has {count} CUDA device(s) (numbered from 0)"
+                ),
+                Err(e) => anyhow::bail!("--device cuda:{n}: no usable CUDA GPU: {e}"),
+            },
+            DeviceArg::Auto => match crate::gpu::device_count() {
+                Ok(count) if count > 0 => {
+                    eprintln!("--device auto: using cuda:0 ({count} CUDA device(s) found)");
+                    Ok(Resolved::Cuda(0))
+                }
+                Ok(_) | Err(_) => {
+                    eprintln!("--device auto: no usable CUDA GPU, using the CPU");
+                    Ok(Resolved::Cpu)
+                }
+            },
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        match d {
+            DeviceArg::Cpu => Ok(Resolved::Cpu),
+            DeviceArg::Auto => {
+                eprintln!("--device auto: this binary has no GPU support, using the CPU");
+                Ok(Resolved::Cpu)
+            }
+            DeviceArg::Cuda(n) => anyhow::bail!(
+                "--device cuda:{n}: this ofa binary was built without GPU support; rebuild it with \
+                 `cargo build --release --features cuda` (needs the NVIDIA driver at run time)"
+            ),
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +104,10 @@ pub struct Cli {
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where networks run: cpu, cuda, cuda:N, or auto (the first GPU when
+    /// this binary supports GPUs and one is present, else the CPU).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: DeviceArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,33 +167,45 @@ pub fn main() -> std::process::ExitCode {
             .num_threads(n.max(1))
             .build_global();
     }
-    let result = match cli.command {
-        Command::Space(c) => space_cmd::space(c),
-        Command::Info(a) => space_cmd::info(a),
-        Command::Flops(a) => space_cmd::flops(a),
-        Command::Sample(a) => space_cmd::sample(a),
-        Command::Data(c) => data_cmd::data(c),
-        Command::Train(a) => train_cmd::train(a),
-        Command::Eval(a) => train_cmd::eval(a),
-        Command::Table(c) => specialize_cmd::table(c),
-        Command::Predictor(c) => specialize_cmd::predictor(c),
-        Command::Profile(a) => specialize_cmd::profile(a),
-        Command::Latency(a) => specialize_cmd::latency(a),
-        Command::Search(a) => specialize_cmd::search(a),
-        Command::Extract(a) => ship_cmd::extract_cmd(a),
-        Command::Export(a) => ship_cmd::export_cmd(a),
-        Command::Finetune(a) => ship_cmd::finetune_cmd(a),
-        Command::Import(a) => ship_cmd::import_cmd(a),
-        Command::Predict(a) => ship_cmd::predict_cmd(a),
-        Command::Run(a) => run_cmd::run(a),
-        Command::Bench(c) => bench_cmd::bench(c),
-    };
+    let result = resolve(cli.device).and_then(|d| match d {
+        Resolved::Cpu => run_command::<CpuTrain>(cli.command, &Default::default()),
+        #[cfg(feature = "cuda")]
+        Resolved::Cuda(n) => {
+            run_command::<GpuTrain>(cli.command, &burn::backend::cuda::CudaDevice::new(n))
+        }
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs one command with networks on backend `B` (the one place that
+/// picks it is `main`).
+fn run_command<B: crate::nn::TrainBackend>(c: Command, device: &B::Device) -> anyhow::Result<()> {
+    match c {
+        Command::Space(c) => space_cmd::space(c),
+        Command::Info(a) => space_cmd::info(a),
+        Command::Flops(a) => space_cmd::flops(a),
+        Command::Sample(a) => space_cmd::sample(a),
+        Command::Data(c) => data_cmd::data(c),
+        Command::Train(a) => train_cmd::train::<B>(device, a),
+        Command::Eval(a) => train_cmd::eval::<B>(device, a),
+        Command::Table(c) => specialize_cmd::table::<B>(device, c),
+        Command::Predictor(c) => specialize_cmd::predictor::<B>(device, c),
+        Command::Profile(a) => specialize_cmd::profile::<B>(device, a),
+        Command::Latency(a) => specialize_cmd::latency::<B>(device, a),
+        Command::Search(a) => specialize_cmd::search::<B>(device, a),
+        Command::Extract(a) => ship_cmd::extract_cmd::<B>(device, a),
+        Command::Export(a) => ship_cmd::export_cmd::<B>(device, a),
+        Command::Finetune(a) => ship_cmd::finetune_cmd::<B>(device, a),
+        Command::Import(a) => ship_cmd::import_cmd::<B>(device, a),
+        Command::Predict(a) => ship_cmd::predict_cmd::<B>(device, a),
+        Command::Run(a) => run_cmd::run::<B>(device, a),
+        Command::Bench(c) => bench_cmd::bench::<B>(device, c),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ofa run`: the whole chain with defaults (see [`crate::pipeline`]).
 
-use super::CpuTrain;
 use super::progress::{TrainProgress, interrupt_flag};
+use crate::nn::TrainBackend;
 use crate::pipeline::{self, RunConfig, RunObserver};
 use crate::train::TrainObserver;
 use clap::Args;
@@ -93,7 +93,7 @@ impl RunObserver for Display {
     }
 }
 
-pub fn run(a: RunArgs) -> anyhow::Result<()> {
+pub fn run<B: TrainBackend>(device: &B::Device, a: RunArgs) -> anyhow::Result<()> {
     let cfg = RunConfig {
         data: a.data,
         space: a.space,
@@ -119,7 +119,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         bar: None,
         stop,
     };
-    let s = pipeline::run::<CpuTrain>(&cfg, &Default::default(), &mut display)?;
+    let s = pipeline::run::<B>(&cfg, device, &mut display)?;
     eprintln!(
         "done in {:.0} s; report: {}",
         s.total_seconds,

@@ -1,9 +1,10 @@
 //! `ofa extract`, `ofa export`, `ofa finetune`, `ofa import`, `ofa predict`.
 
+use super::print_json;
 use super::progress::{TrainProgress, interrupt_flag};
 use super::train_cmd::load_data_for;
-use super::{Cpu, CpuTrain, print_json};
 use crate::export::{self, npy};
+use crate::nn::TrainBackend;
 use crate::nn::{extract, load_supernet, save_supernet};
 use crate::space::{Arch, Space};
 use crate::train::eval_data_of as eval_data;
@@ -39,9 +40,8 @@ pub struct ExtractArgs {
 }
 
 /// Recalibrates BN for `arch` on the supernet's training images.
-pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let net = load_supernet::<Cpu>(&a.supernet, None, &device)?;
+pub fn extract_cmd<B: TrainBackend>(device: &B::Device, a: ExtractArgs) -> anyhow::Result<()> {
+    let net = load_supernet::<B::InnerBackend>(&a.supernet, None, device)?;
     let arch = Arch::parse_arg(&a.arch, &net.space)?;
     let eval_cfg = EvalConfig {
         calib_images: a.calib_images,
@@ -53,7 +53,7 @@ pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
         None
     };
     if let (false, Some(d)) = (a.no_calibrate, &data) {
-        crate::train::recalibrate(&net, &arch, d, eval_cfg.calib_batch, &device)?;
+        crate::train::recalibrate(&net, &arch, d, eval_cfg.calib_batch, device)?;
     }
     let sub = extract(&net, &arch);
     let mut extra = serde_json::json!({
@@ -61,7 +61,7 @@ pub fn extract_cmd(a: ExtractArgs) -> anyhow::Result<()> {
         "bn_recalibrated": !a.no_calibrate,
     });
     if let (true, Some(d)) = (a.eval, &data) {
-        let r = evaluate_subnet(&sub, d, 200, &device)?;
+        let r = evaluate_subnet(&sub, d, 200, device)?;
         println!(
             "validation top-1 {:.2}%, top-5 {:.2}% ({} images)",
             100.0 * r.top1,
@@ -96,9 +96,8 @@ pub struct ExportArgs {
 
 pub use crate::export::onnx::check as check_onnx;
 
-pub fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let net = export::load_subnet::<Cpu>(&a.subnet, &device)?;
+pub fn export_cmd<B: TrainBackend>(device: &B::Device, a: ExportArgs) -> anyhow::Result<()> {
+    let net = export::load_subnet::<B::InnerBackend>(&a.subnet, device)?;
     export::onnx::export(&net, &a.onnx)?;
     println!(
         "{}: ONNX opset 14, input [batch, {}, {r}, {r}]",
@@ -107,7 +106,7 @@ pub fn export_cmd(a: ExportArgs) -> anyhow::Result<()> {
         r = net.arch.r
     );
     if a.check {
-        let rel = check_onnx(&net, &a.onnx, &device)?;
+        let rel = check_onnx(&net, &a.onnx, device)?;
         println!("tract runs it: max |Δlogit| / max |logit| = {rel:.2e}");
         if rel > 1e-4 {
             anyhow::bail!(
@@ -148,9 +147,8 @@ pub struct FinetuneArgs {
     quiet: bool,
 }
 
-pub fn finetune_cmd(a: FinetuneArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let sub = export::load_subnet::<CpuTrain>(&a.subnet, &device)?;
+pub fn finetune_cmd<B: TrainBackend>(device: &B::Device, a: FinetuneArgs) -> anyhow::Result<()> {
+    let sub = export::load_subnet::<B>(&a.subnet, device)?;
     let mut space: Space = sub.space.clone();
     let ds = load_data_for(&mut space, &a.data)?;
     if space != sub.space {
@@ -162,7 +160,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> anyhow::Result<()> {
     }
     let teacher = match &a.kd_from {
         Some(p) => {
-            let t = load_supernet::<Cpu>(p, None, &device)?;
+            let t = load_supernet::<B::InnerBackend>(p, None, device)?;
             if t.space.blocks() != space.blocks() {
                 anyhow::bail!("{}: supernet of another space", p.display());
             }
@@ -186,7 +184,7 @@ pub fn finetune_cmd(a: FinetuneArgs) -> anyhow::Result<()> {
         &burn::module::AutodiffModule::valid(&sub),
         &data,
         200,
-        &device,
+        device,
     )?;
     let cfg = FinetuneConfig {
         epochs: a.epochs,
@@ -198,16 +196,16 @@ pub fn finetune_cmd(a: FinetuneArgs) -> anyhow::Result<()> {
         ..FinetuneConfig::default()
     };
     let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
-    let tuned = finetune::<CpuTrain>(
+    let tuned = finetune::<B>(
         sub,
         teacher.as_ref(),
         ds,
         &train,
         &cfg,
-        &device,
+        device,
         &mut progress,
     )?;
-    let after = evaluate_subnet(&tuned, &data, 200, &device)?;
+    let after = evaluate_subnet(&tuned, &data, 200, device)?;
     let out = a.out.unwrap_or(a.subnet.clone());
     export::save_subnet(
         &tuned,
@@ -239,13 +237,13 @@ pub struct ImportArgs {
     out: PathBuf,
 }
 
-pub fn import_cmd(a: ImportArgs) -> anyhow::Result<()> {
+pub fn import_cmd<B: TrainBackend>(device: &B::Device, a: ImportArgs) -> anyhow::Result<()> {
     let mut space = Space::resolve(&a.space)?;
     if let Some(c) = a.classes {
         space.num_classes = c;
     }
-    let device = Default::default();
-    let (net, report) = export::pytorch::import::<Cpu>(&a.from_pytorch, &space, &device)?;
+    let (net, report) =
+        export::pytorch::import::<B::InnerBackend>(&a.from_pytorch, &space, device)?;
     save_supernet(&net, &a.out)?;
     println!(
         "{}: {} tensors mapped ({} values); {} legacy 'mobile_inverted_conv' keys renamed, {} BN counters dropped",
@@ -283,8 +281,7 @@ pub struct PredictArgs {
     json: bool,
 }
 
-pub fn predict_cmd(a: PredictArgs) -> anyhow::Result<()> {
-    let device = Default::default();
+pub fn predict_cmd<B: TrainBackend>(device: &B::Device, a: PredictArgs) -> anyhow::Result<()> {
     let x = npy::read(&a.input)?;
     let check = |channels: usize| -> anyhow::Result<[usize; 4]> {
         match x.shape.as_slice() {
@@ -297,16 +294,22 @@ pub fn predict_cmd(a: PredictArgs) -> anyhow::Result<()> {
     };
     let logits = match (&a.supernet, &a.subnet) {
         (Some(p), None) => {
-            let net = load_supernet::<Cpu>(p, None, &device)?;
+            let net = load_supernet::<B::InnerBackend>(p, None, device)?;
             let arch = Arch::parse_arg(&a.arch, &net.space)?;
             let shape = check(net.space.in_channels)?;
-            let t = Tensor::<Cpu, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            let t = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(x.data.clone(), shape),
+                device,
+            );
             net.forward(t, &arch, crate::nn::Mode::Eval)
         }
         (None, Some(d)) => {
-            let net = export::load_subnet::<Cpu>(d, &device)?;
+            let net = export::load_subnet::<B::InnerBackend>(d, device)?;
             let shape = check(net.space.in_channels)?;
-            let t = Tensor::<Cpu, 4>::from_data(TensorData::new(x.data.clone(), shape), &device);
+            let t = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(x.data.clone(), shape),
+                device,
+            );
             net.forward(t)
         }
         _ => anyhow::bail!("give --supernet FILE [--arch ARCH] or --subnet DIR"),

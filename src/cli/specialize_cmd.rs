@@ -1,7 +1,8 @@
 //! `ofa table`, `ofa predictor`, `ofa profile`, `ofa latency`, `ofa search`.
 
+use super::print_json;
 use super::train_cmd::EvalFlags;
-use super::{Cpu, CpuTrain, print_json};
+use crate::nn::TrainBackend;
 use crate::nn::{SupernetConfig, extract, load_supernet};
 use crate::search::report::{write_pareto, write_results};
 use crate::search::table::{self, Table, TableMeta};
@@ -105,7 +106,7 @@ fn parse_shard(s: &Option<String>) -> anyhow::Result<(usize, usize)> {
     }
 }
 
-pub fn table(c: TableCommand) -> anyhow::Result<()> {
+pub fn table<B: TrainBackend>(device: &B::Device, c: TableCommand) -> anyhow::Result<()> {
     match c.sub {
         Some(TableSub::Merge { out, inputs }) => {
             let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
@@ -123,7 +124,7 @@ pub fn table(c: TableCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Some(TableSub::Show { table, json }) => show_table(&table, json),
-        None => build_table(c.build),
+        None => build_table::<B>(device, c.build),
     }
 }
 
@@ -161,12 +162,11 @@ fn show_table(path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_table(a: TableArgs) -> anyhow::Result<()> {
+fn build_table<B: TrainBackend>(device: &B::Device, a: TableArgs) -> anyhow::Result<()> {
     let supernet = a.supernet.context("--supernet is required")?;
     let out = a.out.context("--out is required")?;
     let shard = parse_shard(&a.shard)?;
-    let device = Default::default();
-    let net = load_supernet::<Cpu>(&supernet, None, &device)?;
+    let net = load_supernet::<B::InnerBackend>(&supernet, None, device)?;
     let space = net.space.clone();
     let resolutions = if a.resolutions.is_empty() {
         space.resolutions.clone()
@@ -201,7 +201,7 @@ fn build_table(a: TableArgs) -> anyhow::Result<()> {
         &mut t,
         &data,
         shard,
-        &device,
+        device,
         &mut |done, total, row| {
             pb.set_length(total as u64);
             pb.set_position(done as u64);
@@ -259,8 +259,7 @@ fn table_pairs(path: &Path) -> anyhow::Result<(Space, Vec<(Arch, f64)>)> {
     ))
 }
 
-pub fn predictor(c: PredictorCommand) -> anyhow::Result<()> {
-    let device = Default::default();
+pub fn predictor<B: TrainBackend>(device: &B::Device, c: PredictorCommand) -> anyhow::Result<()> {
     match c {
         PredictorCommand::Fit {
             table,
@@ -277,7 +276,7 @@ pub fn predictor(c: PredictorCommand) -> anyhow::Result<()> {
             };
             let pb = bar(epochs, "fit [{bar:30}] {pos}/{len} {msg}");
             let t = std::time::Instant::now();
-            let p = crate::search::fit::<CpuTrain>(&space, &pairs, &cfg, &device, &mut |e, l| {
+            let p = crate::search::fit::<B>(&space, &pairs, &cfg, device, &mut |e, l| {
                 pb.set_position(e as u64);
                 pb.set_message(format!("mse {l:.2e}"));
             })?;
@@ -304,7 +303,7 @@ pub fn predictor(c: PredictorCommand) -> anyhow::Result<()> {
             table,
             json,
         } => {
-            let p = Predictor::<Cpu>::load(&predictor, &device)?;
+            let p = Predictor::<B::InnerBackend>::load(&predictor, device)?;
             let (space, pairs) = table_pairs(&table)?;
             if space.blocks() != p.space.blocks() || space.resolutions != p.space.resolutions {
                 anyhow::bail!(
@@ -354,15 +353,19 @@ pub struct ProfileArgs {
     seed: u64,
 }
 
-fn space_of(space: &str, supernet: &Option<PathBuf>) -> anyhow::Result<Space> {
+fn space_of<B: TrainBackend>(
+    device: &B::Device,
+    space: &str,
+    supernet: &Option<PathBuf>,
+) -> anyhow::Result<Space> {
     match supernet {
-        Some(p) => Ok(load_supernet::<Cpu>(p, None, &Default::default())?.space),
+        Some(p) => Ok(load_supernet::<B::InnerBackend>(p, None, device)?.space),
         None => Space::resolve(space),
     }
 }
 
-pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
-    let space = space_of(&a.space, &a.supernet)?;
+pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::Result<()> {
+    let space = space_of::<B>(device, &a.space, &a.supernet)?;
     let cfg = ProfileConfig {
         batch: a.batch,
         warmup: a.warmup,
@@ -371,20 +374,21 @@ pub fn profile(a: ProfileArgs) -> anyhow::Result<()> {
             .evict_kib
             .unwrap_or_else(|| ProfileConfig::default_evict_kib(a.batch)),
     };
-    let device = Default::default();
     let pb = bar(
         0,
         "profile [{bar:30}] {pos}/{len} layers ({elapsed} < {eta})",
     );
     let t = std::time::Instant::now();
-    let mut lut = LatencyTable::profile::<Cpu>(&space, &cfg, "flex (CPU)", &device, &mut |d, n| {
+    let mut lut = LatencyTable::profile::<B::InnerBackend>(&space, &cfg, device, &mut |d, n| {
         pb.set_length(n as u64);
         pb.set_position(d as u64);
     });
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
     if a.validate > 0 {
-        let v = crate::search::latency::validate::<Cpu>(&lut, &space, a.validate, a.seed, &device)?;
+        let v = crate::search::latency::validate::<B::InnerBackend>(
+            &lut, &space, a.validate, a.seed, device,
+        )?;
         println!(
             "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
              measured/predicted {:.2} ± {:.1}%",
@@ -433,19 +437,18 @@ pub struct LatencyArgs {
     json: bool,
 }
 
-pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
+pub fn latency<B: TrainBackend>(device: &B::Device, a: LatencyArgs) -> anyhow::Result<()> {
     let lut = a.lut.as_ref().map(|p| LatencyTable::load(p)).transpose()?;
     let space = match (&lut, &a.supernet) {
         (Some(l), None) => l.space.clone(),
-        _ => space_of(&a.space, &a.supernet)?,
+        _ => space_of::<B>(device, &a.space, &a.supernet)?,
     };
     let arch = Arch::parse_arg(&a.arch, &space)?;
     let predicted = lut.as_ref().map(|l| l.predict(&space, &arch)).transpose()?;
     let measured = if a.measure {
-        let device = Default::default();
         let net = match &a.supernet {
-            Some(p) => load_supernet::<Cpu>(p, None, &device)?,
-            None => SupernetConfig::new(space.clone()).init::<Cpu>(&device),
+            Some(p) => load_supernet::<B::InnerBackend>(p, None, device)?,
+            None => SupernetConfig::new(space.clone()).init::<B::InnerBackend>(device),
         };
         let cfg = ProfileConfig {
             batch: a.batch,
@@ -455,7 +458,7 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         Some(crate::search::latency::time_subnet(
             &extract(&net, &arch),
             &cfg,
-            &device,
+            device,
         ))
     } else {
         None
@@ -544,9 +547,8 @@ pub struct SearchArgs {
     eval: EvalFlags,
 }
 
-pub fn search(a: SearchArgs) -> anyhow::Result<()> {
-    let device = Default::default();
-    let predictor = Predictor::<Cpu>::load(&a.predictor, &device)?;
+pub fn search<B: TrainBackend>(device: &B::Device, a: SearchArgs) -> anyhow::Result<()> {
+    let predictor = Predictor::<B::InnerBackend>::load(&a.predictor, device)?;
     let main_lut = match a.efficiency.strip_prefix("lut:") {
         Some(p) => Some(LatencyTable::load(Path::new(p))?),
         None if ["flops", "params"].contains(&a.efficiency.as_str()) => None,
@@ -601,12 +603,12 @@ pub fn search(a: SearchArgs) -> anyhow::Result<()> {
     }
     match &a.supernet {
         Some(supernet) => {
-            let net = load_supernet::<Cpu>(supernet, Some(&predictor.space), &device)
+            let net = load_supernet::<B::InnerBackend>(supernet, Some(&predictor.space), device)
                 .with_context(|| "--supernet must be the predictor's supernet".to_string())?;
             let eval = a.eval.config();
             let val = crate::train::eval_data_of(supernet, &net.space, &a.data, &eval)?;
             let test = val.with_test_split();
-            let mut m = Measurer::new(&net, &val, a.test.then_some(&test), eval, device);
+            let mut m = Measurer::new(&net, &val, a.test.then_some(&test), eval, device.clone());
             let pb = bar(
                 results.len(),
                 "measure [{bar:30}] {pos}/{len} scenarios ({elapsed})",

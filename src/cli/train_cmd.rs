@@ -1,8 +1,9 @@
 //! `ofa train` and `ofa eval`.
 
+use super::print_json;
 use super::progress::{TrainProgress, interrupt_flag};
-use super::{Cpu, CpuTrain, print_json};
 use crate::data::{Dataset, SplitKind};
+use crate::nn::TrainBackend;
 use crate::nn::load_supernet;
 use crate::space::{Arch, Space};
 use crate::train::{self, EvalData, Schedule, TrainConfig, reference_epochs};
@@ -121,7 +122,7 @@ fn resolve_config(a: &TrainArgs, space: &Space) -> anyhow::Result<TrainConfig> {
     Ok(cfg)
 }
 
-pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+pub fn train<B: TrainBackend>(device: &B::Device, a: TrainArgs) -> anyhow::Result<()> {
     let (cfg, space, ds) = if a.resume && a.out.join("config.toml").exists() {
         let read = |name: &str| {
             let p = a.out.join(name);
@@ -145,9 +146,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         cfg.epochs,
         a.out.display()
     );
-    let device = Default::default();
     let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
-    let out = train::train::<CpuTrain>(&cfg, &space, ds, &a.out, a.resume, &device, &mut progress)?;
+    let out = train::train::<B>(&cfg, &space, ds, &a.out, a.resume, device, &mut progress)?;
     if out.interrupted {
         eprintln!(
             "interrupted after step {}; resume with: ofa train --out {} --resume",
@@ -226,17 +226,16 @@ impl EvalFlags {
 
 pub use crate::train::run_config_near;
 
-pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let device = Default::default();
+pub fn eval<B: TrainBackend>(device: &B::Device, a: EvalArgs) -> anyhow::Result<()> {
     let (net, sub, file) = match (&a.supernet, &a.subnet) {
         (Some(p), _) => (
-            Some(load_supernet::<Cpu>(p, None, &device)?),
+            Some(load_supernet::<B::InnerBackend>(p, None, device)?),
             None,
             p.clone(),
         ),
         (None, Some(d)) => (
             None,
-            Some(crate::nn::load_subnet::<Cpu>(d, &device)?),
+            Some(crate::nn::load_subnet::<B::InnerBackend>(d, device)?),
             d.join("subnet.safetensors"),
         ),
         (None, None) => anyhow::bail!("give --supernet or --subnet"),
@@ -297,10 +296,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     );
     let t = std::time::Instant::now();
     let r = match (&net, &sub) {
-        (Some(n), _) => train::evaluate(n, &arch, &data, &eval_cfg, &device, &mut |d, _| {
+        (Some(n), _) => train::evaluate(n, &arch, &data, &eval_cfg, device, &mut |d, _| {
             pb.set_position(d as u64)
         })?,
-        (_, Some(s)) => train::evaluate_subnet(s, &data, eval_cfg.batch, &device)?,
+        (_, Some(s)) => train::evaluate_subnet(s, &data, eval_cfg.batch, device)?,
         _ => unreachable!("one of them is loaded"),
     };
     pb.finish_and_clear();

@@ -48,6 +48,17 @@ fn per_sample<B: Backend>(v: Tensor<B, 1>, n: usize) -> Tensor<B, 4> {
 
 /// Backend operations of the supernet. See the module documentation.
 pub trait OfaBackend: Backend {
+    /// What a latency table records as the backend.
+    fn backend_label() -> String {
+        Self::name(&Default::default())
+    }
+
+    /// What a latency table records as the device: the CPU model, or the
+    /// GPU's name.
+    fn device_label(device: &Self::Device) -> String {
+        format!("{device:?}")
+    }
+
     /// Depthwise `k×k` convolution, padding `k / 2`:
     /// `x: [N, C, H, W]`, `weight: [C, 1, k, k]` → `[N, C, H', W']`.
     fn depthwise_conv2d(
@@ -107,8 +118,11 @@ pub trait OfaBackend: Backend {
         let x = wrap::<Self, 4>(x);
         let [n, c, _, _] = x.dims();
         let mean = x.clone().mean_dims(&[0, 2, 3]).reshape([c]);
-        let var = (x.clone().square().mean_dims(&[0, 2, 3]).reshape([c]) - mean.clone().square())
-            .clamp_min(0.0);
+        // Two passes, E[(x − μ)²], not E[x²] − μ²: in f32 the difference of
+        // two large, nearly equal numbers loses the variance of activations
+        // with a large mean.
+        let centred = x.clone() - per_sample(mean.clone(), n);
+        let var = centred.square().mean_dims(&[0, 2, 3]).reshape([c]);
         let scale = wrap::<Self, 1>(gamma) / (var.clone() + eps).sqrt();
         let shift = wrap::<Self, 1>(beta) - mean.clone() * scale.clone();
         let y = x * per_sample(scale, n) + per_sample(shift, n);
@@ -192,6 +206,14 @@ pub trait OfaBackend: Backend {
 macro_rules! host_backend {
     ($ty:ty, $view:path, $make:path) => {
         impl OfaBackend for $ty {
+            fn backend_label() -> String {
+                "flex (CPU, fused kernels)".into()
+            }
+
+            fn device_label(_: &Self::Device) -> String {
+                crate::util::cpu_name()
+            }
+
             fn depthwise_conv2d(
                 x: FloatTensor<Self>,
                 weight: FloatTensor<Self>,
@@ -324,6 +346,11 @@ macro_rules! host_backend {
 }
 
 host_backend!(burn::backend::Flex, flex_io::view, flex_io::make);
+
+/// burn's NdArray backend on the generic path (every default method): how
+/// the test suite runs the code a GPU backend runs.
+#[cfg(feature = "ndarray")]
+impl OfaBackend for burn::backend::NdArray {}
 
 /// Zero-copy access to the CPU backend's tensors.
 mod flex_io {

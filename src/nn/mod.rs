@@ -32,8 +32,21 @@ pub use subnet::{Subnet, SubnetBlock, extract, param_names_in_order};
 pub use supernet::{ActiveRegions, ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
 use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// A backend that trains the supernet: autodiff over an [`OfaBackend`],
+/// itself an [`OfaBackend`] (the fused ops' backward passes). Inference runs
+/// on its `InnerBackend`.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: OfaBackend> + OfaBackend {}
+
+impl<T> TrainBackend for T
+where
+    T: AutodiffBackend + OfaBackend,
+    T::InnerBackend: OfaBackend,
+{
+}
 
 /// How batch normalisation (and dropout) behave in one forward pass. Passed
 /// explicitly to every forward: the network holds no hidden mode.

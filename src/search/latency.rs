@@ -131,18 +131,7 @@ pub struct LatencyTable {
     pub validation: Option<LutValidation>,
 }
 
-/// A short description of this machine's CPU.
-pub fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
+pub use crate::util::cpu_name;
 
 /// Every distinct layer any subnet of the space runs, over all resolutions.
 pub fn distinct_layers(space: &Space) -> Vec<Layer> {
@@ -296,7 +285,6 @@ impl LatencyTable {
     pub fn profile<B: OfaBackend>(
         space: &Space,
         cfg: &ProfileConfig,
-        backend: &str,
         device: &B::Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> LatencyTable {
@@ -305,8 +293,8 @@ impl LatencyTable {
         let entries: BTreeMap<String, Timing> = ls.iter().map(|l| l.key()).zip(timings).collect();
         LatencyTable {
             format: "ofa-lut/1".into(),
-            device: cpu_name(),
-            backend: backend.into(),
+            device: B::device_label(device),
+            backend: B::backend_label(),
             threads: rayon::current_num_threads(),
             config: cfg.clone(),
             space: space.clone(),

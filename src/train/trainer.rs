@@ -223,21 +223,30 @@ where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
-    let teacher_logits = match teacher {
-        Some(t) if items.iter().any(|i| i.kd == Kd::Teacher) => {
-            let max = Arch::max(&t.space).with_resolution(items[0].arch.r);
-            let mode = match cfg.ps.teacher_bn {
-                TeacherBn::Batch => Mode::Teacher,
-                TeacherBn::Running => Mode::Eval,
-            };
-            Some(Tensor::<B, 2>::from_inner(t.forward(
-                x.clone().inner(),
-                &max,
-                mode,
-            )))
-        }
-        _ => None,
-    };
+    let (grads, loss) = step_gradients_lazy(net, items, x, y, teacher, cfg);
+    let loss = read_loss(loss, || {
+        let archs: Vec<String> = items.iter().map(|i| i.arch.to_string()).collect();
+        format!("subnets {}", archs.join("; "))
+    })?;
+    Ok((grads, loss))
+}
+
+/// [`step_gradients`] leaving the mean loss on the device: the training
+/// loop reads it every few steps, not after every one (a read waits for
+/// the device).
+fn step_gradients_lazy<B>(
+    net: &Supernet<B>,
+    items: &[Item],
+    x: Tensor<B, 4>,
+    y: Tensor<B, 1, Int>,
+    teacher: Option<&Supernet<B::InnerBackend>>,
+    cfg: &TrainConfig,
+) -> (GradientsParams, Tensor<B::InnerBackend, 1>)
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    let teacher_logits = teacher_logits(items, x.clone(), teacher, cfg);
     let (grads, loss) = accumulate(
         net,
         items,
@@ -246,16 +255,37 @@ where
         teacher_logits.as_ref(),
         cfg,
         &|n, x, it| n.forward(x, &it.arch, item_mode(it)),
-    )?;
+    );
     let grads = match cfg.gradient_aggregation {
         GradientAggregation::Sum => grads,
         other => aggregate(net, items, grads, other),
     };
-    Ok((grads, loss))
+    (grads, loss)
 }
 
-/// Σ of the items' scaled gradients and the mean unscaled loss; the loss
-/// is read back once per step.
+/// The progressive-shrinking teacher's logits, for a step that distils
+/// from it.
+fn teacher_logits<B>(
+    items: &[Item],
+    x: Tensor<B, 4>,
+    teacher: Option<&Supernet<B::InnerBackend>>,
+    cfg: &TrainConfig,
+) -> Option<Tensor<B, 2>>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    let t = teacher.filter(|_| items.iter().any(|i| i.kd == Kd::Teacher))?;
+    let max = Arch::max(&t.space).with_resolution(items[0].arch.r);
+    let mode = match cfg.ps.teacher_bn {
+        TeacherBn::Batch => Mode::Teacher,
+        TeacherBn::Running => Mode::Eval,
+    };
+    Some(Tensor::<B, 2>::from_inner(t.forward(x.inner(), &max, mode)))
+}
+
+/// Σ of the items' scaled gradients and their mean unscaled loss (left on
+/// the device).
 fn accumulate<B, M>(
     net: &M,
     items: &[Item],
@@ -264,7 +294,7 @@ fn accumulate<B, M>(
     teacher: Option<&Tensor<B, 2>>,
     cfg: &TrainConfig,
     forward: &dyn Fn(&M, Tensor<B, 4>, &Item) -> Tensor<B, 2>,
-) -> anyhow::Result<(GradientsParams, f64)>
+) -> (GradientsParams, Tensor<B::InnerBackend, 1>)
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -293,19 +323,63 @@ where
         let grads = (loss * item.scale).backward();
         acc.accumulate(net, GradientsParams::from_grads(grads, net));
     }
-    let total: f64 = total
-        .map(|t| {
-            t.into_data()
-                .convert::<f64>()
-                .into_vec::<f64>()
-                .expect("scalar")[0]
-        })
-        .unwrap_or(0.0);
-    if !total.is_finite() {
-        let archs: Vec<String> = items.iter().map(|i| i.arch.to_string()).collect();
-        anyhow::bail!("loss is {total} for subnets {}", archs.join("; "));
+    let total = total.expect("a step trains at least one network") / items.len() as f64;
+    (acc.grads(), total)
+}
+
+/// Steps between two reads of the training loss from the device (and
+/// before every checkpoint and evaluation): a read waits for the device.
+const LOSS_READ_EVERY: u64 = 10;
+
+/// Step losses summed on the device since the last read.
+struct PendingLoss<B: Backend> {
+    sum: Option<Tensor<B, 1>>,
+    steps: u64,
+}
+
+impl<B: Backend> Default for PendingLoss<B> {
+    fn default() -> Self {
+        PendingLoss {
+            sum: None,
+            steps: 0,
+        }
     }
-    Ok((acc.grads(), total / items.len().max(1) as f64))
+}
+
+impl<B: Backend> PendingLoss<B> {
+    fn add(&mut self, loss: Tensor<B, 1>) {
+        self.sum = Some(match self.sum.take() {
+            Some(s) => s + loss,
+            None => loss,
+        });
+        self.steps += 1;
+    }
+
+    /// The summed loss and its number of steps; an error if it is not
+    /// finite (naming the steps).
+    fn read(&mut self, step: u64, phase: &str) -> anyhow::Result<(f64, u64)> {
+        let steps = std::mem::take(&mut self.steps);
+        let Some(sum) = self.sum.take() else {
+            return Ok((0.0, 0));
+        };
+        let v = read_loss(sum, || {
+            format!("steps {}..{step} (phase '{phase}')", step - steps)
+        })?;
+        Ok((v, steps))
+    }
+}
+
+/// Reads a (summed) loss back from the device and checks it is finite.
+fn read_loss<B: Backend>(t: Tensor<B, 1>, what: impl FnOnce() -> String) -> anyhow::Result<f64> {
+    let v = t
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("scalar")[0];
+    if !v.is_finite() {
+        anyhow::bail!("loss is {v} for {}", what());
+    }
+    Ok(v)
 }
 
 /// DepS's `avg` / `avg_sqrt` aggregation (`train_one_epoch_deps`): each
@@ -542,6 +616,8 @@ where
     let mut batches = Prefetcher::new(dataset.clone(), SplitKind::Train, requests);
     let mut last: Option<EpochMetrics> = None;
     let mut window = (Instant::now(), 0u64);
+    let mut pending = PendingLoss::<B::InnerBackend>::default();
+    let mut shown_loss = f64::NAN;
 
     while state.step < total {
         let pi = plan
@@ -567,32 +643,34 @@ where
         );
         <B as Backend>::seed(device, mix(cfg.seed, state.step, 2));
         let lr = phase.lr_at(state.step);
-        let context = || format!("step {} (phase '{}')", state.step, phase.name);
-        let loss;
-        net = match net {
+        let (next, loss) = match net {
             Network::Supernet(n) => {
-                let (grads, l) = step_gradients(&n, &items, x, y, teacher.as_ref(), cfg)
-                    .with_context(context)?;
-                loss = l;
-                Network::Supernet(sgd.step(n, lr, grads))
+                let (grads, l) = step_gradients_lazy(&n, &items, x, y, teacher.as_ref(), cfg);
+                (Network::Supernet(sgd.step(n, lr, grads)), l)
             }
             Network::Static(n) => {
                 let (grads, l) = accumulate(&n, &items, x, y, None, cfg, &|n, x, it| {
                     n.forward_mode(x, item_mode(it))
-                })
-                .with_context(context)?;
-                loss = l;
+                });
                 let names = crate::nn::param_names_in_order(&n);
-                Network::Static(sgd.step_module(n, lr, grads, &names))
+                (Network::Static(sgd.step_module(n, lr, grads, &names)), l)
             }
         };
+        net = next;
+        pending.add(loss);
         state.step += 1;
         let imgs = (batch.batch_size * items.len()) as u64;
         state.images += imgs;
-        state.seconds += t0.elapsed().as_secs_f64();
-        state.epoch_loss_sum += loss;
-        state.epoch_loss_steps += 1;
         window.1 += imgs;
+        let epoch_end = state.step % steps_per_epoch == 0 || state.step == total;
+        let due = epoch_end || state.step % cfg.checkpoint_every == 0;
+        if due || state.step % LOSS_READ_EVERY == 0 {
+            let (sum, steps) = pending.read(state.step, &phase.name)?;
+            state.epoch_loss_sum += sum;
+            state.epoch_loss_steps += steps;
+            shown_loss = sum / steps.max(1) as f64;
+        }
+        state.seconds += t0.elapsed().as_secs_f64();
         let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
         if window.0.elapsed().as_secs_f64() > 30.0 {
             window = (Instant::now(), 0);
@@ -609,13 +687,12 @@ where
             step_in_epoch: (state.step - 1) % steps_per_epoch + 1,
             steps_per_epoch,
             phase: phase.name.clone(),
-            loss,
+            loss: shown_loss,
             lr,
             eps,
             images_per_s: rate,
         });
 
-        let epoch_end = state.step % steps_per_epoch == 0 || state.step == total;
         if epoch_end {
             let t_eval = Instant::now();
             let val = validate(
@@ -646,7 +723,12 @@ where
             state.epoch_loss_steps = 0;
         }
         let stop = state.step < total && obs.stop_requested();
-        if epoch_end || stop || state.step % cfg.checkpoint_every == 0 {
+        if stop {
+            let (sum, steps) = pending.read(state.step, &phase.name)?;
+            state.epoch_loss_sum += sum;
+            state.epoch_loss_steps += steps;
+        }
+        if due || stop {
             save_checkpoint(run, &net, &sgd, teacher.as_ref(), &state)?;
         }
         if stop {
