@@ -67,3 +67,11 @@ pub fn cpu_name() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
+
+/// The SplitMix64 finaliser: spreads nearby inputs over the whole 64-bit
+/// range (every derived seed in the project goes through it).
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

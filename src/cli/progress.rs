@@ -21,7 +21,8 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn bar(len: u64, template: &str) -> ProgressBar {
+/// A progress bar with one of our templates.
+pub fn bar(len: u64, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(template)

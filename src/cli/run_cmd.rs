@@ -5,7 +5,7 @@ use crate::nn::TrainBackend;
 use crate::pipeline::{self, RunConfig, RunObserver};
 use crate::train::TrainObserver;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,12 +68,9 @@ impl RunObserver for Display {
     }
     fn progress(&mut self, what: &str, done: usize, total: usize) {
         if self.bar.as_ref().is_none_or(|(w, _)| w != what) {
-            let pb = ProgressBar::new(total as u64);
-            pb.set_style(
-                ProgressStyle::with_template(&format!(
-                    "{what} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}} < {{eta}})"
-                ))
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            let pb = super::progress::bar(
+                total as u64,
+                &format!("{what} [{{bar:30}}] {{pos}}/{{len}} ({{elapsed}} < {{eta}})"),
             );
             self.bar = Some((what.to_string(), pb));
         }

@@ -289,10 +289,9 @@ pub fn eval<B: TrainBackend>(device: &B::Device, a: EvalArgs) -> anyhow::Result<
         other => anyhow::bail!("unknown split '{other}' (val, test)"),
     };
     let data = EvalData::new(ds.clone(), &train_idx, split, eval_idx, &eval_cfg, cfg.seed);
-    let pb = indicatif::ProgressBar::new(data.eval.len() as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} ({elapsed} < {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let pb = super::progress::bar(
+        data.eval.len() as u64,
+        "eval [{bar:30}] {pos}/{len} ({elapsed} < {eta})",
     );
     let t = std::time::Instant::now();
     let r = match (&net, &sub) {

@@ -59,11 +59,8 @@ pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut impl Rng) {
 
 /// SplitMix64 finaliser: spreads nearby inputs (seed, seed + 1…) over the
 /// whole 64-bit range before they are combined into a new seed.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+pub(crate) fn mix(z: u64) -> u64 {
+    crate::util::splitmix64(z.wrapping_add(0x9E37_79B9_7F4A_7C15))
 }
 
 #[cfg(test)]

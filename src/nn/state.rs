@@ -11,7 +11,6 @@ use super::layers::{ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear}
 use super::subnet::Subnet;
 use super::supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 use crate::space::{Arch, Space};
-use anyhow::Context;
 use burn::module::{Param, ParamId, RunningState};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -404,13 +403,26 @@ impl<B: OfaBackend> Supernet<B> {
     }
 }
 
+/// A file error naming the file.
+fn file_error(path: &Path, problem: impl std::fmt::Display) -> StateError {
+    StateError::File {
+        path: path.display().to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Writes a file atomically (temporary name, then rename).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    crate::util::write_atomic(path, bytes).map_err(|e| file_error(path, format!("{e:#}")))
+}
+
 /// Writes tensors and string metadata as safetensors, atomically (temporary
 /// file, then rename).
 pub fn write_safetensors(
     path: &Path,
     tensors: &TensorMap,
     metadata: HashMap<String, String>,
-) -> anyhow::Result<()> {
+) -> Result<(), StateError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -427,8 +439,8 @@ pub fn write_safetensors(
         })
         .collect();
     let data = safetensors::tensor::serialize(views, &Some(metadata))
-        .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", path.display()))?;
-    crate::util::write_atomic(path, &data)
+        .map_err(|e| file_error(path, format!("cannot serialize: {e}")))?;
+    write_file(path, &data)
 }
 
 /// Reads a safetensors file into host tensors and its metadata.
@@ -469,10 +481,10 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
 const FORMAT: &str = "ofa-supernet/1";
 
 /// Saves a supernet: its tensors under reference keys, and its space.
-pub fn save_supernet<B: OfaBackend>(net: &Supernet<B>, path: &Path) -> anyhow::Result<()> {
+pub fn save_supernet<B: OfaBackend>(net: &Supernet<B>, path: &Path) -> Result<(), StateError> {
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("space".to_string(), serde_json::to_string(&net.space)?),
+        ("space".to_string(), json(&net.space)),
     ]);
     write_safetensors(path, &net.to_tensor_map(), meta)
 }
@@ -519,12 +531,12 @@ pub fn save_subnet<B: OfaBackend>(
     net: &Subnet<B>,
     dir: &Path,
     extra: serde_json::Value,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+) -> Result<(), StateError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_error(dir, format!("cannot create: {e}")))?;
     let meta = HashMap::from([
         ("format".to_string(), SUBNET_FORMAT.to_string()),
-        ("space".to_string(), serde_json::to_string(&net.space)?),
-        ("arch".to_string(), serde_json::to_string(&net.arch)?),
+        ("space".to_string(), json(&net.space)),
+        ("arch".to_string(), json(&net.arch)),
     ]);
     write_safetensors(&dir.join("subnet.safetensors"), &net.to_tensor_map(), meta)?;
     let cost = net.arch.cost(&net.space);
@@ -538,31 +550,33 @@ pub fn save_subnet<B: OfaBackend>(
     if let (Some(obj), serde_json::Value::Object(e)) = (info.as_object_mut(), extra) {
         obj.extend(e);
     }
-    crate::util::write_text_atomic(
-        &dir.join("arch.json"),
-        &serde_json::to_string_pretty(&info)?,
-    )
+    let arch_json = dir.join("arch.json");
+    let text = serde_json::to_string_pretty(&info).map_err(|e| file_error(&arch_json, e))?;
+    write_file(&arch_json, text.as_bytes())
+}
+
+/// JSON of plain serialisable data (spaces, architectures) for metadata.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
 }
 
 /// Loads a subnet folder written by [`save_subnet`].
-pub fn load_subnet<B: OfaBackend>(dir: &Path, device: &B::Device) -> anyhow::Result<Subnet<B>> {
+pub fn load_subnet<B: OfaBackend>(dir: &Path, device: &B::Device) -> Result<Subnet<B>, StateError> {
     let path = dir.join("subnet.safetensors");
     if !path.exists() {
-        anyhow::bail!(
-            "{}: not a subnet folder (no subnet.safetensors)",
-            dir.display()
-        );
+        return Err(file_error(
+            dir,
+            "not a subnet folder (no subnet.safetensors)",
+        ));
     }
     let (map, meta) = read_safetensors(&path)?;
     if meta.get("format").map(String::as_str) != Some(SUBNET_FORMAT) {
-        anyhow::bail!("{}: not an ofa subnet file", path.display());
+        return Err(file_error(&path, "not an ofa subnet file"));
     }
     let space: Space = serde_json::from_str(meta.get("space").map(String::as_str).unwrap_or(""))
-        .with_context(|| format!("{}: bad space metadata", path.display()))?;
+        .map_err(|e| file_error(&path, format!("bad space metadata: {e}")))?;
     let arch: Arch = serde_json::from_str(meta.get("arch").map(String::as_str).unwrap_or(""))
-        .with_context(|| format!("{}: bad arch metadata", path.display()))?;
-    arch.validate(&space)
-        .with_context(|| format!("{}", path.display()))?;
-    Subnet::from_tensor_map(&space, &arch, &map, device)
-        .with_context(|| format!("{}", path.display()))
+        .map_err(|e| file_error(&path, format!("bad arch metadata: {e}")))?;
+    arch.validate(&space).map_err(|e| file_error(&path, e))?;
+    Subnet::from_tensor_map(&space, &arch, &map, device).map_err(|e| file_error(&path, e))
 }

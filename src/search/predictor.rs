@@ -253,7 +253,7 @@ impl<B: Backend> Predictor<B> {
             ("base".to_string(), self.mlp.base.to_string()),
             ("train_rows".to_string(), self.train_rows.to_string()),
         ]);
-        write_safetensors(path, &map, meta)
+        Ok(write_safetensors(path, &map, meta)?)
     }
 
     /// Loads a predictor written by [`Predictor::save`].

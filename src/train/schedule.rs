@@ -164,12 +164,10 @@ pub struct Item {
 
 /// A 64-bit mix of (seed, step, stream) (splitmix64 finaliser).
 pub fn mix(seed: u64, step: u64, stream: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::util::splitmix64(
+        seed.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03)),
+    )
 }
 
 /// Input resolution of a step: drawn from the space's list, the same for
