@@ -114,7 +114,18 @@ fn a_second_run_into_the_same_folder_is_refused() {
 
 #[test]
 fn channel_sorting_keeps_the_full_network_and_orders_by_importance() {
-    let space = preset("tiny").unwrap();
+    let tiny = preset("tiny").unwrap();
+    // A space with one kernel size has no transformation matrices; its
+    // depthwise weights must be permuted all the same.
+    let mut one_kernel = tiny.clone();
+    one_kernel.kernel_choices = vec![3];
+    for space in [tiny, one_kernel] {
+        sorting_keeps_the_full_network(&space);
+    }
+}
+
+fn sorting_keeps_the_full_network(space: &ofa::space::Space) {
+    let space = space.clone();
     let net: Supernet<B> = random_supernet(&space, 3);
     let max = Arch::max(&space);
     let x = random_tensor::<B, 4>([2, 3, max.r, max.r], 9);

@@ -62,7 +62,7 @@ where
         return Err(CalibrationError::NoImages);
     }
     for bn in net.bn_layers() {
-        if let Some((mean, var)) = stats.averaged(&bn.name) {
+        if let Some((mean, var)) = stats.averaged(bn.gamma.id) {
             bn.set_running(mean, var);
         }
     }

@@ -5,7 +5,7 @@
 use super::backend::{self, OfaBackend};
 use super::{BnStats, Mode, init::Init};
 use crate::space::make_divisible;
-use burn::module::{Module, Param, RunningState};
+use burn::module::{Module, Param, ParamId, RunningState};
 use burn::tensor::activation::{hard_sigmoid, relu};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -170,8 +170,6 @@ pub struct ElasticBn<B: OfaBackend> {
     pub running_var: RunningState<Tensor<B, 1>>,
     pub momentum: f64,
     pub eps: f64,
-    /// Reference key prefix; identifies this layer during calibration.
-    pub name: String,
 }
 
 fn first<B: OfaBackend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
@@ -179,7 +177,7 @@ fn first<B: OfaBackend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
 }
 
 impl<B: OfaBackend> ElasticBn<B> {
-    pub fn new(channels: usize, momentum: f64, eps: f64, name: String, device: &B::Device) -> Self {
+    pub fn new(channels: usize, momentum: f64, eps: f64, device: &B::Device) -> Self {
         ElasticBn {
             gamma: Param::from_tensor(Tensor::ones([channels], device)),
             beta: Param::from_tensor(Tensor::zeros([channels], device)),
@@ -187,7 +185,6 @@ impl<B: OfaBackend> ElasticBn<B> {
             running_var: RunningState::new(Tensor::ones([channels], device)),
             momentum,
             eps,
-            name,
         }
     }
 
@@ -215,7 +212,7 @@ impl<B: OfaBackend> ElasticBn<B> {
             Mode::Teacher => backend::batch_norm_train(x, gamma, beta, self.eps).0,
             Mode::Calibrate(stats) => {
                 let (y, mean, var) = backend::batch_norm_train(x, gamma, beta, self.eps);
-                stats.record(&self.name, mean, var, n);
+                stats.record(self.gamma.id, mean, var, n);
                 y
             }
         }
@@ -364,17 +361,17 @@ pub fn dropout<B: OfaBackend, const D: usize>(
 
 /// Accumulates per-layer batch statistics for BN recalibration.
 impl<B: OfaBackend> BnStats<B> {
-    pub fn record(&self, name: &str, mean: Tensor<B, 1>, var: Tensor<B, 1>, batch: usize) {
+    pub fn record(&self, layer: ParamId, mean: Tensor<B, 1>, var: Tensor<B, 1>, batch: usize) {
         let mut map = self.inner.lock().expect("BN statistics lock");
         let w = batch as f64;
-        match map.get_mut(name) {
+        match map.get_mut(&layer) {
             Some(acc) => {
                 acc.0 = acc.0.clone() + mean * w;
                 acc.1 = acc.1.clone() + var * w;
                 acc.2 += batch;
             }
             None => {
-                map.insert(name.to_string(), (mean * w, var * w, batch));
+                map.insert(layer, (mean * w, var * w, batch));
             }
         }
     }

@@ -9,6 +9,7 @@ mod backend;
 mod calib;
 pub(crate) mod cpu_kernels;
 mod init;
+pub mod keys;
 mod layers;
 mod single_layer;
 mod sort;
@@ -31,6 +32,7 @@ pub use state::{
 pub use subnet::{Subnet, SubnetBlock, extract, param_names_in_order};
 pub use supernet::{ActiveRegions, ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 
+use burn::module::ParamId;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::HashMap;
@@ -86,10 +88,11 @@ impl<B: OfaBackend> Clone for Mode<'_, B> {
 impl<B: OfaBackend> Copy for Mode<'_, B> {}
 
 /// Per-layer sums of batch means and biased variances, weighted by batch
-/// size, keyed by the BN layer's reference name.
+/// size, keyed by the BN layer's weight parameter (an id that stays with
+/// the layer through loading and optimizer steps).
 #[derive(Debug, Default)]
 pub struct BnStats<B: OfaBackend> {
-    inner: Mutex<HashMap<String, (Tensor<B, 1>, Tensor<B, 1>, usize)>>,
+    inner: Mutex<HashMap<ParamId, (Tensor<B, 1>, Tensor<B, 1>, usize)>>,
 }
 
 impl<B: OfaBackend> BnStats<B> {
@@ -100,9 +103,9 @@ impl<B: OfaBackend> BnStats<B> {
     }
 
     /// The averaged mean and variance recorded for a layer, if any.
-    pub fn averaged(&self, name: &str) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
+    pub fn averaged(&self, layer: ParamId) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
         let map = self.inner.lock().expect("BN statistics lock");
-        map.get(name).map(|(m, v, n)| {
+        map.get(&layer).map(|(m, v, n)| {
             let n = *n as f64;
             (m.clone() / n, v.clone() / n)
         })

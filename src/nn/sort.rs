@@ -6,6 +6,7 @@
 //! applied to the weights and to optimizer state shaped like them.
 
 use super::OfaBackend;
+use super::keys::{self, BIAS, BN_LEAVES, Key, Naming, WEIGHT};
 use super::state::{HostTensor, TensorMap};
 use super::supernet::Supernet;
 use crate::space::Space;
@@ -19,8 +20,30 @@ pub struct BlockPermutation {
     pub se: Option<Vec<usize>>,
 }
 
-fn key(block: usize, rest: &str) -> String {
-    format!("blocks.{}.conv.{rest}", block + 1)
+/// The supernet's names of elastic block `b`'s layers.
+struct BlockKeys {
+    expand: Key,
+    depth: Key,
+    project: Key,
+    se_reduce: Key,
+    se_expand: Key,
+}
+
+impl BlockKeys {
+    fn of(b: usize) -> Self {
+        let block = keys::block(b + 1);
+        BlockKeys {
+            expand: keys::inverted_bottleneck(&block),
+            depth: keys::depth_conv(&block),
+            project: keys::point_linear(&block),
+            se_reduce: keys::se_reduce(&block),
+            se_expand: keys::se_expand(&block),
+        }
+    }
+}
+
+fn conv_weight(layer: &Key) -> String {
+    keys::conv(layer, Naming::Dynamic).pp(WEIGHT).into()
 }
 
 /// Indices sorted by descending value; ties keep their order.
@@ -56,7 +79,8 @@ pub fn channel_permutations(
         .blocks()
         .iter()
         .map(|b| {
-            let pl = &map[&key(b.index, "point_linear.conv.conv.weight")];
+            let k = BlockKeys::of(b.index);
+            let pl = &map[&conv_weight(&k.project)];
             let mut importance = l1_per_index(pl, 1);
             if expand_stage > 0 {
                 let mut widths: Vec<usize> = space
@@ -78,7 +102,7 @@ pub fn channel_permutations(
             }
             let mid = argsort_desc(&importance);
             let se = map
-                .get(&key(b.index, "depth_conv.se.fc.expand.weight"))
+                .get(k.se_expand.pp(WEIGHT).as_str())
                 .map(|w| argsort_desc(&l1_per_index(w, 1)));
             BlockPermutation {
                 block: b.index,
@@ -100,25 +124,22 @@ pub fn apply_permutations(map: &mut TensorMap, perms: &[BlockPermutation]) {
         }
     };
     for p in perms {
-        let b = p.block;
-        for stat in ["weight", "bias", "running_mean", "running_var"] {
-            permute(
-                key(b, &format!("inverted_bottleneck.bn.bn.{stat}")),
-                0,
-                &p.mid,
-            );
-            permute(key(b, &format!("depth_conv.bn.bn.{stat}")), 0, &p.mid);
+        let k = BlockKeys::of(p.block);
+        for leaf in BN_LEAVES {
+            for layer in [&k.expand, &k.depth] {
+                permute(keys::bn(layer, Naming::Dynamic).pp(leaf).into(), 0, &p.mid);
+            }
         }
-        permute(key(b, "inverted_bottleneck.conv.conv.weight"), 0, &p.mid);
-        permute(key(b, "depth_conv.conv.conv.weight"), 0, &p.mid);
-        permute(key(b, "point_linear.conv.conv.weight"), 1, &p.mid);
-        permute(key(b, "depth_conv.se.fc.expand.weight"), 0, &p.mid);
-        permute(key(b, "depth_conv.se.fc.expand.bias"), 0, &p.mid);
-        permute(key(b, "depth_conv.se.fc.reduce.weight"), 1, &p.mid);
+        permute(conv_weight(&k.expand), 0, &p.mid);
+        permute(conv_weight(&k.depth), 0, &p.mid);
+        permute(conv_weight(&k.project), 1, &p.mid);
+        permute(k.se_expand.pp(WEIGHT).into(), 0, &p.mid);
+        permute(k.se_expand.pp(BIAS).into(), 0, &p.mid);
+        permute(k.se_reduce.pp(WEIGHT).into(), 1, &p.mid);
         if let Some(se) = &p.se {
-            permute(key(b, "depth_conv.se.fc.expand.weight"), 1, se);
-            permute(key(b, "depth_conv.se.fc.reduce.weight"), 0, se);
-            permute(key(b, "depth_conv.se.fc.reduce.bias"), 0, se);
+            permute(k.se_expand.pp(WEIGHT).into(), 1, se);
+            permute(k.se_reduce.pp(WEIGHT).into(), 0, se);
+            permute(k.se_reduce.pp(BIAS).into(), 0, se);
         }
     }
 }

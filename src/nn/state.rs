@@ -1,17 +1,21 @@
-//! Named weights: the supernet as a map from reference checkpoint keys
-//! (`blocks.3.conv.depth_conv.conv.7to5_matrix`, …) to host tensors, and
-//! safetensors files of such maps.
+//! Named weights: a supernet or subnet as a map from reference checkpoint
+//! keys (`blocks.3.conv.depth_conv.conv.7to5_matrix`, …) to host tensors,
+//! and safetensors files of such maps.
 //!
-//! This is the one table between our modules and the reference names; the
-//! PyTorch importer, channel sorting, checkpoints and exports all go
-//! through it.
+//! One walk per network ([`Supernet`], [`Subnet`]) hands every tensor with
+//! its name from [`keys`] to a visitor; saving, loading, the PyTorch
+//! importer, channel sorting (through the map) and optimizer state keyed by
+//! name all go through these walks.
 
 use super::OfaBackend;
+use super::keys::{self, BIAS, BN_LEAVES, Key, Naming, WEIGHT};
 use super::layers::{ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear};
-use super::subnet::Subnet;
+use super::subnet::{Subnet, SubnetBlock, extract};
 use super::supernet::{ConvBn, ConvBnAct, MbConv, Supernet, SupernetConfig};
 use crate::space::{Arch, Space};
 use burn::module::{Param, ParamId, RunningState};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -84,26 +88,61 @@ pub enum StateError {
     File { path: String, problem: String },
 }
 
-/// Walks the module tree with reference keys, collecting values, parameter
-/// ids, or both.
+/// Visits every named tensor of a network, in one fixed order, and may
+/// replace it. Saving ([`Exporter`]) and loading ([`Importer`]) are the two
+/// visitors; the walks below are the only place where a network's tensors
+/// get their names (from [`keys`]).
+trait TensorVisitor<B: OfaBackend> {
+    fn param<const D: usize>(
+        &mut self,
+        key: Key,
+        p: Param<Tensor<B, D>>,
+    ) -> Result<Param<Tensor<B, D>>, StateError>;
+    fn running(
+        &mut self,
+        key: Key,
+        s: RunningState<Tensor<B, 1>>,
+    ) -> Result<RunningState<Tensor<B, 1>>, StateError>;
+}
+
+/// Collects values, parameter ids, or both.
 struct Exporter {
     values: Option<TensorMap>,
     ids: Option<HashMap<ParamId, String>>,
 }
 
 impl Exporter {
-    fn param<B: OfaBackend, const D: usize>(&mut self, key: String, p: &Param<Tensor<B, D>>) {
-        if let Some(ids) = &mut self.ids {
-            ids.insert(p.id, key.clone());
-        }
-        if let Some(out) = &mut self.values {
-            out.insert(key, HostTensor::from_tensor(p.val()));
+    fn values() -> Self {
+        Exporter {
+            values: Some(TensorMap::new()),
+            ids: None,
         }
     }
-    fn running<B: OfaBackend>(&mut self, key: String, s: &RunningState<Tensor<B, 1>>) {
-        if let Some(out) = &mut self.values {
-            out.insert(key, HostTensor::from_tensor(s.value_sync()));
+}
+
+impl<B: OfaBackend> TensorVisitor<B> for Exporter {
+    fn param<const D: usize>(
+        &mut self,
+        key: Key,
+        p: Param<Tensor<B, D>>,
+    ) -> Result<Param<Tensor<B, D>>, StateError> {
+        if let Some(ids) = &mut self.ids {
+            ids.insert(p.id, key.to_string());
         }
+        if let Some(out) = &mut self.values {
+            out.insert(key.into(), HostTensor::from_tensor(p.val()));
+        }
+        Ok(p)
+    }
+    fn running(
+        &mut self,
+        key: Key,
+        s: RunningState<Tensor<B, 1>>,
+    ) -> Result<RunningState<Tensor<B, 1>>, StateError> {
+        if let Some(out) = &mut self.values {
+            out.insert(key.into(), HostTensor::from_tensor(s.value_sync()));
+        }
+        Ok(s)
     }
 }
 
@@ -113,7 +152,14 @@ struct Importer<'a> {
     used: BTreeSet<String>,
 }
 
-impl Importer<'_> {
+impl<'a> Importer<'a> {
+    fn new(src: &'a TensorMap) -> Self {
+        Importer {
+            src,
+            used: BTreeSet::new(),
+        }
+    }
+
     fn take(&mut self, key: &str, expected: &[usize]) -> Result<&HostTensor, StateError> {
         let t = self
             .src
@@ -130,13 +176,34 @@ impl Importer<'_> {
         Ok(t)
     }
 
-    fn param<B: OfaBackend, const D: usize>(
+    /// Every tensor of the map must have been used, but the
+    /// `num_batches_tracked` counters PyTorch writes for each BN.
+    fn finish(self) -> Result<(), StateError> {
+        let extra: Vec<&String> = self
+            .src
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !k.ends_with("num_batches_tracked"))
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = extra.iter().take(8).map(|s| s.as_str()).collect();
+        let more = if extra.len() > 8 {
+            format!(" (and {} more)", extra.len() - 8)
+        } else {
+            String::new()
+        };
+        Err(StateError::Extra(format!("{}{more}", shown.join(", "))))
+    }
+}
+
+impl<B: OfaBackend> TensorVisitor<B> for Importer<'_> {
+    fn param<const D: usize>(
         &mut self,
-        key: String,
+        key: Key,
         p: Param<Tensor<B, D>>,
     ) -> Result<Param<Tensor<B, D>>, StateError> {
-        let dims = p.dims();
-        let t = self.take(&key, &dims)?.clone();
+        let t = self.take(key.as_str(), &p.dims())?.clone();
         // `map` keeps the parameter id, so optimizer state stays attached.
         Ok(p.map(|old| {
             let require_grad = old.is_require_grad();
@@ -144,196 +211,181 @@ impl Importer<'_> {
         }))
     }
 
-    fn running<B: OfaBackend>(
+    fn running(
         &mut self,
-        key: String,
+        key: Key,
         s: RunningState<Tensor<B, 1>>,
     ) -> Result<RunningState<Tensor<B, 1>>, StateError> {
         let old = s.value_sync();
-        let t = self.take(&key, &old.dims())?;
+        let t = self.take(key.as_str(), &old.dims())?;
         Ok(RunningState::new(t.to_tensor(&old.device())))
     }
 }
 
+/// Weight and optional bias of a convolution or linear layer at `key`.
+fn visit_weights<B: OfaBackend, V: TensorVisitor<B>, const D: usize>(
+    key: &Key,
+    weight: Param<Tensor<B, D>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+    v: &mut V,
+) -> Result<(Param<Tensor<B, D>>, Option<Param<Tensor<B, 1>>>), StateError> {
+    let weight = v.param(key.pp(WEIGHT), weight)?;
+    let bias = bias.map(|b| v.param(key.pp(BIAS), b)).transpose()?;
+    Ok((weight, bias))
+}
+
+/// The four tensors of a BN layer at `key`, in [`keys::BN_LEAVES`] order.
+type BnTensors<B> = (
+    Param<Tensor<B, 1>>,
+    Param<Tensor<B, 1>>,
+    RunningState<Tensor<B, 1>>,
+    RunningState<Tensor<B, 1>>,
+);
+
+fn visit_bn<B: OfaBackend, V: TensorVisitor<B>>(
+    key: &Key,
+    (gamma, beta, mean, var): BnTensors<B>,
+    v: &mut V,
+) -> Result<BnTensors<B>, StateError> {
+    let [w, b, m, s] = BN_LEAVES;
+    Ok((
+        v.param(key.pp(w), gamma)?,
+        v.param(key.pp(b), beta)?,
+        v.running(key.pp(m), mean)?,
+        v.running(key.pp(s), var)?,
+    ))
+}
+
 impl<B: OfaBackend> ElasticConv<B> {
-    fn export(&self, p: &str, e: &mut Exporter) {
-        e.param(format!("{p}.weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            e.param(format!("{p}.bias"), b);
-        }
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        self.weight = i.param(format!("{p}.weight"), self.weight)?;
-        if let Some(b) = self.bias.take() {
-            self.bias = Some(i.param(format!("{p}.bias"), b)?);
-        }
+    /// `key` is the convolution module (see [`keys::conv`]).
+    fn visit<V: TensorVisitor<B>>(mut self, key: &Key, v: &mut V) -> Result<Self, StateError> {
+        (self.weight, self.bias) = visit_weights(key, self.weight, self.bias, v)?;
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> ElasticBn<B> {
-    fn export(&self, p: &str, e: &mut Exporter) {
-        e.param(format!("{p}.weight"), &self.gamma);
-        e.param(format!("{p}.bias"), &self.beta);
-        e.running(format!("{p}.running_mean"), &self.running_mean);
-        e.running(format!("{p}.running_var"), &self.running_var);
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        self.gamma = i.param(format!("{p}.weight"), self.gamma)?;
-        self.beta = i.param(format!("{p}.bias"), self.beta)?;
-        self.running_mean = i.running(format!("{p}.running_mean"), self.running_mean)?;
-        self.running_var = i.running(format!("{p}.running_var"), self.running_var)?;
+    fn visit<V: TensorVisitor<B>>(mut self, key: &Key, v: &mut V) -> Result<Self, StateError> {
+        let t = (self.gamma, self.beta, self.running_mean, self.running_var);
+        (self.gamma, self.beta, self.running_mean, self.running_var) = visit_bn(key, t, v)?;
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> ElasticDepthwise<B> {
-    /// Elastic kernels are named `{p}.conv.weight` + `{p}.7to5_matrix`…;
-    /// a fixed kernel is a plain conv, `{p}.weight`.
-    fn keys(&self, p: &str) -> (String, Vec<String>) {
-        if self.transforms.is_empty() {
-            return (format!("{p}.weight"), vec![]);
-        }
-        let mats = (0..self.transforms.len())
-            .map(|i| format!("{p}.{}to{}_matrix", self.kernels[i + 1], self.kernels[i]))
-            .collect();
-        (format!("{p}.conv.weight"), mats)
-    }
-    fn export(&self, p: &str, e: &mut Exporter) {
-        let (w, mats) = self.keys(p);
-        e.param(w, &self.weight);
-        for (k, m) in mats.into_iter().zip(&self.transforms) {
-            e.param(k, m);
-        }
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        let (w, mats) = self.keys(p);
-        self.weight = i.param(w, self.weight)?;
-        self.transforms = mats
+    /// `layer` is the block's `depth_conv`: the largest kernel under its
+    /// conv, the transformation matrices beside it.
+    fn visit<V: TensorVisitor<B>>(
+        mut self,
+        layer: &Key,
+        naming: Naming,
+        v: &mut V,
+    ) -> Result<Self, StateError> {
+        self.weight = v.param(keys::conv(layer, naming).pp(WEIGHT), self.weight)?;
+        let pairs: Vec<(usize, usize)> = self.kernels.windows(2).map(|w| (w[1], w[0])).collect();
+        self.transforms = std::mem::take(&mut self.transforms)
             .into_iter()
-            .zip(std::mem::take(&mut self.transforms))
-            .map(|(k, m)| i.param(k, m))
+            .zip(pairs)
+            .map(|(m, (from, to))| v.param(keys::kernel_transform(layer, from, to), m))
             .collect::<Result<_, _>>()?;
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> ElasticSe<B> {
-    fn export(&self, p: &str, e: &mut Exporter) {
-        e.param(format!("{p}.fc.reduce.weight"), &self.reduce_weight);
-        e.param(format!("{p}.fc.reduce.bias"), &self.reduce_bias);
-        e.param(format!("{p}.fc.expand.weight"), &self.expand_weight);
-        e.param(format!("{p}.fc.expand.bias"), &self.expand_bias);
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        self.reduce_weight = i.param(format!("{p}.fc.reduce.weight"), self.reduce_weight)?;
-        self.reduce_bias = i.param(format!("{p}.fc.reduce.bias"), self.reduce_bias)?;
-        self.expand_weight = i.param(format!("{p}.fc.expand.weight"), self.expand_weight)?;
-        self.expand_bias = i.param(format!("{p}.fc.expand.bias"), self.expand_bias)?;
+    fn visit<V: TensorVisitor<B>>(mut self, block: &Key, v: &mut V) -> Result<Self, StateError> {
+        let (reduce, expand) = (keys::se_reduce(block), keys::se_expand(block));
+        self.reduce_weight = v.param(reduce.pp(WEIGHT), self.reduce_weight)?;
+        self.reduce_bias = v.param(reduce.pp(BIAS), self.reduce_bias)?;
+        self.expand_weight = v.param(expand.pp(WEIGHT), self.expand_weight)?;
+        self.expand_bias = v.param(expand.pp(BIAS), self.expand_bias)?;
         Ok(self)
     }
 }
 
-/// Dynamic layers of the reference wrap their conv and BN once more
-/// (`conv.conv`, `bn.bn`).
-fn sub(p: &str, name: &str, dynamic: bool) -> String {
-    if dynamic {
-        format!("{p}.{name}.{name}")
-    } else {
-        format!("{p}.{name}")
-    }
-}
-
 impl<B: OfaBackend> ConvBn<B> {
-    fn export(&self, p: &str, dynamic: bool, e: &mut Exporter) {
-        self.conv.export(&sub(p, "conv", dynamic), e);
-        self.bn.export(&sub(p, "bn", dynamic), e);
-    }
-    fn import(mut self, p: &str, dynamic: bool, i: &mut Importer) -> Result<Self, StateError> {
-        self.conv = self.conv.import(&sub(p, "conv", dynamic), i)?;
-        self.bn = self.bn.import(&sub(p, "bn", dynamic), i)?;
+    fn visit<V: TensorVisitor<B>>(
+        mut self,
+        layer: &Key,
+        naming: Naming,
+        v: &mut V,
+    ) -> Result<Self, StateError> {
+        self.conv = self.conv.visit(&keys::conv(layer, naming), v)?;
+        self.bn = self.bn.visit(&keys::bn(layer, naming), v)?;
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> ConvBnAct<B> {
-    fn export(&self, p: &str, e: &mut Exporter) {
-        self.conv.export(&format!("{p}.conv"), e);
-        if let Some(bn) = &self.bn {
-            bn.export(&format!("{p}.bn"), e);
-        }
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        self.conv = self.conv.import(&format!("{p}.conv"), i)?;
+    /// The head and stem layers are static in the reference supernet too.
+    fn visit<V: TensorVisitor<B>>(mut self, layer: &Key, v: &mut V) -> Result<Self, StateError> {
+        self.conv = self.conv.visit(&keys::conv(layer, Naming::Static), v)?;
         if let Some(bn) = self.bn.take() {
-            self.bn = Some(bn.import(&format!("{p}.bn"), i)?);
+            self.bn = Some(bn.visit(&keys::bn(layer, Naming::Static), v)?);
         }
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> MbConv<B> {
-    fn export(&self, p: &str, dynamic: bool, e: &mut Exporter) {
-        if let Some(ib) = &self.inverted_bottleneck {
-            ib.export(&format!("{p}.inverted_bottleneck"), dynamic, e);
-        }
-        self.depth_conv.export(&format!("{p}.depth_conv.conv"), e);
-        self.depth_bn
-            .export(&sub(&format!("{p}.depth_conv"), "bn", dynamic), e);
-        if let Some(se) = &self.se {
-            se.export(&format!("{p}.depth_conv.se"), e);
-        }
-        self.point_linear
-            .export(&format!("{p}.point_linear"), dynamic, e);
-    }
-    fn import(mut self, p: &str, dynamic: bool, i: &mut Importer) -> Result<Self, StateError> {
+    fn visit<V: TensorVisitor<B>>(
+        mut self,
+        block: &Key,
+        naming: Naming,
+        v: &mut V,
+    ) -> Result<Self, StateError> {
         if let Some(ib) = self.inverted_bottleneck.take() {
-            self.inverted_bottleneck =
-                Some(ib.import(&format!("{p}.inverted_bottleneck"), dynamic, i)?);
+            let layer = keys::inverted_bottleneck(block);
+            self.inverted_bottleneck = Some(ib.visit(&layer, naming, v)?);
         }
-        self.depth_conv = self.depth_conv.import(&format!("{p}.depth_conv.conv"), i)?;
-        self.depth_bn = self
-            .depth_bn
-            .import(&sub(&format!("{p}.depth_conv"), "bn", dynamic), i)?;
+        let dw = keys::depth_conv(block);
+        self.depth_conv = self.depth_conv.visit(&dw, naming, v)?;
+        self.depth_bn = self.depth_bn.visit(&keys::bn(&dw, naming), v)?;
         if let Some(se) = self.se.take() {
-            self.se = Some(se.import(&format!("{p}.depth_conv.se"), i)?);
+            self.se = Some(se.visit(block, v)?);
         }
-        self.point_linear = self
-            .point_linear
-            .import(&format!("{p}.point_linear"), dynamic, i)?;
+        let pl = keys::point_linear(block);
+        self.point_linear = self.point_linear.visit(&pl, naming, v)?;
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> Linear<B> {
-    fn export(&self, p: &str, e: &mut Exporter) {
-        e.param(format!("{p}.weight"), &self.weight);
-        e.param(format!("{p}.bias"), &self.bias);
-    }
-    fn import(mut self, p: &str, i: &mut Importer) -> Result<Self, StateError> {
-        self.weight = i.param(format!("{p}.weight"), self.weight)?;
-        self.bias = i.param(format!("{p}.bias"), self.bias)?;
+    fn visit<V: TensorVisitor<B>>(mut self, key: &Key, v: &mut V) -> Result<Self, StateError> {
+        let (weight, bias) = visit_weights(key, self.weight, Some(self.bias), v)?;
+        self.weight = weight;
+        self.bias = bias.expect("visited with its bias");
         Ok(self)
     }
 }
 
 impl<B: OfaBackend> Supernet<B> {
-    /// Reference key of the head layer before pooling.
-    fn pre_pool_name(&self) -> &'static str {
-        if self.post_pool.is_some() {
-            "final_expand_layer"
-        } else {
-            "feature_mix_layer"
+    /// The supernet's walk: the fixed first block is a static layer in the
+    /// reference too, the elastic blocks are dynamic.
+    fn visit<V: TensorVisitor<B>>(mut self, v: &mut V) -> Result<Self, StateError> {
+        self.first_conv = self.first_conv.visit(&keys::first_conv(), v)?;
+        self.first_block = self.first_block.visit(&keys::block(0), Naming::Static, v)?;
+        self.blocks = std::mem::take(&mut self.blocks)
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| b.visit(&keys::block(i + 1), Naming::Dynamic, v))
+            .collect::<Result<_, _>>()?;
+        let with_post_pool = self.post_pool.is_some();
+        if let Some(l) = self.pre_pool.take() {
+            self.pre_pool = Some(l.visit(&keys::pre_pool(with_post_pool), v)?);
         }
+        if let Some(l) = self.post_pool.take() {
+            self.post_pool = Some(l.visit(&keys::post_pool(), v)?);
+        }
+        self.classifier = self.classifier.visit(&keys::classifier(), v)?;
+        Ok(self)
     }
 
     /// Every parameter and running statistic under its reference key.
     pub fn to_tensor_map(&self) -> TensorMap {
-        let mut e = Exporter {
-            values: Some(TensorMap::new()),
-            ids: None,
-        };
-        self.walk(&mut e);
+        let mut e = Exporter::values();
+        // Cloning a module clones tensor handles, not their data.
+        let _ = self.clone().visit(&mut e).expect("exporting never fails");
         e.values.unwrap_or_default()
     }
 
@@ -344,62 +396,145 @@ impl<B: OfaBackend> Supernet<B> {
             values: None,
             ids: Some(HashMap::new()),
         };
-        self.walk(&mut e);
+        let _ = self.clone().visit(&mut e).expect("exporting never fails");
         e.ids.unwrap_or_default()
-    }
-
-    fn walk(&self, e: &mut Exporter) {
-        self.first_conv.export("first_conv", e);
-        self.first_block.export("blocks.0.conv", false, e);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.export(&format!("blocks.{}.conv", i + 1), true, e);
-        }
-        if let Some(l) = &self.pre_pool {
-            l.export(self.pre_pool_name(), e);
-        }
-        if let Some(l) = &self.post_pool {
-            l.export("feature_mix_layer", e);
-        }
-        self.classifier.export("classifier.linear", e);
     }
 
     /// Replaces every tensor from a map with reference keys. Keys ending in
     /// `num_batches_tracked` are ignored; any other missing, extra or
     /// mis-shaped tensor is an error naming the key. Parameter ids are kept.
-    pub fn load_tensor_map(mut self, src: &TensorMap) -> Result<Self, StateError> {
-        let mut i = Importer {
-            src,
-            used: BTreeSet::new(),
-        };
-        let pre = self.pre_pool_name();
-        self.first_conv = self.first_conv.import("first_conv", &mut i)?;
-        self.first_block = self.first_block.import("blocks.0.conv", false, &mut i)?;
+    pub fn load_tensor_map(self, src: &TensorMap) -> Result<Self, StateError> {
+        let mut i = Importer::new(src);
+        let net = self.visit(&mut i)?;
+        i.finish()?;
+        Ok(net)
+    }
+}
+
+fn visit_conv2d<B: OfaBackend, V: TensorVisitor<B>>(
+    mut c: Conv2d<B>,
+    key: &Key,
+    v: &mut V,
+) -> Result<Conv2d<B>, StateError> {
+    (c.weight, c.bias) = visit_weights(key, c.weight, c.bias, v)?;
+    Ok(c)
+}
+
+fn visit_batch_norm<B: OfaBackend, V: TensorVisitor<B>>(
+    mut b: BatchNorm<B>,
+    key: &Key,
+    v: &mut V,
+) -> Result<BatchNorm<B>, StateError> {
+    let t = (b.gamma, b.beta, b.running_mean, b.running_var);
+    (b.gamma, b.beta, b.running_mean, b.running_var) = visit_bn(key, t, v)?;
+    Ok(b)
+}
+
+/// A static layer's optional conv and BN, present together or not at all.
+fn visit_conv_bn<B: OfaBackend, V: TensorVisitor<B>>(
+    conv: Option<Conv2d<B>>,
+    bn: Option<BatchNorm<B>>,
+    layer: &Key,
+    v: &mut V,
+) -> Result<(Option<Conv2d<B>>, Option<BatchNorm<B>>), StateError> {
+    let conv = conv
+        .map(|c| visit_conv2d(c, &keys::conv(layer, Naming::Static), v))
+        .transpose()?;
+    let bn = bn
+        .map(|b| visit_batch_norm(b, &keys::bn(layer, Naming::Static), v))
+        .transpose()?;
+    Ok((conv, bn))
+}
+
+impl<B: OfaBackend> SubnetBlock<B> {
+    fn visit<V: TensorVisitor<B>>(mut self, block: &Key, v: &mut V) -> Result<Self, StateError> {
+        (self.inverted_bottleneck, self.inverted_bottleneck_bn) = visit_conv_bn(
+            self.inverted_bottleneck,
+            self.inverted_bottleneck_bn,
+            &keys::inverted_bottleneck(block),
+            v,
+        )?;
+        let (dw, bn) = visit_conv_bn(
+            Some(self.depth_conv),
+            Some(self.depth_bn),
+            &keys::depth_conv(block),
+            v,
+        )?;
+        (self.depth_conv, self.depth_bn) = (dw.expect("visited"), bn.expect("visited"));
+        self.se_reduce = self
+            .se_reduce
+            .map(|c| visit_conv2d(c, &keys::se_reduce(block), v))
+            .transpose()?;
+        self.se_expand = self
+            .se_expand
+            .map(|c| visit_conv2d(c, &keys::se_expand(block), v))
+            .transpose()?;
+        let (pl, bn) = visit_conv_bn(
+            Some(self.point_linear),
+            Some(self.point_linear_bn),
+            &keys::point_linear(block),
+            v,
+        )?;
+        (self.point_linear, self.point_linear_bn) = (pl.expect("visited"), bn.expect("visited"));
+        Ok(self)
+    }
+}
+
+impl<B: OfaBackend> Subnet<B> {
+    /// The static network's walk: the names of the reference's
+    /// `MobileNetV3` / `ProxylessNASNets`, where block 0 is the first block.
+    fn visit<V: TensorVisitor<B>>(mut self, v: &mut V) -> Result<Self, StateError> {
+        let (c, bn) = visit_conv_bn(
+            Some(self.first_conv),
+            Some(self.first_conv_bn),
+            &keys::first_conv(),
+            v,
+        )?;
+        (self.first_conv, self.first_conv_bn) = (c.expect("visited"), bn.expect("visited"));
         self.blocks = std::mem::take(&mut self.blocks)
             .into_iter()
             .enumerate()
-            .map(|(n, b)| b.import(&format!("blocks.{}.conv", n + 1), true, &mut i))
+            .map(|(i, b)| b.visit(&keys::block(i), v))
             .collect::<Result<_, _>>()?;
-        if let Some(l) = self.pre_pool.take() {
-            self.pre_pool = Some(l.import(pre, &mut i)?);
-        }
-        if let Some(l) = self.post_pool.take() {
-            self.post_pool = Some(l.import("feature_mix_layer", &mut i)?);
-        }
-        self.classifier = self.classifier.import("classifier.linear", &mut i)?;
-        let extra: Vec<&String> = src
-            .keys()
-            .filter(|k| !i.used.contains(*k) && !k.ends_with("num_batches_tracked"))
-            .collect();
-        if !extra.is_empty() {
-            let shown: Vec<&str> = extra.iter().take(8).map(|s| s.as_str()).collect();
-            let more = if extra.len() > 8 {
-                format!(" (and {} more)", extra.len() - 8)
-            } else {
-                String::new()
-            };
-            return Err(StateError::Extra(format!("{}{more}", shown.join(", "))));
-        }
+        let pre = keys::pre_pool(self.post_pool.is_some());
+        (self.pre_pool, self.pre_pool_bn) =
+            visit_conv_bn(self.pre_pool, self.pre_pool_bn, &pre, v)?;
+        (self.post_pool, _) = visit_conv_bn(self.post_pool, None, &keys::post_pool(), v)?;
+        // burn's Linear stores its weight as [in, out], the reference as
+        // [out, in]; the visitor sees the reference's layout.
+        let classifier = keys::classifier();
+        let w = self.classifier.weight.map(|w| w.transpose());
+        let (w, bias) = visit_weights(&classifier, w, self.classifier.bias, v)?;
+        self.classifier.weight = w.map(|w| {
+            let require_grad = w.is_require_grad();
+            w.transpose().detach().set_require_grad(require_grad)
+        });
+        self.classifier.bias = bias;
         Ok(self)
+    }
+
+    /// Weights under the reference's static network keys
+    /// (`blocks.{i}.conv.inverted_bottleneck.conv.weight`, …).
+    pub fn to_tensor_map(&self) -> TensorMap {
+        let mut e = Exporter::values();
+        let _ = self.clone().visit(&mut e).expect("exporting never fails");
+        e.values.unwrap_or_default()
+    }
+
+    /// Rebuilds a subnet of `arch` from a map written by
+    /// [`Subnet::to_tensor_map`]: the structure comes from a freshly built
+    /// supernet (weights irrelevant), the values from the map.
+    pub fn from_tensor_map(
+        space: &Space,
+        arch: &Arch,
+        map: &TensorMap,
+        device: &B::Device,
+    ) -> Result<Self, StateError> {
+        let skeleton = SupernetConfig::new(space.clone()).init::<B>(device);
+        let mut i = Importer::new(map);
+        let net = extract(&skeleton, arch).visit(&mut i)?;
+        i.finish()?;
+        Ok(net)
     }
 }
 

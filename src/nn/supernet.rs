@@ -119,8 +119,7 @@ impl SupernetConfig {
     pub fn init<B: OfaBackend>(&self, device: &B::Device) -> Supernet<B> {
         let s = &self.space;
         let mut init = Init::new(self.seed);
-        let bn =
-            |ch: usize, name: String| ElasticBn::new(ch, s.bn_momentum, s.bn_eps, name, device);
+        let bn = |ch: usize| ElasticBn::new(ch, s.bn_momentum, s.bn_eps, device);
         let first_w = s.first_conv_width();
         let first_conv = ConvBnAct {
             conv: ElasticConv::new(
@@ -132,7 +131,7 @@ impl SupernetConfig {
                 false,
                 device,
             ),
-            bn: Some(bn(first_w, "first_conv.bn".into())),
+            bn: Some(bn(first_w)),
             act: s.first_conv.act,
         };
         let fb = &s.first_block;
@@ -140,13 +139,13 @@ impl SupernetConfig {
         let first_block = MbConv {
             inverted_bottleneck: None,
             depth_conv: ElasticDepthwise::new(&mut init, first_w, &[fb.kernel], fb.stride, device),
-            depth_bn: bn(first_w, "blocks.0.conv.depth_conv.bn".into()),
+            depth_bn: bn(first_w),
             se: fb
                 .se
                 .then(|| ElasticSe::new(&mut init, first_w, s.channel_divisor, device)),
             point_linear: ConvBn {
                 conv: ElasticConv::new(&mut init, first_w, fb_out, 1, 1, false, device),
-                bn: bn(fb_out, "blocks.0.conv.point_linear.bn".into()),
+                bn: bn(fb_out),
             },
             act: fb.act,
             residual: s.first_block_residual(),
@@ -155,44 +154,36 @@ impl SupernetConfig {
         let layout = s.blocks();
         let blocks = layout
             .iter()
-            .map(|b| {
-                let p = format!("blocks.{}.conv", b.index + 1);
-                MbConv {
-                    inverted_bottleneck: Some(ConvBn {
-                        conv: ElasticConv::new(&mut init, b.in_ch, b.max_mid, 1, 1, false, device),
-                        bn: bn(b.max_mid, format!("{p}.inverted_bottleneck.bn.bn")),
-                    }),
-                    depth_conv: ElasticDepthwise::new(
-                        &mut init,
-                        b.max_mid,
-                        &s.kernel_choices,
-                        b.stride,
-                        device,
-                    ),
-                    depth_bn: bn(b.max_mid, format!("{p}.depth_conv.bn.bn")),
-                    se: b
-                        .se
-                        .then(|| ElasticSe::new(&mut init, b.max_mid, s.channel_divisor, device)),
-                    point_linear: ConvBn {
-                        conv: ElasticConv::new(&mut init, b.max_mid, b.out_ch, 1, 1, false, device),
-                        bn: bn(b.out_ch, format!("{p}.point_linear.bn.bn")),
-                    },
-                    act: b.act,
-                    residual: b.residual,
-                    out_ch: b.out_ch,
-                }
+            .map(|b| MbConv {
+                inverted_bottleneck: Some(ConvBn {
+                    conv: ElasticConv::new(&mut init, b.in_ch, b.max_mid, 1, 1, false, device),
+                    bn: bn(b.max_mid),
+                }),
+                depth_conv: ElasticDepthwise::new(
+                    &mut init,
+                    b.max_mid,
+                    &s.kernel_choices,
+                    b.stride,
+                    device,
+                ),
+                depth_bn: bn(b.max_mid),
+                se: b
+                    .se
+                    .then(|| ElasticSe::new(&mut init, b.max_mid, s.channel_divisor, device)),
+                point_linear: ConvBn {
+                    conv: ElasticConv::new(&mut init, b.max_mid, b.out_ch, 1, 1, false, device),
+                    bn: bn(b.out_ch),
+                },
+                act: b.act,
+                residual: b.residual,
+                out_ch: b.out_ch,
             })
             .collect();
         let mut ch = s.last_stage_width();
         let pre_pool = s.pre_pool_width().map(|w| {
-            let name = if s.post_pool_width().is_some() {
-                "final_expand_layer"
-            } else {
-                "feature_mix_layer"
-            };
             let layer = ConvBnAct {
                 conv: ElasticConv::new(&mut init, ch, w, 1, 1, false, device),
-                bn: Some(bn(w, format!("{name}.bn"))),
+                bn: Some(bn(w)),
                 act: s.head.act,
             };
             ch = w;
