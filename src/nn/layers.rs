@@ -176,23 +176,23 @@ fn first<B: OfaBackend>(t: Tensor<B, 1>, c: usize) -> Tensor<B, 1> {
     if t.dims()[0] == c { t } else { t.slice([0..c]) }
 }
 
-impl<B: OfaBackend> ElasticBn<B> {
-    pub fn new(channels: usize, momentum: f64, eps: f64, device: &B::Device) -> Self {
-        ElasticBn {
-            gamma: Param::from_tensor(Tensor::ones([channels], device)),
-            beta: Param::from_tensor(Tensor::zeros([channels], device)),
-            running_mean: RunningState::new(Tensor::zeros([channels], device)),
-            running_var: RunningState::new(Tensor::ones([channels], device)),
-            momentum,
-            eps,
-        }
-    }
+/// One BN layer's tensors as a forward pass sees them: the elastic
+/// supernet's BN ([`ElasticBn`], of which a narrower input uses the first
+/// channels) and the static subnet's burn `BatchNorm` both run through
+/// [`BnRef::forward`], so the two cannot drift apart.
+pub(super) struct BnRef<'a, B: OfaBackend> {
+    pub gamma: &'a Param<Tensor<B, 1>>,
+    pub beta: &'a Param<Tensor<B, 1>>,
+    pub running_mean: &'a RunningState<Tensor<B, 1>>,
+    pub running_var: &'a RunningState<Tensor<B, 1>>,
+    pub momentum: f64,
+    pub eps: f64,
+}
 
-    pub fn channels(&self) -> usize {
-        self.gamma.dims()[0]
-    }
-
-    /// `x: [N, C, H, W]` → same shape.
+impl<B: OfaBackend> BnRef<'_, B> {
+    /// `x: [N, C, H, W]` → same shape. Running statistics in `Eval`; batch
+    /// statistics otherwise, updating the running ones in training and
+    /// recording them (by the layer's weight id) in `Calibrate`.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         let (gamma, beta) = (first(self.gamma.val(), c), first(self.beta.val(), c));
@@ -206,7 +206,7 @@ impl<B: OfaBackend> ElasticBn<B> {
             }
             Mode::Train | Mode::TrainNoDropout => {
                 let (y, mean, var) = backend::batch_norm_train(x, gamma, beta, self.eps);
-                self.update_running(mean, var, n * h * w);
+                self.update_running(mean.detach(), var.detach(), n * h * w);
                 y
             }
             Mode::Teacher => backend::batch_norm_train(x, gamma, beta, self.eps).0,
@@ -228,10 +228,7 @@ impl<B: OfaBackend> ElasticBn<B> {
         } else {
             1.0
         };
-        for (state, batch) in [
-            (&self.running_mean, mean),
-            (&self.running_var, var * unbias),
-        ] {
+        for (state, batch) in [(self.running_mean, mean), (self.running_var, var * unbias)] {
             let full = state.value_sync();
             let old = first(full.clone(), c);
             let new = old * (1.0 - m) + batch * m;
@@ -242,6 +239,36 @@ impl<B: OfaBackend> ElasticBn<B> {
             };
             state.update(updated);
         }
+    }
+}
+
+impl<B: OfaBackend> ElasticBn<B> {
+    pub fn new(channels: usize, momentum: f64, eps: f64, device: &B::Device) -> Self {
+        ElasticBn {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            momentum,
+            eps,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.gamma.dims()[0]
+    }
+
+    /// `x: [N, C, H, W]` → same shape, on the first `C` channels.
+    pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        BnRef {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            momentum: self.momentum,
+            eps: self.eps,
+        }
+        .forward(x, mode)
     }
 
     /// Overwrites the first `c` running statistics (BN recalibration).

@@ -53,52 +53,34 @@ impl<B: OfaBackend> LayerModule<B> {
     pub fn new(layer: &Layer, device: &B::Device) -> (Self, [usize; 4]) {
         let mut init = super::Init::new(1);
         match *layer {
-            Layer::Conv {
-                in_res,
-                in_ch,
-                out_ch,
-                kernel,
-                stride,
-                bn,
-                act,
-            } => (
+            Layer::Conv(c) => (
                 LayerModule::Conv(LayerConv {
-                    conv: random_conv(&mut init, in_ch, out_ch, kernel, stride, 1, false, device),
-                    bn: bn.then(|| fresh_bn(out_ch, device)),
-                    act,
-                }),
-                [1, in_ch, in_res, in_res],
-            ),
-            Layer::MbConv {
-                in_res,
-                in_ch,
-                out_ch,
-                mid,
-                expand,
-                kernel,
-                stride,
-                se_mid,
-                act,
-                residual,
-            } => {
-                let block = SubnetBlock {
-                    inverted_bottleneck: expand
-                        .then(|| random_conv(&mut init, in_ch, mid, 1, 1, 1, false, device)),
-                    inverted_bottleneck_bn: expand.then(|| fresh_bn(mid, device)),
-                    depth_conv: random_conv(
-                        &mut init, mid, mid, kernel, stride, mid, false, device,
+                    conv: random_conv(
+                        &mut init, c.in_ch, c.out_ch, c.kernel, c.stride, 1, false, device,
                     ),
-                    depth_bn: fresh_bn(mid, device),
-                    se_reduce: se_mid
-                        .map(|s| random_conv(&mut init, mid, s, 1, 1, 1, true, device)),
-                    se_expand: se_mid
-                        .map(|s| random_conv(&mut init, s, mid, 1, 1, 1, true, device)),
-                    point_linear: random_conv(&mut init, mid, out_ch, 1, 1, 1, false, device),
-                    point_linear_bn: fresh_bn(out_ch, device),
-                    act,
-                    residual,
+                    bn: c.bn.then(|| fresh_bn(c.out_ch, device)),
+                    act: c.act,
+                }),
+                [1, c.in_ch, c.in_res, c.in_res],
+            ),
+            Layer::MbConv(b) => {
+                let mid = b.mid;
+                let mut conv = |cin, cout, k, stride, groups, bias| {
+                    random_conv(&mut init, cin, cout, k, stride, groups, bias, device)
                 };
-                (LayerModule::Block(block), [1, in_ch, in_res, in_res])
+                let block = SubnetBlock {
+                    inverted_bottleneck: b.expand.then(|| conv(b.in_ch, mid, 1, 1, 1, false)),
+                    inverted_bottleneck_bn: b.expand.then(|| fresh_bn(mid, device)),
+                    depth_conv: conv(mid, mid, b.kernel, b.stride, mid, false),
+                    depth_bn: fresh_bn(mid, device),
+                    se_reduce: b.se_mid.map(|s| conv(mid, s, 1, 1, 1, true)),
+                    se_expand: b.se_mid.map(|s| conv(s, mid, 1, 1, 1, true)),
+                    point_linear: conv(mid, b.out_ch, 1, 1, 1, false),
+                    point_linear_bn: fresh_bn(b.out_ch, device),
+                    act: b.act,
+                    residual: b.residual,
+                };
+                (LayerModule::Block(block), [1, b.in_ch, b.in_res, b.in_res])
             }
             Layer::Pool { in_res, ch } => (LayerModule::Pool, [1, ch, in_res, in_res]),
             Layer::Linear { in_f, out_f } => (

@@ -4,7 +4,7 @@
 //! copied — so that its output equals the supernet's for that arch.
 
 use super::OfaBackend;
-use super::layers::{ElasticBn, ElasticConv, activate, dropout, h_sigmoid};
+use super::layers::{BnRef, ElasticBn, ElasticConv, activate, dropout, h_sigmoid};
 use super::supernet::{ConvBnAct, MbConv, Supernet};
 use super::{Mode, backend};
 use crate::space::{Activation, Arch, Space};
@@ -279,42 +279,21 @@ pub(super) fn conv_forward<B: OfaBackend>(c: &Conv2d<B>, x: Tensor<B, 4>) -> Ten
 }
 
 /// A burn `BatchNorm` with an explicit mode (burn's own picks its mode from
-/// the backend): running statistics in `Eval`, batch statistics (updating
-/// the running ones) in `Train`. A static subnet is recalibrated through
-/// its supernet before extraction, so `Calibrate` records nothing here: it
-/// runs on batch statistics like `Teacher`.
+/// the backend), through the same code as the supernet's BN.
 pub(super) fn bn_forward<B: OfaBackend>(
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
     mode: Mode<'_, B>,
 ) -> Tensor<B, 4> {
-    let [n, _, h, w] = x.dims();
-    match mode {
-        Mode::Eval => {
-            let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
-            let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
-            backend::channel_affine(x, scale, shift)
-        }
-        Mode::Teacher | Mode::Calibrate(_) => {
-            backend::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon).0
-        }
-        Mode::Train | Mode::TrainNoDropout => {
-            let (y, mean, var) =
-                backend::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-            let count = n * h * w;
-            let unbias = if count > 1 {
-                count as f64 / (count - 1) as f64
-            } else {
-                1.0
-            };
-            let m = bn.momentum;
-            let rm = bn.running_mean.value_sync() * (1.0 - m) + mean.detach() * m;
-            let rv = bn.running_var.value_sync() * (1.0 - m) + var.detach() * (unbias * m);
-            bn.running_mean.update(rm);
-            bn.running_var.update(rv);
-            y
-        }
+    BnRef {
+        gamma: &bn.gamma,
+        beta: &bn.beta,
+        running_mean: &bn.running_mean,
+        running_var: &bn.running_var,
+        momentum: bn.momentum,
+        eps: bn.epsilon,
     }
+    .forward(x, mode)
 }
 
 impl<B: OfaBackend> SubnetBlock<B> {

@@ -11,34 +11,46 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Layer {
-    /// Conv k×k (+ BN) + activation.
-    Conv {
-        in_res: usize,
-        in_ch: usize,
-        out_ch: usize,
-        kernel: usize,
-        stride: usize,
-        bn: bool,
-        act: Activation,
-    },
-    /// Inverted-residual block. `mid == in_ch` without an expand conv
-    /// (`expand == false`, the first block).
-    MbConv {
-        in_res: usize,
-        in_ch: usize,
-        out_ch: usize,
-        mid: usize,
-        expand: bool,
-        kernel: usize,
-        stride: usize,
-        se_mid: Option<usize>,
-        act: Activation,
-        residual: bool,
-    },
+    Conv(ConvLayer),
+    MbConv(MbConvLayer),
     /// Global average pooling.
-    Pool { in_res: usize, ch: usize },
+    Pool {
+        in_res: usize,
+        ch: usize,
+    },
     /// Linear classifier (after dropout).
-    Linear { in_f: usize, out_f: usize },
+    Linear {
+        in_f: usize,
+        out_f: usize,
+    },
+}
+
+/// Conv k×k (+ BN) + activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConvLayer {
+    pub in_res: usize,
+    pub in_ch: usize,
+    pub out_ch: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub bn: bool,
+    pub act: Activation,
+}
+
+/// Inverted-residual block. `mid == in_ch` without an expand conv
+/// (`expand == false`, the first block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MbConvLayer {
+    pub in_res: usize,
+    pub in_ch: usize,
+    pub out_ch: usize,
+    pub mid: usize,
+    pub expand: bool,
+    pub kernel: usize,
+    pub stride: usize,
+    pub se_mid: Option<usize>,
+    pub act: Activation,
+    pub residual: bool,
 }
 
 /// Multiply-adds and parameters of a subnet.
@@ -87,66 +99,89 @@ fn bn(ch: usize) -> Cost {
     }
 }
 
+impl ConvLayer {
+    pub fn out_res(&self) -> usize {
+        conv_out(self.in_res, self.kernel, self.stride)
+    }
+
+    pub fn cost(&self) -> Cost {
+        let c = conv_cost(self.out_res(), self.in_ch, self.out_ch, self.kernel, 1);
+        if self.bn { c + bn(self.out_ch) } else { c }
+    }
+
+    fn key(&self) -> String {
+        let ConvLayer {
+            in_res,
+            in_ch,
+            out_ch,
+            kernel,
+            stride,
+            bn,
+            act,
+        } = self;
+        let bn = if *bn { "bn" } else { "nobn" };
+        format!("conv:r{in_res}:i{in_ch}:o{out_ch}:k{kernel}:s{stride}:{bn}:{act}")
+    }
+}
+
+impl MbConvLayer {
+    pub fn out_res(&self) -> usize {
+        conv_out(self.in_res, self.kernel, self.stride)
+    }
+
+    pub fn cost(&self) -> Cost {
+        let (mid, out) = (self.mid, self.out_res());
+        let mut c = Cost::default();
+        if self.expand {
+            c = c + conv_cost(self.in_res, self.in_ch, mid, 1, 1) + bn(mid);
+        }
+        c = c + conv_cost(out, mid, mid, self.kernel, mid) + bn(mid);
+        if let Some(se) = self.se_mid {
+            let bias = Cost {
+                macs: 0,
+                params: (se + mid) as u64,
+            };
+            c = c + conv_cost(1, mid, se, 1, 1) + conv_cost(1, se, mid, 1, 1) + bias;
+        }
+        c + conv_cost(out, mid, self.out_ch, 1, 1) + bn(self.out_ch)
+    }
+
+    fn key(&self) -> String {
+        let MbConvLayer {
+            in_res,
+            in_ch,
+            out_ch,
+            mid,
+            expand,
+            kernel,
+            stride,
+            se_mid,
+            act,
+            residual,
+        } = self;
+        format!(
+            "mbconv:r{in_res}:i{in_ch}:o{out_ch}:m{mid}:{}:k{kernel}:s{stride}:se{}:{act}:{}",
+            if *expand { "x" } else { "nox" },
+            se_mid.unwrap_or(0),
+            if *residual { "res" } else { "nores" }
+        )
+    }
+}
+
 impl Layer {
     /// Spatial size of this operator's output.
     pub fn out_res(&self) -> usize {
         match self {
-            Layer::Conv {
-                in_res,
-                kernel,
-                stride,
-                ..
-            }
-            | Layer::MbConv {
-                in_res,
-                kernel,
-                stride,
-                ..
-            } => conv_out(*in_res, *kernel, *stride),
+            Layer::Conv(c) => c.out_res(),
+            Layer::MbConv(b) => b.out_res(),
             Layer::Pool { .. } | Layer::Linear { .. } => 1,
         }
     }
 
     pub fn cost(&self) -> Cost {
         match *self {
-            Layer::Conv {
-                in_res,
-                in_ch,
-                out_ch,
-                kernel,
-                stride,
-                bn: with_bn,
-                ..
-            } => {
-                let c = conv_cost(conv_out(in_res, kernel, stride), in_ch, out_ch, kernel, 1);
-                if with_bn { c + bn(out_ch) } else { c }
-            }
-            Layer::MbConv {
-                in_res,
-                in_ch,
-                out_ch,
-                mid,
-                expand,
-                kernel,
-                stride,
-                se_mid,
-                ..
-            } => {
-                let out = conv_out(in_res, kernel, stride);
-                let mut c = Cost::default();
-                if expand {
-                    c = c + conv_cost(in_res, in_ch, mid, 1, 1) + bn(mid);
-                }
-                c = c + conv_cost(out, mid, mid, kernel, mid) + bn(mid);
-                if let Some(se) = se_mid {
-                    let bias = Cost {
-                        macs: 0,
-                        params: (se + mid) as u64,
-                    };
-                    c = c + conv_cost(1, mid, se, 1, 1) + conv_cost(1, se, mid, 1, 1) + bias;
-                }
-                c + conv_cost(out, mid, out_ch, 1, 1) + bn(out_ch)
-            }
+            Layer::Conv(c) => c.cost(),
+            Layer::MbConv(b) => b.cost(),
             Layer::Pool { .. } => Cost::default(),
             Layer::Linear { in_f, out_f } => Cost {
                 macs: (in_f * out_f) as u64,
@@ -159,35 +194,8 @@ impl Layer {
     /// `mbconv:r14:i40:o40:m120:k5:s1:se32:h_swish:res`.
     pub fn key(&self) -> String {
         match self {
-            Layer::Conv {
-                in_res,
-                in_ch,
-                out_ch,
-                kernel,
-                stride,
-                bn,
-                act,
-            } => format!(
-                "conv:r{in_res}:i{in_ch}:o{out_ch}:k{kernel}:s{stride}:{}:{act}",
-                if *bn { "bn" } else { "nobn" }
-            ),
-            Layer::MbConv {
-                in_res,
-                in_ch,
-                out_ch,
-                mid,
-                expand,
-                kernel,
-                stride,
-                se_mid,
-                act,
-                residual,
-            } => format!(
-                "mbconv:r{in_res}:i{in_ch}:o{out_ch}:m{mid}:{}:k{kernel}:s{stride}:se{}:{act}:{}",
-                if *expand { "x" } else { "nox" },
-                se_mid.unwrap_or(0),
-                if *residual { "res" } else { "nores" }
-            ),
+            Layer::Conv(c) => c.key(),
+            Layer::MbConv(b) => b.key(),
             Layer::Pool { in_res, ch } => format!("pool:r{in_res}:c{ch}"),
             Layer::Linear { in_f, out_f } => format!("linear:i{in_f}:o{out_f}"),
         }
@@ -198,7 +206,7 @@ impl Layer {
 pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
     let mut out = Vec::new();
     let mut res = arch.r;
-    let first_conv = Layer::Conv {
+    let first_conv = Layer::Conv(ConvLayer {
         in_res: res,
         in_ch: space.in_channels,
         out_ch: space.first_conv_width(),
@@ -206,12 +214,12 @@ pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
         stride: space.first_conv.stride,
         bn: true,
         act: space.first_conv.act,
-    };
+    });
     res = first_conv.out_res();
     out.push(first_conv);
     let fb = &space.first_block;
     let fb_in = space.first_conv_width();
-    let first = Layer::MbConv {
+    let first = Layer::MbConv(MbConvLayer {
         in_res: res,
         in_ch: fb_in,
         out_ch: space.first_block_width(),
@@ -222,12 +230,12 @@ pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
         se_mid: fb.se.then(|| space.se_width(fb_in)),
         act: fb.act,
         residual: space.first_block_residual(),
-    };
+    });
     res = first.out_res();
     out.push(first);
     for (b, k, e) in arch.active_blocks(space) {
         let mid = space.middle_width(b.in_ch, e);
-        let layer = Layer::MbConv {
+        let layer = Layer::MbConv(MbConvLayer {
             in_res: res,
             in_ch: b.in_ch,
             out_ch: b.out_ch,
@@ -238,13 +246,13 @@ pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
             se_mid: b.se.then(|| space.se_width(mid)),
             act: b.act,
             residual: b.residual,
-        };
+        });
         res = layer.out_res();
         out.push(layer);
     }
     let mut ch = space.last_stage_width();
     if let Some(w) = space.pre_pool_width() {
-        out.push(Layer::Conv {
+        out.push(Layer::Conv(ConvLayer {
             in_res: res,
             in_ch: ch,
             out_ch: w,
@@ -252,12 +260,12 @@ pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
             stride: 1,
             bn: true,
             act: space.head.act,
-        });
+        }));
         ch = w;
     }
     out.push(Layer::Pool { in_res: res, ch });
     if let Some(w) = space.post_pool_width() {
-        out.push(Layer::Conv {
+        out.push(Layer::Conv(ConvLayer {
             in_res: 1,
             in_ch: ch,
             out_ch: w,
@@ -265,7 +273,7 @@ pub fn layers(space: &Space, arch: &Arch) -> Vec<Layer> {
             stride: 1,
             bn: false,
             act: space.head.act,
-        });
+        }));
         ch = w;
     }
     out.push(Layer::Linear {

@@ -10,7 +10,7 @@ mod cost;
 mod presets;
 
 pub use arch::{Arch, ArchError, BlockChoice, Choices, StageChoice};
-pub use cost::{Cost, Layer, layers};
+pub use cost::{ConvLayer, Cost, Layer, MbConvLayer, layers};
 pub use presets::{PRESET_NAMES, preset};
 
 use serde::{Deserialize, Serialize};
