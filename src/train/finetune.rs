@@ -2,7 +2,7 @@
 //! network of its supernet.
 
 use super::eval::batch_tensors;
-use super::loss::ce_plus_kd;
+use super::loss::{ce_plus_kd, read_loss};
 use super::optim::{CosineSchedule, Sgd, SgdConfig};
 use super::trainer::{StepReport, TrainObserver};
 use crate::data::{Augment, BatchRequest, Dataset, Prefetcher, SplitKind, batch_seed, epoch_order};
@@ -110,15 +110,7 @@ where
         );
         let logits = net.forward_mode(x, Mode::Train);
         let loss = ce_plus_kd(logits, y, soft.as_ref(), cfg.label_smoothing, cfg.kd_ratio);
-        let value = loss
-            .clone()
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .expect("scalar")[0];
-        if !value.is_finite() {
-            anyhow::bail!("fine-tuning step {step}: loss is {value}");
-        }
+        let value = read_loss(loss.clone(), || format!("fine-tuning step {step}"))?;
         let rate = lr.lr(step as u64);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
         net = sgd.step_module(net, rate, grads, &names);

@@ -59,6 +59,22 @@ pub fn kd_only<B: Backend>(
     soft_cross_entropy(logits / t, target) * (t * t)
 }
 
+/// Reads a (summed) loss back from the device and checks it is finite.
+pub(crate) fn read_loss<B: Backend>(
+    t: Tensor<B, 1>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<f64> {
+    let v = t
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("scalar")[0];
+    if !v.is_finite() {
+        anyhow::bail!("loss is {v} for {}", what());
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use super::config::{GradientAggregation, IndependentNet, InplaceLoss, TeacherBn}
 use super::eval::{
     EvalData, EvalResult, batch_tensors, evaluate, evaluate_subnet, reference_archs,
 };
-use super::loss::{ce_plus_kd, kd_only};
+use super::loss::{ce_plus_kd, kd_only, read_loss};
 use super::optim::Sgd;
 use super::schedule::{Item, Kd, Phase, mix, phases, plan_step, step_resolution};
 use crate::data::{
@@ -367,19 +367,6 @@ impl<B: Backend> PendingLoss<B> {
         })?;
         Ok((v, steps))
     }
-}
-
-/// Reads a (summed) loss back from the device and checks it is finite.
-fn read_loss<B: Backend>(t: Tensor<B, 1>, what: impl FnOnce() -> String) -> anyhow::Result<f64> {
-    let v = t
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("scalar")[0];
-    if !v.is_finite() {
-        anyhow::bail!("loss is {v} for {}", what());
-    }
-    Ok(v)
 }
 
 /// DepS's `avg` / `avg_sqrt` aggregation (`train_one_epoch_deps`): each
