@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Write the subnets' layer lists (JSON) for the PyTorch reference.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// Inference: also save each timed subnet as a subnet folder
+    /// (`DIR/subnet-0`, …), so that `ofa export --onnx` can hand the very
+    /// same networks to another runtime (bench/ort_compare.sh).
+    #[arg(long)]
+    save: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -156,11 +161,18 @@ fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()
     if let Some(p) = &a.dump {
         dump(p, &space, "infer", &random, &a.batch)?;
     }
+    let subnets: Vec<_> = random.iter().map(|arch| extract(&net, arch)).collect();
+    if let Some(dir) = &a.save {
+        for (i, sub) in subnets.iter().enumerate() {
+            crate::nn::save_subnet(sub, &dir.join(format!("subnet-{i}")), serde_json::json!({}))?;
+        }
+    }
     let mut report = serde_json::Map::new();
-    for &bs in &a.batch {
-        let mut rates = Vec::new();
-        for arch in &random {
-            let sub = extract(&net, arch);
+    // rates[subnet][batch index], images per second.
+    let mut rates = vec![Vec::new(); subnets.len()];
+    for (bi, &bs) in a.batch.iter().enumerate() {
+        for (sub, r) in subnets.iter().zip(&mut rates) {
+            let arch = &sub.arch;
             let x = Tensor::<B::InnerBackend, 4>::random(
                 [bs, space.in_channels, arch.r, arch.r],
                 Distribution::Normal(0.0, 1.0),
@@ -172,9 +184,9 @@ fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()
             for _ in 0..reps {
                 let _ = sub.forward(x.clone()).into_data();
             }
-            rates.push((reps * bs) as f64 / t.elapsed().as_secs_f64());
+            r.push((reps * bs) as f64 / t.elapsed().as_secs_f64());
         }
-        let m = median(rates);
+        let m = median(rates.iter().map(|r| r[bi]).collect());
         println!(
             "inference, batch {bs:>3}: {m:.0} img/s (median over {} random subnets)",
             random.len()
@@ -184,6 +196,23 @@ fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()
             serde_json::json!({"images_per_s": m}),
         );
     }
+    let per_subnet: Vec<serde_json::Value> = subnets
+        .iter()
+        .zip(&rates)
+        .enumerate()
+        .map(|(i, (sub, r))| {
+            let mut o = serde_json::json!({
+                "name": format!("subnet-{i}"),
+                "arch": sub.arch.to_json(&space),
+                "mflops": sub.arch.cost(&space).mflops(),
+            });
+            for (bs, rate) in a.batch.iter().zip(r) {
+                o[format!("batch_{bs}")] = serde_json::json!({"images_per_s": rate});
+            }
+            o
+        })
+        .collect();
+    report.insert("subnets".into(), serde_json::Value::Array(per_subnet));
     if a.json {
         print_json(&report)?;
     }

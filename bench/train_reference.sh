@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Training steps, ofa vs the reference implementation's supernet (issue 9):
+# `ofa bench train --dump` times random subnets and the largest one of
+# ofa-mbv3-w1.0 at 224 px; bench/ofa_reference_train.py times the same
+# subnets in mit-han-lab/once-for-all's OFAMobileNetV3 (kernel
+# transformation on), and bench/pytorch_reference.py as static PyTorch
+# modules, all with the same thread count, in the same run.
+#
+#   OFA_REPO=path/to/once-for-all THREADS=2 bash bench/train_reference.sh [OUT]
+#
+# Without OFA_REPO the reference is cloned from GitHub into OUT. Needs
+# torch, torchvision and Pillow (installed when missing). Writes bench/results/train-reference.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/train-reference}
+OFA=${OFA:-target/release/ofa}
+THREADS=${THREADS:-2}
+BATCH=${BATCH:-16}
+STEPS=${STEPS:-10}
+RESULTS=${RESULTS:-bench/results}
+mkdir -p "$OUT" "$RESULTS"
+if [ -z "${OFA_REPO:-}" ]; then
+  OFA_REPO=$OUT/once-for-all
+  [ -d "$OFA_REPO/ofa" ] || git clone --depth 1 https://github.com/mit-han-lab/once-for-all "$OFA_REPO"
+fi
+# The reference package imports torchvision and Pillow at import time.
+python3 -c "import torch, torchvision, PIL" 2>/dev/null || python3 -m pip install --quiet torch torchvision pillow
+"$OFA" --threads "$THREADS" bench train --space ofa-mbv3-w1.0 --channels 3 --batch "$BATCH" \
+  --steps "$STEPS" --dump "$OUT/train.json" --json > "$OUT/ofa.txt"
+python3 bench/ofa_reference_train.py --ofa-repo "$OFA_REPO" --threads "$THREADS" \
+  "$OUT/train.json" > "$OUT/reference.json"
+python3 bench/pytorch_reference.py --threads "$THREADS" "$OUT/train.json" > "$OUT/static.txt"
+python3 - "$OUT" "$THREADS" "$RESULTS/train-reference.json" <<'PY'
+import datetime, json, platform, re, sys
+out, threads, dest = sys.argv[1:4]
+text = open(f"{out}/ofa.txt").read()
+ofa = json.loads(text[text.index("{"):])
+ref = json.load(open(f"{out}/reference.json"))
+static = open(f"{out}/static.txt").read()
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+res = {"threads": int(threads), "machine": cpu, "date": datetime.date.today().isoformat(),
+       "torch": ref["torch"], "batch": ref["batch"], "rows": []}
+print(f"ofa-mbv3-w1.0, 224 px, batch {ref['batch']}, {threads} threads, torch {ref['torch']}")
+print("| step | ofa s/step | OFAMobileNetV3 s/step | ofa speed-up |")
+print("|---|---|---|---|")
+for label in ["random subnet", "largest subnet"]:
+    a, b = ofa[label]["seconds_per_step"], ref[label]["seconds_per_step"]
+    res["rows"].append({"step": label, "ofa_s": a, "reference_s": b, "speedup": b / a})
+    print(f"| {label} | {a:.3f} | {b:.3f} | {b / a:.2f}× |")
+print("\nstatic PyTorch modules (bench/pytorch_reference.py):\n" + static)
+res["static_pytorch_output"] = static
+json.dump(res, open(dest, "w"), indent=1)
+PY
