@@ -429,3 +429,50 @@ fn rerank_returns_the_best_measured_candidate_and_baselines_meet_the_budget() {
     assert!(bb.test.is_some());
     assert!(r.baselines.iter().all(|b| b.val.top1 <= bb.val.top1));
 }
+
+/// The reference's released predictor forms, imported, predict what the
+/// reference's own code predicts for the same architectures
+/// (tests/data/*_predictor.json, written by tests/data/make_predictor_fixtures.py
+/// with `AccuracyPredictor.predict_accuracy` of ofa/tutorial and
+/// `AccuracyPredictor.predict_acc` of ofa/nas), after a save and a load.
+#[test]
+fn imported_reference_predictors_predict_what_the_reference_predicts() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let space = preset("ofa-mbv3-w1.0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for form in ["tutorial", "nas"] {
+        let p = export::pytorch::import_predictor::<B>(
+            &data.join(format!("{form}_predictor.pth")),
+            &space,
+            &Default::default(),
+        )
+        .unwrap();
+        let path = dir.path().join(format!("{form}.safetensors"));
+        p.save(&path).unwrap();
+        let p = ofa::search::Predictor::<B>::load(&path, &Default::default()).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(data.join(format!("{form}_predictor.json"))).unwrap(),
+        )
+        .unwrap();
+        let archs: Vec<Arch> = want["archs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| Arch::from_json(a, &space).unwrap())
+            .collect();
+        let got = p.predict(&archs);
+        for (g, w) in got.iter().zip(want["predicted"].as_array().unwrap()) {
+            let w = w.as_f64().unwrap();
+            assert!((g - w).abs() <= 1e-5, "{form}: {g} vs the reference's {w}");
+        }
+    }
+    // A space of another shape is refused with the file's name.
+    let e = export::pytorch::import_predictor::<B>(
+        &data.join("tutorial_predictor.pth"),
+        &preset("mbv3-28-lite").unwrap(),
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("tutorial_predictor.pth"), "{e}");
+}

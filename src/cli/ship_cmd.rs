@@ -223,10 +223,16 @@ pub fn finetune_cmd<B: TrainBackend>(device: &B::Device, a: FinetuneArgs) -> any
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_pytorch", "predictor"])))]
 pub struct ImportArgs {
-    /// A public OFA checkpoint (`.pth`, zip or legacy format).
+    /// A public OFA supernet checkpoint (`.pth`, zip or legacy format).
     #[arg(long)]
-    from_pytorch: PathBuf,
+    from_pytorch: Option<PathBuf>,
+    /// The reference's released accuracy predictor instead: the tutorial's
+    /// `acc_predictor.pth` or an `ofa/nas/accuracy_predictor` checkpoint.
+    /// `--out` is then a predictor file for `ofa search`.
+    #[arg(long)]
+    predictor: Option<PathBuf>,
     /// ofa-mbv3-w1.0, ofa-mbv3-w1.2, ofa-proxyless-w1.3 (or a TOML file).
     #[arg(long)]
     space: String,
@@ -242,12 +248,26 @@ pub fn import_cmd<B: TrainBackend>(device: &B::Device, a: ImportArgs) -> anyhow:
     if let Some(c) = a.classes {
         space.num_classes = c;
     }
-    let (net, report) =
-        export::pytorch::import::<B::InnerBackend>(&a.from_pytorch, &space, device)?;
+    let Some(from) = &a.from_pytorch else {
+        let path = a.predictor.as_ref().expect("clap requires one source");
+        let p = export::pytorch::import_predictor::<B::InnerBackend>(path, &space, device)?;
+        p.save(&a.out)?;
+        println!(
+            "{}: predictor with {} hidden layers of {}, {:?} encoding ({} inputs), written to {}",
+            path.display(),
+            p.config.layers,
+            p.config.hidden,
+            p.encoding.scheme,
+            p.encoding.dim(),
+            a.out.display()
+        );
+        return Ok(());
+    };
+    let (net, report) = export::pytorch::import::<B::InnerBackend>(from, &space, device)?;
     save_supernet(&net, &a.out)?;
     println!(
         "{}: {} tensors mapped ({} values); {} legacy 'mobile_inverted_conv' keys renamed, {} BN counters dropped",
-        a.from_pytorch.display(),
+        from.display(),
         report.tensors,
         report.values,
         report.renamed_legacy,

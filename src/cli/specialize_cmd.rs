@@ -242,6 +242,18 @@ pub enum PredictorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Predicted top-1 (a fraction, as predictors predict it) of one
+    /// architecture.
+    Predict {
+        #[arg(long)]
+        predictor: PathBuf,
+        /// `max`, `min`, or an architecture JSON file (either form, or a
+        /// search result).
+        #[arg(long)]
+        arch: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn table_pairs(path: &Path) -> anyhow::Result<(Space, Vec<(Arch, f64)>)> {
@@ -315,6 +327,23 @@ pub fn predictor<B: TrainBackend>(device: &B::Device, c: PredictorCommand) -> an
                 "{} rows: RMSE {:.3} points, Kendall τ {:.3}",
                 r.rows, r.rmse_points, r.kendall_tau
             );
+            Ok(())
+        }
+        PredictorCommand::Predict {
+            predictor,
+            arch,
+            json,
+        } => {
+            let p = Predictor::<B::InnerBackend>::load(&predictor, device)?;
+            let arch = Arch::parse_arg(&arch, &p.space)?;
+            let top1 = p.predict(std::slice::from_ref(&arch))[0];
+            if json {
+                return print_json(&serde_json::json!({
+                    "arch": arch.to_reference_json(), "predicted_top1": top1,
+                    "space": p.space.name, "origin": p.origin,
+                }));
+            }
+            println!("{arch}\npredicted top-1 {top1:.6} ({:.2}%)", 100.0 * top1);
             Ok(())
         }
     }

@@ -19,6 +19,6 @@ pub use evolution::{
 };
 pub use latency::{FastCost, LatencyTable, LutValidation, ProfileConfig, Timing};
 pub use measure::{Measurer, measure_baselines, rerank};
-pub use predictor::{Encoding, FitConfig, Predictor, PredictorReport, fit};
+pub use predictor::{Encoding, FitConfig, Mlp, Predictor, PredictorReport, Scheme, fit};
 pub use scenario::{Scenario, load_scenarios, search_all, search_each, slug, sweep};
 pub use table::{Table, TableMeta, TableRow};

@@ -15,10 +15,31 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// One-hot resolution ⧺ per block one-hot kernel ⧺ per block one-hot
-/// expand ratio; skipped blocks are all zeros.
+/// How an architecture becomes the predictor's input vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// One-hot resolution (by exact value) ⧺ per block one-hot kernel ⧺ per
+    /// block one-hot expand ratio: ours, and the reference's
+    /// `MobileNetArchEncoder` (`ofa/nas/accuracy_predictor/arch_encoder.py`).
+    #[default]
+    OneHot,
+    /// The tutorial predictor's 128 values
+    /// (`AccuracyPredictor.spec2feats` in `ofa/tutorial/accuracy_predictor.py`):
+    /// per block one-hot kernel ⧺ per block one-hot expand ratio ⧺ one-hot
+    /// resolution bin `(r − 112) // 16`; `resolutions` holds the bins' lower
+    /// edges.
+    OfaTutorial,
+}
+
+/// The encoding of a predictor; skipped blocks are all zeros in both
+/// schemes. Choices are one-hot in ascending order (the tutorial builds its
+/// maps from `set((3, 5, 7))`, which CPython iterates in that order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Encoding {
+    /// Absent in files written before the tutorial scheme existed.
+    #[serde(default)]
+    pub scheme: Scheme,
     pub resolutions: Vec<usize>,
     pub kernels: Vec<usize>,
     pub expands: Vec<usize>,
@@ -29,6 +50,7 @@ pub struct Encoding {
 impl Encoding {
     pub fn new(space: &Space) -> Self {
         Encoding {
+            scheme: Scheme::OneHot,
             resolutions: space.resolutions.clone(),
             kernels: space.kernel_choices.clone(),
             expands: space.expand_choices.clone(),
@@ -40,19 +62,66 @@ impl Encoding {
         }
     }
 
+    /// The tutorial predictor's encoding, for a space with its shape: 20
+    /// elastic blocks (5 stages of up to 4), kernels 3/5/7, expand ratios
+    /// 3/4/6, resolutions within the bins 112–239.
+    pub fn ofa_tutorial(space: &Space) -> Result<Self, String> {
+        let mut e = Encoding::new(space);
+        e.scheme = Scheme::OfaTutorial;
+        e.resolutions = (0..8).map(|i| 112 + 16 * i).collect();
+        let fits = e.blocks.len() == 20
+            && e.kernels == [3, 5, 7]
+            && e.expands == [3, 4, 6]
+            && space.resolutions.iter().all(|&r| (112..240).contains(&r));
+        if !fits {
+            return Err(format!(
+                "space '{}' does not have the tutorial predictor's shape (20 elastic blocks, \
+                 kernels [3, 5, 7], expand ratios [3, 4, 6], resolutions 112–239)",
+                space.name
+            ));
+        }
+        Ok(e)
+    }
+
     pub fn dim(&self) -> usize {
         self.resolutions.len() + self.blocks.len() * (self.kernels.len() + self.expands.len())
+    }
+
+    /// Where the resolution, kernel and expand groups start.
+    fn offsets(&self) -> (usize, usize, usize) {
+        let (nb, nk) = (self.blocks.len(), self.kernels.len());
+        match self.scheme {
+            Scheme::OneHot => {
+                let k0 = self.resolutions.len();
+                (0, k0, k0 + nb * nk)
+            }
+            Scheme::OfaTutorial => {
+                let e0 = nb * nk;
+                (e0 + nb * self.expands.len(), 0, e0)
+            }
+        }
+    }
+
+    /// The one-hot slot of a resolution: its exact value, or the last bin
+    /// edge at or below it.
+    fn resolution_slot(&self, r: usize) -> Option<usize> {
+        match self.scheme {
+            Scheme::OneHot => self.resolutions.iter().position(|&x| x == r),
+            Scheme::OfaTutorial => {
+                let i = self.resolutions.iter().rposition(|&x| x <= r)?;
+                (r < self.resolutions[i] + 16).then_some(i)
+            }
+        }
     }
 
     /// The feature vector of an architecture.
     pub fn encode(&self, arch: &Arch) -> Vec<f32> {
         let mut v = vec![0f32; self.dim()];
-        if let Some(i) = self.resolutions.iter().position(|&r| r == arch.r) {
-            v[i] = 1.0;
+        let (r0, k0, e0) = self.offsets();
+        if let Some(i) = self.resolution_slot(arch.r) {
+            v[r0 + i] = 1.0;
         }
         let (nk, ne) = (self.kernels.len(), self.expands.len());
-        let k0 = self.resolutions.len();
-        let e0 = k0 + self.blocks.len() * nk;
         for (b, &(stage, pos)) in self.blocks.iter().enumerate() {
             if pos >= arch.d[stage] {
                 continue;
@@ -153,6 +222,8 @@ pub struct Predictor<B: Backend> {
     pub mlp: Mlp<B>,
     pub report: PredictorReport,
     pub train_rows: usize,
+    /// Where an imported predictor came from (None: fitted by `fit`).
+    pub origin: Option<String>,
 }
 
 fn to_tensor<B: Backend>(rows: &[Vec<f32>], dim: usize, device: &B::Device) -> Tensor<B, 2> {
@@ -241,7 +312,7 @@ impl<B: Backend> Predictor<B> {
                 map.insert(format!("layers.{i}.bias"), HostTensor::from_tensor(b.val()));
             }
         }
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("format".to_string(), "ofa-predictor/1".to_string()),
             ("space".to_string(), serde_json::to_string(&self.space)?),
             (
@@ -253,6 +324,9 @@ impl<B: Backend> Predictor<B> {
             ("base".to_string(), self.mlp.base.to_string()),
             ("train_rows".to_string(), self.train_rows.to_string()),
         ]);
+        if let Some(o) = &self.origin {
+            meta.insert("origin".to_string(), o.clone());
+        }
         Ok(write_safetensors(path, &map, meta)?)
     }
 
@@ -307,6 +381,7 @@ impl<B: Backend> Predictor<B> {
             mlp,
             report,
             train_rows,
+            origin: meta.get("origin").cloned(),
         })
     }
 }
@@ -398,6 +473,7 @@ pub fn fit<B: AutodiffBackend>(
         mlp: mlp.valid(),
         report: PredictorReport::default(),
         train_rows: train.len(),
+        origin: None,
     };
     p.report = p.evaluate(if test.is_empty() { &train } else { &test });
     Ok(p)
@@ -405,6 +481,34 @@ pub fn fit<B: AutodiffBackend>(
 
 #[cfg(test)]
 mod tests {
+    /// Hand-worked `spec2feats` (ofa/tutorial/accuracy_predictor.py): every
+    /// stage at depth 2 keeps blocks 0, 1, 4, 5, …; kernel 5 is slot 1 of
+    /// its block's three, expand 6 slot 2 of the next 60, and r = 172 is
+    /// bin (172 − 112) // 16 = 3 of the last 8.
+    #[test]
+    fn tutorial_encoding_by_hand() {
+        let s = crate::space::preset("ofa-mbv3-w1.0").unwrap();
+        let e = Encoding::ofa_tutorial(&s).unwrap();
+        assert_eq!(e.dim(), 128);
+        let arch = Arch {
+            ks: vec![5; 20],
+            e: vec![6; 20],
+            d: vec![2; 5],
+            r: 172,
+        };
+        let v = e.encode(&arch);
+        let mut want = vec![0f32; 128];
+        for stage in 0..5 {
+            for b in [4 * stage, 4 * stage + 1] {
+                want[3 * b + 1] = 1.0;
+                want[60 + 3 * b + 2] = 1.0;
+            }
+        }
+        want[120 + 3] = 1.0;
+        assert_eq!(v, want);
+        assert!(Encoding::ofa_tutorial(&crate::space::preset("mbv3-28-lite").unwrap()).is_err());
+    }
+
     use super::*;
     use crate::space::preset;
 
