@@ -476,3 +476,57 @@ fn imported_reference_predictors_predict_what_the_reference_predicts() {
     .unwrap();
     assert!(e.to_string().contains("tutorial_predictor.pth"), "{e}");
 }
+
+/// A released specialized network (net.config written by the reference's
+/// `get_active_subnet(...).config` for a known `set_active_subnet` arch,
+/// tests/data/specialized_w1.0.*; bench/specialized_check.sh compares the
+/// logits with the reference's) becomes a subnet folder: the architecture
+/// read back from net.config is the reference's, and every tensor of `init`
+/// lands where it belongs.
+#[test]
+fn a_specialized_network_folder_imports_as_a_subnet() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let space = preset("ofa-mbv3-w1.0").unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("specialized_w1.0.arch.json")).unwrap(),
+    )
+    .unwrap();
+    let want = Arch::from_json(&want, &space).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data.join("specialized_w1.0.net.config"),
+        dir.path().join("net.config"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("run.config"),
+        format!("{{\"image_size\": {}}}", want.r),
+    )
+    .unwrap();
+    let weights =
+        ofa::nn::Subnet::<B>::init(&space, &want, 11, &Default::default()).to_tensor_map();
+    torch::write_zip(&dir.path().join("init"), &torch::entries(&weights));
+    let net =
+        export::specialized::import_specialized::<B>(dir.path(), None, None, &Default::default())
+            .unwrap();
+    assert_eq!(net.space.name, "ofa-mbv3-w1.0");
+    assert_eq!((net.arch.d.clone(), net.arch.r), (want.d.clone(), want.r));
+    let active = |a: &Arch| -> Vec<(usize, usize, usize)> {
+        a.active_blocks(&space)
+            .into_iter()
+            .map(|(b, k, e)| (b.index, k, e))
+            .collect()
+    };
+    assert_eq!(active(&net.arch), active(&want));
+    assert_eq!(net.to_tensor_map(), weights);
+    // A space the widths do not fit is refused, naming net.config.
+    let e = export::specialized::import_specialized::<B>(
+        dir.path(),
+        Some(&preset("ofa-mbv3-w1.2").unwrap()),
+        None,
+        &Default::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("net.config"), "{e}");
+}

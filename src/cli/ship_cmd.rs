@@ -223,7 +223,7 @@ pub fn finetune_cmd<B: TrainBackend>(device: &B::Device, a: FinetuneArgs) -> any
 }
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["from_pytorch", "predictor"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from_pytorch", "predictor", "specialized"])))]
 pub struct ImportArgs {
     /// A public OFA supernet checkpoint (`.pth`, zip or legacy format).
     #[arg(long)]
@@ -233,9 +233,19 @@ pub struct ImportArgs {
     /// `--out` is then a predictor file for `ofa search`.
     #[arg(long)]
     predictor: Option<PathBuf>,
-    /// ofa-mbv3-w1.0, ofa-mbv3-w1.2, ofa-proxyless-w1.3 (or a TOML file).
+    /// One of the reference's released specialized networks instead: a
+    /// folder with `net.config`, `run.config` and `init` (as
+    /// `ofa_specialized()` downloads them). `--out` is then a subnet folder.
     #[arg(long)]
-    space: String,
+    specialized: Option<PathBuf>,
+    /// With --specialized: the input resolution, instead of run.config's
+    /// `image_size`.
+    #[arg(long, requires = "specialized")]
+    resolution: Option<usize>,
+    /// ofa-mbv3-w1.0, ofa-mbv3-w1.2, ofa-proxyless-w1.3 (or a TOML file);
+    /// with --specialized, by default the one whose widths fit.
+    #[arg(long, required_unless_present = "specialized")]
+    space: Option<String>,
     /// Classifier outputs (default: the space's, 1000).
     #[arg(long)]
     classes: Option<usize>,
@@ -244,10 +254,38 @@ pub struct ImportArgs {
 }
 
 pub fn import_cmd<B: TrainBackend>(device: &B::Device, a: ImportArgs) -> anyhow::Result<()> {
-    let mut space = Space::resolve(&a.space)?;
-    if let Some(c) = a.classes {
-        space.num_classes = c;
+    let space = match &a.space {
+        Some(s) => {
+            let mut space = Space::resolve(s)?;
+            if let Some(c) = a.classes {
+                space.num_classes = c;
+            }
+            Some(space)
+        }
+        None => None,
+    };
+    if let Some(dir) = &a.specialized {
+        let net = export::specialized::import_specialized::<B::InnerBackend>(
+            dir,
+            space.as_ref(),
+            a.resolution,
+            device,
+        )?;
+        let extra = serde_json::json!({"imported_from": dir.display().to_string()});
+        crate::nn::save_subnet(&net, &a.out, extra)?;
+        let cost = net.arch.cost(&net.space);
+        println!(
+            "{}: {} of space '{}' ({:.1} MFLOPs, {:.2} M params) written to {}",
+            dir.display(),
+            net.arch,
+            net.space.name,
+            cost.mflops(),
+            cost.mparams(),
+            a.out.display()
+        );
+        return Ok(());
     }
+    let space = space.expect("clap requires --space without --specialized");
     let Some(from) = &a.from_pytorch else {
         let path = a.predictor.as_ref().expect("clap requires one source");
         let p = export::pytorch::import_predictor::<B::InnerBackend>(path, &space, device)?;

@@ -6,5 +6,6 @@
 pub mod npy;
 pub mod onnx;
 pub mod pytorch;
+pub mod specialized;
 
 pub use crate::nn::{load_subnet, save_subnet};
