@@ -14,5 +14,6 @@ pub mod nn;
 pub mod pipeline;
 pub mod search;
 pub mod space;
+pub mod specialize;
 pub mod train;
 pub mod util;

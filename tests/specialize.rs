@@ -530,3 +530,88 @@ fn a_specialized_network_folder_imports_as_a_subnet() {
     .unwrap();
     assert!(e.to_string().contains("net.config"), "{e}");
 }
+
+/// `ofa specialize` end to end on a tiny supernet with two latency budgets
+/// taken from its own latency table: both choices meet their budgets in the
+/// table, their subnet folders load with the chosen architectures, their
+/// ONNX exports check in tract (specialize refuses otherwise); a profiled
+/// table is cached and reused by the next call.
+#[test]
+fn specialize_meets_every_budget_and_caches_the_table() {
+    use ofa::search::{EvoConfig, LatencyTable, ProfileConfig};
+    use ofa::specialize::{SpecializeConfig, specialize};
+    let s = preset("tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let net: Supernet<B> = random_supernet(&s, 4);
+    let supernet = dir.path().join("supernet.safetensors");
+    save_supernet(&net, &supernet).unwrap();
+    let mut r = rng(5);
+    let pairs: Vec<(Arch, f64)> = (0..60)
+        .map(|_| {
+            let a = Arch::sample(&s, &mut r);
+            let y = 0.5 + 0.001 * a.cost(&s).mflops();
+            (a, y)
+        })
+        .collect();
+    let fit_cfg = FitConfig {
+        epochs: 5,
+        hidden: 32,
+        ..FitConfig::default()
+    };
+    let p = fit::<AB>(&s, &pairs, &fit_cfg, &Default::default(), &mut |_, _| {}).unwrap();
+    let predictor = dir.path().join("pred.safetensors");
+    p.save(&predictor).unwrap();
+    let profile = ProfileConfig {
+        warmup: 0,
+        reps: 2,
+        evict_kib: 0,
+        ..ProfileConfig::default()
+    };
+    let lut = LatencyTable::profile::<B>(&s, &profile, &Default::default(), &mut |_, _| {});
+    let lut_path = dir.path().join("lut.json");
+    lut.save(&lut_path).unwrap();
+    let (lo, hi) = (
+        lut.predict(&s, &Arch::min(&s)).unwrap(),
+        lut.predict(&s, &Arch::max(&s)).unwrap(),
+    );
+    let budgets = [lo + 0.3 * (hi - lo), lo + 0.7 * (hi - lo)];
+    let mut cfg = SpecializeConfig {
+        supernet,
+        predictor,
+        constraints: budgets
+            .iter()
+            .map(|b| format!("latency<={:.6}ms", b))
+            .collect(),
+        scenarios: None,
+        lut: Some(lut_path),
+        cache_dir: Some(dir.path().join("cache")),
+        profile,
+        validate: 0,
+        data: None,
+        eval: Default::default(),
+        evo: EvoConfig {
+            generations: 5,
+            ..EvoConfig::default()
+        },
+        out: dir.path().join("out"),
+    };
+    let out = specialize::<B>(&cfg, &Default::default(), &mut |_, _, _| {}).unwrap();
+    assert_eq!(out.lut.how, "brought");
+    assert_eq!(out.chosen.len(), 2);
+    for (c, b) in out.chosen.iter().zip(budgets) {
+        let lat = c.lut_ms.unwrap();
+        assert!(lat <= b + 1e-6, "{}: {lat} ms over {b} ms", c.scenario);
+        let sub = ofa::nn::load_subnet::<B>(&c.subnet, &Default::default()).unwrap();
+        assert_eq!(sub.arch.to_reference_json(), c.arch);
+        assert!(c.onnx.exists() && c.onnx_rel_diff <= 1e-4);
+    }
+    assert!(out.report.exists());
+    cfg.lut = None;
+    let first = specialize::<B>(&cfg, &Default::default(), &mut |_, _, _| {}).unwrap();
+    let second = specialize::<B>(&cfg, &Default::default(), &mut |_, _, _| {}).unwrap();
+    assert_eq!(
+        (first.lut.how.as_str(), second.lut.how.as_str()),
+        ("profiled", "cached")
+    );
+    assert_eq!(first.lut.path, second.lut.path);
+}

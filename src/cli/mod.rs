@@ -141,6 +141,9 @@ enum Command {
     Latency(specialize_cmd::LatencyArgs),
     /// Evolutionary search for one or many deployment scenarios.
     Search(specialize_cmd::SearchArgs),
+    /// A supernet and a predictor to deployable subnets for many budgets of
+    /// this machine: latency table (cached), search, extract, time, ONNX.
+    Specialize(specialize_cmd::SpecializeArgs),
     /// Extract a standalone subnet (BN recalibrated) from a supernet.
     Extract(ship_cmd::ExtractArgs),
     /// Export an extracted subnet to ONNX (and check it in tract).
@@ -199,6 +202,7 @@ fn run_command<B: crate::nn::TrainBackend>(c: Command, device: &B::Device) -> an
         Command::Profile(a) => specialize_cmd::profile::<B>(device, a),
         Command::Latency(a) => specialize_cmd::latency::<B>(device, a),
         Command::Search(a) => specialize_cmd::search::<B>(device, a),
+        Command::Specialize(a) => specialize_cmd::specialize_cmd::<B>(device, a),
         Command::Extract(a) => ship_cmd::extract_cmd::<B>(device, a),
         Command::Export(a) => ship_cmd::export_cmd::<B>(device, a),
         Command::Finetune(a) => ship_cmd::finetune_cmd::<B>(device, a),

@@ -719,3 +719,123 @@ pub fn search<B: TrainBackend>(device: &B::Device, a: SearchArgs) -> anyhow::Res
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct SpecializeArgs {
+    /// Supernet file (`ofa train`, or `ofa import --from-pytorch`).
+    #[arg(long)]
+    supernet: PathBuf,
+    /// Predictor file (`ofa predictor fit`, or `ofa import --predictor`).
+    #[arg(long)]
+    predictor: PathBuf,
+    /// A scenario; repeat for several (`latency<=15ms`, `flops<=300M`).
+    #[arg(long)]
+    constraint: Vec<String>,
+    /// More scenarios from a TOML file (as `ofa search --scenarios`).
+    #[arg(long)]
+    scenarios: Option<PathBuf>,
+    /// A latency table brought from the target device, instead of
+    /// profiling this machine.
+    #[arg(long)]
+    lut: Option<PathBuf>,
+    /// Where this machine's profiled tables are cached (default
+    /// $OFA_CACHE_DIR, else $XDG_CACHE_HOME/ofa, else ~/.cache/ofa).
+    #[arg(long)]
+    lut_cache: Option<PathBuf>,
+    /// Batch size latency is profiled and timed at.
+    #[arg(long, default_value_t = 1)]
+    latency_batch: usize,
+    /// Timed runs per layer configuration when profiling.
+    #[arg(long, default_value_t = 30)]
+    latency_reps: usize,
+    /// Sampled subnets timed end to end to report a new table's error.
+    #[arg(long, default_value_t = 20)]
+    validate: usize,
+    /// Dataset (e.g. `folder:DIR` for ImageNet) to recalibrate BN on and
+    /// measure each choice's top-1; without it, stored BN statistics.
+    #[arg(long)]
+    data: Option<String>,
+    #[command(flatten)]
+    eval: EvalFlags,
+    #[arg(long, default_value_t = EvoConfig::default().generations)]
+    generations: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn specialize_cmd<B: TrainBackend>(
+    device: &B::Device,
+    a: SpecializeArgs,
+) -> anyhow::Result<()> {
+    let cfg = crate::specialize::SpecializeConfig {
+        supernet: a.supernet,
+        predictor: a.predictor,
+        constraints: a.constraint,
+        scenarios: a.scenarios,
+        lut: a.lut,
+        cache_dir: a.lut_cache,
+        profile: ProfileConfig {
+            batch: a.latency_batch,
+            reps: a.latency_reps,
+            evict_kib: ProfileConfig::default_evict_kib(a.latency_batch),
+            ..ProfileConfig::default()
+        },
+        validate: a.validate,
+        data: a.data,
+        eval: a.eval.config(),
+        evo: EvoConfig {
+            generations: a.generations,
+            seed: a.seed,
+            ..EvoConfig::default()
+        },
+        out: a.out,
+    };
+    let pb = bar(0, "{msg} [{bar:30}] {pos}/{len} ({elapsed} < {eta})");
+    let s = crate::specialize::specialize::<B::InnerBackend>(&cfg, device, &mut |stage, d, n| {
+        pb.set_message(stage.to_string());
+        pb.set_length(n as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "latency table {} ({}, {} layer configurations, {:.1} s)",
+        s.lut.path.display(),
+        s.lut.how,
+        s.lut.entries,
+        s.lut.seconds
+    );
+    for c in &s.chosen {
+        println!(
+            "{:<24} predicted {:.2}%{}  {:.1} MFLOPs  table {}  measured {:.2} ms  {}",
+            c.scenario,
+            100.0 * c.predicted_top1,
+            c.val
+                .map(|v| format!("  measured {:.2}%", 100.0 * v.top1))
+                .unwrap_or_default(),
+            c.mflops,
+            c.lut_ms
+                .map(|x| format!("{x:.2} ms"))
+                .unwrap_or_else(|| "–".into()),
+            c.measured_ms,
+            c.subnet.display()
+        );
+    }
+    for f in &s.failed {
+        println!("no subnet: {f}");
+    }
+    println!(
+        "search {:.1} s, ship {:.1} s, total {:.1} s; report {}",
+        s.search_seconds,
+        s.ship_seconds,
+        s.total_seconds,
+        s.report.display()
+    );
+    Ok(())
+}
