@@ -1,4 +1,4 @@
-//! `ofa table`, `ofa predictor`, `ofa profile`, `ofa latency`, `ofa search`.
+//! `ofa table`, `ofa predictor`, `ofa profile`, `ofa latency`, `ofa search`, `ofa specialize`.
 
 use super::print_json;
 use super::train_cmd::EvalFlags;
