@@ -9,7 +9,7 @@
 
 use crate::export;
 use crate::nn::{OfaBackend, Supernet, extract, load_supernet};
-use crate::search::latency::{LutValidation, time_subnets, validate};
+use crate::search::latency::{LayerTimer, LutValidation, validate_with};
 use crate::search::report::{MeasuredPoint, write_pareto, write_results};
 use crate::search::{
     EvoConfig, LatencyTable, Measurer, Predictor, ProfileConfig, Scenario, SearchResult,
@@ -39,6 +39,11 @@ pub struct SpecializeConfig {
     pub profile: ProfileConfig,
     /// Sampled subnets timed end to end to report a new table's error.
     pub validate: usize,
+    /// What latency is measured in: `ofa` or `onnxruntime` (see
+    /// [`export::timer`]); the table, its check and the chosen subnets'
+    /// end-to-end times all use it.
+    pub runtime: String,
+    pub ort_lib: Option<PathBuf>,
     /// Dataset for BN recalibration and top-1 of each choice; without it the
     /// supernet's stored BN statistics are used and no accuracy is measured.
     pub data: Option<String>,
@@ -53,6 +58,8 @@ pub struct LutSource {
     pub path: PathBuf,
     /// `brought` (`--lut`), `cached` or `profiled`.
     pub how: String,
+    /// What timed it (`ofa` or `onnxruntime`) and its version.
+    pub runtime: String,
     pub device: String,
     pub threads: usize,
     pub batch: usize,
@@ -107,11 +114,12 @@ pub fn default_cache_dir() -> PathBuf {
 fn cache_path<B: OfaBackend>(
     dir: &Path,
     space: &Space,
+    runtime: &str,
     cfg: &ProfileConfig,
     device: &B::Device,
 ) -> PathBuf {
     let name = format!(
-        "{}-{}-t{}-b{}-w{}-r{}-e{}",
+        "{}-{runtime}-{}-t{}-b{}-w{}-r{}-e{}",
         space.name,
         B::device_label(device),
         rayon::current_num_threads(),
@@ -126,6 +134,7 @@ fn cache_path<B: OfaBackend>(
 fn latency_table<B: OfaBackend>(
     cfg: &SpecializeConfig,
     space: &Space,
+    timer: &mut dyn LayerTimer,
     device: &B::Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<(LatencyTable, LutSource)> {
@@ -133,6 +142,7 @@ fn latency_table<B: OfaBackend>(
     let source = |lut: &LatencyTable, path: PathBuf, how: &str, t: Instant| LutSource {
         path,
         how: how.into(),
+        runtime: format!("{} {}", lut.runtime, lut.runtime_version),
         device: lut.device.clone(),
         threads: lut.threads,
         batch: lut.config.batch,
@@ -150,24 +160,35 @@ fn latency_table<B: OfaBackend>(
                 space.name
             );
         }
+        if lut.runtime != cfg.runtime {
+            anyhow::bail!(
+                "{}: a table timed in {}, but latency is measured in {} here \
+                 (pass --runtime {} to use it)",
+                p.display(),
+                lut.runtime,
+                cfg.runtime,
+                lut.runtime
+            );
+        }
         let s = source(&lut, p.clone(), "brought", t);
         return Ok((lut, s));
     }
     let dir = cfg.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let path = cache_path::<B>(&dir, space, &cfg.profile, device);
+    let path = cache_path::<B>(&dir, space, &cfg.runtime, &cfg.profile, device);
     if path.exists() {
         // A cache file that does not load (truncated, older format) is
         // profiled again rather than trusted.
         if let Ok(lut) = LatencyTable::load(&path)
             && &lut.space == space
+            && lut.runtime == cfg.runtime
         {
             let s = source(&lut, path, "cached", t);
             return Ok((lut, s));
         }
     }
-    let mut lut = LatencyTable::profile::<B>(space, &cfg.profile, device, progress);
+    let mut lut = LatencyTable::profile_with(space, &cfg.profile, timer, progress)?;
     if cfg.validate > 0 {
-        lut.validation = Some(validate::<B>(&lut, space, cfg.validate, 0, device)?);
+        lut.validation = Some(validate_with(&lut, space, cfg.validate, 0, timer)?);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     lut.save(&path)?;
@@ -211,8 +232,11 @@ pub fn specialize<B: OfaBackend>(
             )
         })?;
     let space = net.space.clone();
+    let mut timer = export::timer::<B>(&cfg.runtime, cfg.ort_lib.as_deref(), device)?;
     let (lut, lut_source) =
-        latency_table::<B>(cfg, &space, device, &mut |d, n| progress("profile", d, n))?;
+        latency_table::<B>(cfg, &space, timer.as_mut(), device, &mut |d, n| {
+            progress("profile", d, n)
+        })?;
     let scenarios = scenarios(cfg, &lut)?;
     let t = Instant::now();
     let mut results: Vec<SearchResult> = Vec::new();
@@ -234,7 +258,7 @@ pub fn specialize<B: OfaBackend>(
         .with_context(|| format!("{}: cannot create", cfg.out.display()))?;
     write_results(&cfg.out.join("search"), &space, &results)?;
     let t = Instant::now();
-    let chosen = ship(cfg, &net, &results, device)?;
+    let chosen = ship(cfg, &net, &results, timer.as_mut(), device)?;
     let ship_seconds = t.elapsed().as_secs_f64();
     let evo = EvoConfig {
         generations: cfg.evo.generations.min(100),
@@ -283,6 +307,7 @@ fn ship<B: OfaBackend>(
     cfg: &SpecializeConfig,
     net: &Supernet<B>,
     results: &[SearchResult],
+    timer: &mut dyn LayerTimer,
     device: &B::Device,
 ) -> anyhow::Result<Vec<Specialized>> {
     let val_data = match &cfg.data {
@@ -314,11 +339,14 @@ fn ship<B: OfaBackend>(
         subs.push(extract(net, arch));
         vals.push(val);
     }
+    // All chosen subnets timed together, in interleaved rounds, in the
+    // table's runtime.
     let timing = ProfileConfig {
         reps: 30,
         ..cfg.profile.clone()
     };
-    let timings = time_subnets(&subs, &timing, device);
+    let archs: Vec<_> = results.iter().map(|r| r.best.arch.clone()).collect();
+    let timings = timer.time_archs(&net.space, &archs, &timing)?;
     let mut out = Vec::new();
     for (((r, sub), t), val) in results.iter().zip(&subs).zip(&timings).zip(vals) {
         let dir = cfg.out.join("subnets").join(slug(&r.scenario));
@@ -358,10 +386,11 @@ fn report_text(cfg: &SpecializeConfig, s: &SpecializeSummary, plots: &[PathBuf])
     );
     let l = &s.lut;
     t.push_str(&format!(
-        "Latency table: {} ({}; {} layer configurations on {}, {} threads, batch {}, {:.1} s).\n",
+        "Latency table: {} ({}; {} layer configurations timed in {} on {}, {} threads, batch {}, {:.1} s).\n",
         l.path.display(),
         l.how,
         l.entries,
+        l.runtime,
         l.device,
         l.threads,
         l.batch,

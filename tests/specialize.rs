@@ -587,6 +587,8 @@ fn specialize_meets_every_budget_and_caches_the_table() {
         cache_dir: Some(dir.path().join("cache")),
         profile,
         validate: 0,
+        runtime: "ofa".into(),
+        ort_lib: None,
         data: None,
         eval: Default::default(),
         evo: EvoConfig {
@@ -614,4 +616,70 @@ fn specialize_meets_every_budget_and_caches_the_table() {
         ("profiled", "cached")
     );
     assert_eq!(first.lut.path, second.lut.path);
+}
+
+/// The one-operator ONNX graphs a latency table times in another runtime
+/// compute what our layers compute: every distinct layer of a space,
+/// exported alone, runs in tract (an independent runtime) to our output.
+#[test]
+fn single_layer_onnx_graphs_compute_what_our_layers_compute() {
+    use prost::Message;
+    let s = preset("tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let layers = ofa::search::latency::distinct_layers(&s);
+    assert!(layers.len() > 20);
+    for (i, l) in layers.iter().enumerate() {
+        let (module, mut shape) = ofa::nn::LayerModule::<B>::new(l, &dev);
+        shape[0] = 2;
+        let path = dir.path().join(format!("l{i}.onnx"));
+        let model = export::onnx::layer_to_onnx(&module, shape);
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        let x = random_tensor::<B, 4>(shape, 70 + i as u64);
+        let input = npy::Array {
+            shape: shape.to_vec(),
+            data: to_vec(x.clone()),
+        };
+        let ours = to_vec(module.forward(x));
+        let theirs = export::onnx::run_tract(&path, &input).unwrap();
+        assert_eq!(ours.len(), theirs.data.len(), "{}", l.key());
+        let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = ours
+            .iter()
+            .zip(&theirs.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff / scale <= 1e-4,
+            "{}: relative difference {}",
+            l.key(),
+            diff / scale
+        );
+    }
+}
+
+/// With the `onnxruntime` feature and a findable libonnxruntime.so
+/// (`pip install onnxruntime`): a table timed in ONNX Runtime records its
+/// runtime and per-call cost, and predicts whole subnets timed there too.
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn onnxruntime_tables_record_their_runtime() {
+    use ofa::search::{LatencyTable, ProfileConfig};
+    if ofa::export::ort_runtime::find_library(None).is_err() {
+        eprintln!("skipped: no libonnxruntime.so (python3 -m pip install onnxruntime)");
+        return;
+    }
+    let s = preset("tiny").unwrap();
+    let dev = Default::default();
+    let mut timer = ofa::export::timer::<B>("onnxruntime", None, &dev).unwrap();
+    let cfg = ProfileConfig {
+        warmup: 1,
+        reps: 3,
+        evict_kib: 0,
+        ..ProfileConfig::default()
+    };
+    let lut = LatencyTable::profile_with(&s, &cfg, timer.as_mut(), &mut |_, _| {}).unwrap();
+    assert_eq!(lut.runtime, "onnxruntime");
+    assert!(lut.base_ms > 0.0 && lut.entries.values().all(|t| t.median_ms.is_finite()));
+    let v = ofa::search::latency::validate_with(&lut, &s, 4, 0, timer.as_mut()).unwrap();
+    assert!(v.samples.iter().all(|(_, p, m)| *p > 0.0 && *m > 0.0));
 }

@@ -3,7 +3,7 @@
 use super::print_json;
 use super::train_cmd::EvalFlags;
 use crate::nn::TrainBackend;
-use crate::nn::{SupernetConfig, extract, load_supernet};
+use crate::nn::load_supernet;
 use crate::search::report::{write_pareto, write_results};
 use crate::search::table::{self, Table, TableMeta};
 use crate::search::{
@@ -374,6 +374,15 @@ pub struct ProfileArgs {
     validate: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// What times the layers: `ofa` (this engine) or `onnxruntime` (each
+    /// layer exported to ONNX and timed in ONNX Runtime, the runtime an
+    /// exported subnet is deployed with; needs the `onnxruntime` feature).
+    #[arg(long, default_value = "ofa")]
+    runtime: String,
+    /// libonnxruntime.so (default: $ORT_DYLIB_PATH, else the one of the
+    /// `onnxruntime` Python package).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
 }
 
 fn space_of<B: TrainBackend>(
@@ -395,22 +404,28 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
         reps: a.reps,
         evict_kib: a
             .evict_kib
-            .unwrap_or_else(|| ProfileConfig::default_evict_kib(a.batch)),
+            .unwrap_or_else(|| ProfileConfig::default_evict_kib_for(&a.runtime, a.batch)),
     };
     let pb = bar(
         0,
         "profile [{bar:30}] {pos}/{len} layers ({elapsed} < {eta})",
     );
+    let mut timer =
+        crate::export::timer::<B::InnerBackend>(&a.runtime, a.ort_lib.as_deref(), device)?;
     let t = std::time::Instant::now();
-    let mut lut = LatencyTable::profile::<B::InnerBackend>(&space, &cfg, device, &mut |d, n| {
+    let mut lut = LatencyTable::profile_with(&space, &cfg, timer.as_mut(), &mut |d, n| {
         pb.set_length(n as u64);
         pb.set_position(d as u64);
-    });
+    })?;
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
     if a.validate > 0 {
-        let v = crate::search::latency::validate::<B::InnerBackend>(
-            &lut, &space, a.validate, a.seed, device,
+        let v = crate::search::latency::validate_with(
+            &lut,
+            &space,
+            a.validate,
+            a.seed,
+            timer.as_mut(),
         )?;
         println!(
             "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
@@ -426,9 +441,10 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
     }
     lut.save(&a.out)?;
     println!(
-        "{}: {} layer configurations timed on {} ({} threads, batch {}) in {:.1} s",
+        "{}: {} layer configurations timed in {} on {} ({} threads, batch {}) in {:.1} s",
         a.out.display(),
         lut.entries.len(),
+        lut.runtime,
         lut.device,
         lut.threads,
         cfg.batch,
@@ -458,6 +474,12 @@ pub struct LatencyArgs {
     reps: usize,
     #[arg(long)]
     json: bool,
+    /// With --measure: `ofa` (this engine) or `onnxruntime` (the exported
+    /// subnet in ONNX Runtime; needs the `onnxruntime` feature).
+    #[arg(long, default_value = "ofa")]
+    runtime: String,
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
 }
 
 pub fn latency<B: TrainBackend>(device: &B::Device, a: LatencyArgs) -> anyhow::Result<()> {
@@ -469,20 +491,16 @@ pub fn latency<B: TrainBackend>(device: &B::Device, a: LatencyArgs) -> anyhow::R
     let arch = Arch::parse_arg(&a.arch, &space)?;
     let predicted = lut.as_ref().map(|l| l.predict(&space, &arch)).transpose()?;
     let measured = if a.measure {
-        let net = match &a.supernet {
-            Some(p) => load_supernet::<B::InnerBackend>(p, None, device)?,
-            None => SupernetConfig::new(space.clone()).init::<B::InnerBackend>(device),
-        };
+        // Timing does not depend on the weights: the timer extracts the
+        // subnet from a freshly built supernet of the space.
         let cfg = ProfileConfig {
             batch: a.batch,
             reps: a.reps,
             ..ProfileConfig::default()
         };
-        Some(crate::search::latency::time_subnet(
-            &extract(&net, &arch),
-            &cfg,
-            device,
-        ))
+        let mut timer =
+            crate::export::timer::<B::InnerBackend>(&a.runtime, a.ort_lib.as_deref(), device)?;
+        Some(timer.time_archs(&space, std::slice::from_ref(&arch), &cfg)?[0])
     } else {
         None
     };
@@ -491,7 +509,7 @@ pub fn latency<B: TrainBackend>(device: &B::Device, a: LatencyArgs) -> anyhow::R
     }
     if a.json {
         return print_json(
-            &serde_json::json!({"arch": arch.to_reference_json(), "predicted_ms": predicted, "measured": measured}),
+            &serde_json::json!({"arch": arch.to_reference_json(), "predicted_ms": predicted, "measured": measured, "runtime": a.runtime}),
         );
     }
     println!("{arch}");
@@ -500,8 +518,8 @@ pub fn latency<B: TrainBackend>(device: &B::Device, a: LatencyArgs) -> anyhow::R
     }
     if let Some(m) = measured {
         println!(
-            "measured: median {:.3} ms (p10 {:.3}, p90 {:.3}, {} runs, batch {})",
-            m.median_ms, m.p10_ms, m.p90_ms, m.reps, a.batch
+            "measured in {}: median {:.3} ms (p10 {:.3}, p90 {:.3}, {} runs, batch {})",
+            a.runtime, m.median_ms, m.p10_ms, m.p90_ms, m.reps, a.batch
         );
     }
     Ok(())
@@ -751,6 +769,13 @@ pub struct SpecializeArgs {
     /// Sampled subnets timed end to end to report a new table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
+    /// What latency is measured in: `ofa` (this engine) or `onnxruntime`
+    /// (the runtime the exported subnets are deployed with; needs the
+    /// `onnxruntime` feature).
+    #[arg(long, default_value = "ofa")]
+    runtime: String,
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
     /// Dataset (e.g. `folder:DIR` for ImageNet) to recalibrate BN on and
     /// measure each choice's top-1; without it, stored BN statistics.
     #[arg(long)]
@@ -781,10 +806,12 @@ pub fn specialize_cmd<B: TrainBackend>(
         profile: ProfileConfig {
             batch: a.latency_batch,
             reps: a.latency_reps,
-            evict_kib: ProfileConfig::default_evict_kib(a.latency_batch),
+            evict_kib: ProfileConfig::default_evict_kib_for(&a.runtime, a.latency_batch),
             ..ProfileConfig::default()
         },
         validate: a.validate,
+        runtime: a.runtime,
+        ort_lib: a.ort_lib,
         data: a.data,
         eval: a.eval.config(),
         evo: EvoConfig {

@@ -5,7 +5,7 @@
 //! BN is folded into the preceding convolutions; h-swish is `HardSwish`,
 //! the SE gate `HardSigmoid(1/6, 1/2)`, relu6 a `Clip(0, 6)`.
 
-use crate::nn::{HostTensor, OfaBackend, Subnet};
+use crate::nn::{HostTensor, LayerModule, OfaBackend, Subnet, SubnetBlock};
 use crate::space::Activation;
 use anyhow::Context;
 use burn::nn::BatchNorm;
@@ -181,43 +181,110 @@ fn batch_dim() -> pb::tensor_shape_proto::Dimension {
     }
 }
 
-/// The ONNX model of a subnet (input `input` `[batch, C, R, R]`, output
-/// `logits` `[batch, classes]`).
-pub fn to_onnx<B: OfaBackend>(net: &Subnet<B>) -> pb::ModelProto {
-    let mut g = Graph {
-        nodes: vec![],
-        init: vec![],
-        n: 0,
-    };
-    let mut x = g.conv("input".into(), &net.first_conv, Some(&net.first_conv_bn));
-    x = g.act(x, net.first_conv_act);
-    for b in &net.blocks {
+impl Graph {
+    fn new() -> Self {
+        Graph {
+            nodes: vec![],
+            init: vec![],
+            n: 0,
+        }
+    }
+
+    /// An inverted-residual block: expand, depthwise, SE, project, residual.
+    fn block<B: OfaBackend>(&mut self, x: String, b: &SubnetBlock<B>) -> String {
         let input = x.clone();
         let mut h = x;
         if let (Some(c), Some(bn)) = (&b.inverted_bottleneck, &b.inverted_bottleneck_bn) {
-            h = g.conv(h, c, Some(bn));
-            h = g.act(h, b.act);
+            h = self.conv(h, c, Some(bn));
+            h = self.act(h, b.act);
         }
-        h = g.conv(h, &b.depth_conv, Some(&b.depth_bn));
-        h = g.act(h, b.act);
+        h = self.conv(h, &b.depth_conv, Some(&b.depth_bn));
+        h = self.act(h, b.act);
         if let (Some(r), Some(e)) = (&b.se_reduce, &b.se_expand) {
-            let y = g.node("GlobalAveragePool", vec![h.clone()], vec![]);
-            let y = g.conv(y, r, None);
-            let y = g.node("Relu", vec![y], vec![]);
-            let y = g.conv(y, e, None);
-            let y = g.node(
+            let y = self.node("GlobalAveragePool", vec![h.clone()], vec![]);
+            let y = self.conv(y, r, None);
+            let y = self.node("Relu", vec![y], vec![]);
+            let y = self.conv(y, e, None);
+            let y = self.node(
                 "HardSigmoid",
                 vec![y],
                 vec![attr_f("alpha", 1.0 / 6.0), attr_f("beta", 0.5)],
             );
-            h = g.node("Mul", vec![h, y], vec![]);
+            h = self.node("Mul", vec![h, y], vec![]);
         }
-        h = g.conv(h, &b.point_linear, Some(&b.point_linear_bn));
-        x = if b.residual {
-            g.node("Add", vec![h, input], vec![])
+        h = self.conv(h, &b.point_linear, Some(&b.point_linear_bn));
+        if b.residual {
+            self.node("Add", vec![h, input], vec![])
         } else {
             h
+        }
+    }
+
+    /// Flatten, then a linear layer (burn's `[in, out]` weight is what Gemm
+    /// with `transB = 0` takes).
+    fn linear<B: OfaBackend>(&mut self, x: String, l: &burn::nn::Linear<B>) -> String {
+        let x = self.node("Flatten", vec![x], vec![attr_i("axis", 1)]);
+        let w = HostTensor::from_tensor(l.weight.val());
+        let out = w.shape[1];
+        let bias = match &l.bias {
+            Some(b) => HostTensor::from_tensor(b.val()),
+            None => HostTensor {
+                shape: vec![out],
+                data: vec![0.0; out],
+            },
         };
+        let w = self.constant("fc_w", &w);
+        let b = self.constant("fc_b", &bias);
+        self.node("Gemm", vec![x, w, b], vec![])
+    }
+
+    /// The model: the last node's output renamed `output_name`.
+    fn model(
+        mut self,
+        name: String,
+        input: Vec<pb::tensor_shape_proto::Dimension>,
+        output_name: &str,
+        output: Option<Vec<pb::tensor_shape_proto::Dimension>>,
+    ) -> pb::ModelProto {
+        if let Some(last) = self.nodes.last_mut() {
+            last.output = vec![output_name.into()];
+        }
+        let mut out = value_info(output_name, output.clone().unwrap_or_default());
+        if output.is_none()
+            && let Some(pb::type_proto::Value::TensorType(t)) =
+                out.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            t.shape = None;
+        }
+        pb::ModelProto {
+            ir_version: 8,
+            producer_name: "ofa".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            graph: Some(pb::GraphProto {
+                name,
+                node: self.nodes,
+                initializer: self.init,
+                input: vec![value_info("input", input)],
+                output: vec![out],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The ONNX model of a subnet (input `input` `[batch, C, R, R]`, output
+/// `logits` `[batch, classes]`).
+pub fn to_onnx<B: OfaBackend>(net: &Subnet<B>) -> pb::ModelProto {
+    let mut g = Graph::new();
+    let mut x = g.conv("input".into(), &net.first_conv, Some(&net.first_conv_bn));
+    x = g.act(x, net.first_conv_act);
+    for b in &net.blocks {
+        x = g.block(x, b);
     }
     if let (Some(c), Some(bn)) = (&net.pre_pool, &net.pre_pool_bn) {
         x = g.conv(x, c, Some(bn));
@@ -228,49 +295,45 @@ pub fn to_onnx<B: OfaBackend>(net: &Subnet<B>) -> pb::ModelProto {
         x = g.conv(x, c, None);
         x = g.act(x, net.head_act);
     }
-    x = g.node("Flatten", vec![x], vec![attr_i("axis", 1)]);
-    // burn's Linear stores [in, out]; Gemm with transB = 0 takes that as is.
-    let w = g.constant(
-        "fc_w",
-        &HostTensor::from_tensor(net.classifier.weight.val()),
-    );
-    let classes = net.space.num_classes;
-    let bias = match &net.classifier.bias {
-        Some(b) => HostTensor::from_tensor(b.val()),
-        None => HostTensor {
-            shape: vec![classes],
-            data: vec![0.0; classes],
-        },
-    };
-    let b = g.constant("fc_b", &bias);
-    let logits = g.node("Gemm", vec![x, w, b], vec![]);
-    // Rename the last output to "logits".
-    if let Some(last) = g.nodes.last_mut() {
-        last.output = vec!["logits".into()];
-    }
-    let _ = logits;
+    let _ = g.linear(x, &net.classifier);
     let r = net.arch.r;
-    pb::ModelProto {
-        ir_version: 8,
-        producer_name: "ofa".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        graph: Some(pb::GraphProto {
-            name: format!("ofa-{}", net.space.name),
-            node: g.nodes,
-            initializer: g.init,
-            input: vec![value_info(
-                "input",
-                vec![batch_dim(), dim(net.space.in_channels), dim(r), dim(r)],
-            )],
-            output: vec![value_info("logits", vec![batch_dim(), dim(classes)])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    g.model(
+        format!("ofa-{}", net.space.name),
+        vec![batch_dim(), dim(net.space.in_channels), dim(r), dim(r)],
+        "logits",
+        Some(vec![batch_dim(), dim(net.space.num_classes)]),
+    )
+}
+
+/// A graph that only copies its `[1, 1, 1, 1]` input: what one call of a
+/// runtime costs with no work in it.
+pub fn identity_onnx() -> pb::ModelProto {
+    let mut g = Graph::new();
+    let _ = g.node("Identity", vec!["input".into()], vec![]);
+    g.model("ofa-empty".into(), vec![dim(1); 4], "output", None)
+}
+
+/// One operator of a latency table (`nn::LayerModule`) as an ONNX model with
+/// a fixed input shape (input `input`, output `output`), to time it in
+/// another runtime exactly as it runs inside an exported subnet.
+pub fn layer_to_onnx<B: OfaBackend>(m: &LayerModule<B>, input: [usize; 4]) -> pb::ModelProto {
+    let mut g = Graph::new();
+    let x = "input".to_string();
+    let _ = match m {
+        LayerModule::Conv(c) => {
+            let y = g.conv(x, &c.conv, c.bn.as_ref());
+            g.act(y, c.act)
+        }
+        LayerModule::Block(b) => g.block(x, b),
+        LayerModule::Pool => g.node("GlobalAveragePool", vec![x], vec![]),
+        LayerModule::Linear(l) => g.linear(x, l),
+    };
+    g.model(
+        "ofa-layer".into(),
+        input.iter().map(|&d| dim(d)).collect(),
+        "output",
+        None,
+    )
 }
 
 /// Writes the ONNX file of a subnet.

@@ -57,6 +57,18 @@ impl ProfileConfig {
     pub fn default_evict_kib(batch: usize) -> usize {
         if batch <= 4 { 8192 } else { 0 }
     }
+
+    /// [`ProfileConfig::default_evict_kib`] for our engine; none for ONNX
+    /// Runtime, whose own spinning worker threads the eviction pass
+    /// disturbs (on the 2-core Xeon any eviction, even 1 MiB, made its
+    /// layers look 1.8× slower than inside a network; BENCHMARKS.md §8).
+    pub fn default_evict_kib_for(runtime: &str, batch: usize) -> usize {
+        if runtime == "onnxruntime" {
+            0
+        } else {
+            ProfileConfig::default_evict_kib(batch)
+        }
+    }
 }
 
 impl Default for ProfileConfig {
@@ -72,7 +84,7 @@ impl Default for ProfileConfig {
 
 /// Overwrites `kib` KiB of a per-thread buffer on every thread of the pool,
 /// pushing earlier data out of the cores' private caches.
-fn evict_private_caches(kib: usize) {
+pub fn evict_private_caches(kib: usize) {
     use std::cell::RefCell;
     thread_local! {
         static BUF: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
@@ -125,6 +137,15 @@ pub struct LatencyTable {
     pub device: String,
     pub backend: String,
     pub threads: usize,
+    /// What ran the layers: `ofa` (our engine) or `onnxruntime`; tables
+    /// written before runtimes were recorded are ours.
+    #[serde(default = "ofa_runtime")]
+    pub runtime: String,
+    #[serde(default)]
+    pub runtime_version: String,
+    /// Per-inference cost outside the layers, added once per subnet.
+    #[serde(default)]
+    pub base_ms: f64,
     pub config: ProfileConfig,
     pub space: Space,
     pub entries: BTreeMap<String, Timing>,
@@ -132,6 +153,84 @@ pub struct LatencyTable {
 }
 
 pub use crate::util::cpu_name;
+
+fn ofa_runtime() -> String {
+    "ofa".into()
+}
+
+/// What timed a latency table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub runtime: String,
+    pub runtime_version: String,
+    pub device: String,
+    pub backend: String,
+    pub threads: usize,
+}
+
+/// Something that times single layers and whole subnets: our own engine
+/// ([`EngineTimer`]) or the runtime a model will be deployed with (ONNX
+/// Runtime, `export::ort_runtime`, cargo feature `onnxruntime`).
+pub trait LayerTimer {
+    fn info(&self) -> RuntimeInfo;
+    /// One timing per layer, each layer run on its own at `cfg.batch`.
+    fn time_layers(
+        &mut self,
+        layers: &[Layer],
+        cfg: &ProfileConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Vec<Timing>>;
+    /// The fixed cost of one inference call that [`LayerTimer::time_layers`]
+    /// left out of every layer (a runtime's per-call overhead), counted once
+    /// per subnet by [`LatencyTable::predict`].
+    fn base_ms(&self) -> f64 {
+        0.0
+    }
+    /// One end-to-end timing per subnet (weights do not matter for time).
+    fn time_archs(
+        &mut self,
+        space: &Space,
+        archs: &[Arch],
+        cfg: &ProfileConfig,
+    ) -> anyhow::Result<Vec<Timing>>;
+}
+
+/// Our own engine on backend `B`.
+pub struct EngineTimer<B: OfaBackend> {
+    pub device: B::Device,
+}
+
+impl<B: OfaBackend> LayerTimer for EngineTimer<B> {
+    fn info(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            runtime: ofa_runtime(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            device: B::device_label(&self.device),
+            backend: B::backend_label(),
+            threads: rayon::current_num_threads(),
+        }
+    }
+
+    fn time_layers(
+        &mut self,
+        layers: &[Layer],
+        cfg: &ProfileConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Vec<Timing>> {
+        Ok(time_layers::<B>(layers, cfg, &self.device, progress))
+    }
+
+    fn time_archs(
+        &mut self,
+        space: &Space,
+        archs: &[Arch],
+        cfg: &ProfileConfig,
+    ) -> anyhow::Result<Vec<Timing>> {
+        let net = crate::nn::SupernetConfig::new(space.clone()).init::<B>(&self.device);
+        let subnets: Vec<_> = archs.iter().map(|a| crate::nn::extract(&net, a)).collect();
+        Ok(time_subnets(&subnets, cfg, &self.device))
+    }
+}
 
 /// Every distinct layer any subnet of the space runs, over all resolutions.
 pub fn distinct_layers(space: &Space) -> Vec<Layer> {
@@ -182,7 +281,7 @@ const ROUNDS: usize = 5;
 
 /// Times `n` items in interleaved rounds: `cfg.reps` samples each (at least
 /// one per round), `before(i)` untimed ahead of every timed `run(i)`.
-fn time_interleaved(
+pub fn time_interleaved(
     n: usize,
     cfg: &ProfileConfig,
     before: &mut dyn FnMut(usize),
@@ -281,31 +380,51 @@ pub fn time_subnets<B: OfaBackend>(
 }
 
 impl LatencyTable {
-    /// Times every distinct layer of `space`. `progress(done, total)`.
+    /// Times every distinct layer of `space` in our engine on backend `B`.
+    /// `progress(done, total)`.
     pub fn profile<B: OfaBackend>(
         space: &Space,
         cfg: &ProfileConfig,
         device: &B::Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> LatencyTable {
+        let mut timer = EngineTimer::<B> {
+            device: device.clone(),
+        };
+        LatencyTable::profile_with(space, cfg, &mut timer, progress)
+            .expect("our engine's timings do not fail")
+    }
+
+    /// Times every distinct layer of `space` with `timer`.
+    pub fn profile_with(
+        space: &Space,
+        cfg: &ProfileConfig,
+        timer: &mut dyn LayerTimer,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<LatencyTable> {
         let ls = distinct_layers(space);
-        let timings = time_layers::<B>(&ls, cfg, device, progress);
+        let timings = timer.time_layers(&ls, cfg, progress)?;
         let entries: BTreeMap<String, Timing> = ls.iter().map(|l| l.key()).zip(timings).collect();
-        LatencyTable {
+        let info = timer.info();
+        Ok(LatencyTable {
             format: "ofa-lut/1".into(),
-            device: B::device_label(device),
-            backend: B::backend_label(),
-            threads: rayon::current_num_threads(),
+            device: info.device,
+            backend: info.backend,
+            threads: info.threads,
+            runtime: info.runtime,
+            runtime_version: info.runtime_version,
+            base_ms: timer.base_ms(),
             config: cfg.clone(),
             space: space.clone(),
             entries,
             validation: None,
-        }
+        })
     }
 
-    /// Predicted latency of a subnet: the sum of its layers' medians.
+    /// Predicted latency of a subnet: the sum of its layers' medians (and
+    /// the runtime's per-call cost, once).
     pub fn predict(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
-        layers(space, arch)
+        let layers: f64 = layers(space, arch)
             .iter()
             .map(|l| {
                 self.entries
@@ -315,7 +434,8 @@ impl LatencyTable {
                         anyhow::anyhow!("layer '{}' is not in the latency table", l.key())
                     })
             })
-            .sum()
+            .sum::<anyhow::Result<f64>>()?;
+        Ok(self.base_ms + layers)
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -486,9 +606,9 @@ mod tests {
     }
 }
 
-/// Times `n` subnets end to end (the largest, the smallest and seeded
-/// random ones, extracted from a freshly built supernet: timing does not
-/// depend on the weights) and compares them with the table's predictions.
+/// Times `n` subnets end to end in our engine (the largest, the smallest
+/// and seeded random ones; timing does not depend on the weights) and
+/// compares them with the table's predictions.
 pub fn validate<B: OfaBackend>(
     lut: &LatencyTable,
     space: &Space,
@@ -496,22 +616,34 @@ pub fn validate<B: OfaBackend>(
     seed: u64,
     device: &B::Device,
 ) -> anyhow::Result<LutValidation> {
+    let mut timer = EngineTimer::<B> {
+        device: device.clone(),
+    };
+    validate_with(lut, space, n, seed, &mut timer)
+}
+
+/// [`validate`] with any timer (the one that built the table).
+pub fn validate_with(
+    lut: &LatencyTable,
+    space: &Space,
+    n: usize,
+    seed: u64,
+    timer: &mut dyn LayerTimer,
+) -> anyhow::Result<LutValidation> {
     use rand::SeedableRng;
-    let net = crate::nn::SupernetConfig::new(space.clone()).init::<B>(device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut archs = vec![Arch::max(space), Arch::min(space)];
     while archs.len() < n {
         archs.push(Arch::sample(space, &mut rng));
     }
     archs.truncate(n);
-    let subnets: Vec<_> = archs.iter().map(|a| crate::nn::extract(&net, a)).collect();
     // End-to-end runs get more repetitions than single layers: they are the
     // yardstick, and a few of them cost little.
     let cfg = ProfileConfig {
         reps: lut.config.reps.max(50),
         ..lut.config.clone()
     };
-    let timings = time_subnets(&subnets, &cfg, device);
+    let timings = timer.time_archs(space, &archs, &cfg)?;
     let mut samples = Vec::new();
     for (a, t) in archs.iter().zip(&timings) {
         samples.push((a.to_reference_json(), lut.predict(space, a)?, t.median_ms));
