@@ -9,7 +9,7 @@
 
 use crate::export;
 use crate::nn::{OfaBackend, Supernet, extract, load_supernet};
-use crate::search::latency::{LayerTimer, LutValidation, validate_with};
+use crate::search::latency::{LayerTimer, LutValidation, calibrate_with, validate_with};
 use crate::search::report::{MeasuredPoint, write_pareto, write_results};
 use crate::search::{
     EvoConfig, LatencyTable, Measurer, Predictor, ProfileConfig, Scenario, SearchResult,
@@ -39,6 +39,8 @@ pub struct SpecializeConfig {
     pub profile: ProfileConfig,
     /// Sampled subnets timed end to end to report a new table's error.
     pub validate: usize,
+    /// Other sampled subnets timed end to end to fit a new table's scale.
+    pub calibrate: usize,
     /// What latency is measured in: `ofa` or `onnxruntime` (see
     /// [`export::timer`]); the table, its check and the chosen subnets'
     /// end-to-end times all use it.
@@ -65,6 +67,8 @@ pub struct LutSource {
     pub batch: usize,
     pub entries: usize,
     pub seconds: f64,
+    /// The fitted scale and the subnets it was fitted on, if calibrated.
+    pub scale: Option<(f64, usize)>,
     pub validation: Option<LutValidation>,
 }
 
@@ -148,6 +152,7 @@ fn latency_table<B: OfaBackend>(
         batch: lut.config.batch,
         entries: lut.entries.len(),
         seconds: t.elapsed().as_secs_f64(),
+        scale: (lut.calibration_subnets > 0).then_some((lut.scale, lut.calibration_subnets)),
         validation: lut.validation.clone(),
     };
     if let Some(p) = &cfg.lut {
@@ -187,6 +192,7 @@ fn latency_table<B: OfaBackend>(
         }
     }
     let mut lut = LatencyTable::profile_with(space, &cfg.profile, timer, progress)?;
+    calibrate_with(&mut lut, space, cfg.calibrate, 0, timer)?;
     if cfg.validate > 0 {
         lut.validation = Some(validate_with(&lut, space, cfg.validate, 0, timer)?);
     }
@@ -396,6 +402,11 @@ fn report_text(cfg: &SpecializeConfig, s: &SpecializeSummary, plots: &[PathBuf])
         l.batch,
         l.seconds
     ));
+    if let Some((scale, n)) = l.scale {
+        t.push_str(&format!(
+            "Layer sums scaled by {scale:.3}, fitted on {n} other subnets timed end to end.\n"
+        ));
+    }
     if let Some(v) = &l.validation {
         t.push_str(&format!(
             "Its error against {} sampled subnets timed end to end: mean |error| {:.1}%, max {:.1}%, \

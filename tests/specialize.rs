@@ -587,6 +587,7 @@ fn specialize_meets_every_budget_and_caches_the_table() {
         cache_dir: Some(dir.path().join("cache")),
         profile,
         validate: 0,
+        calibrate: 2,
         runtime: "ofa".into(),
         ort_lib: None,
         data: None,

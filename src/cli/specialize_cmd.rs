@@ -372,6 +372,10 @@ pub struct ProfileArgs {
     /// Sampled subnets timed end to end to report the table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
+    /// Seeded random subnets timed end to end to fit the table's scale
+    /// (other draws than --validate's; 0 keeps the plain layer sums).
+    #[arg(long, default_value_t = 10)]
+    calibrate: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// What times the layers: `ofa` (this engine) or `onnxruntime` (each
@@ -419,6 +423,13 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
     })?;
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
+    crate::search::latency::calibrate_with(&mut lut, &space, a.calibrate, a.seed, timer.as_mut())?;
+    if lut.calibration_subnets > 0 {
+        println!(
+            "scale {:.3} fitted on {} subnets timed end to end",
+            lut.scale, lut.calibration_subnets
+        );
+    }
     if a.validate > 0 {
         let v = crate::search::latency::validate_with(
             &lut,
@@ -769,6 +780,10 @@ pub struct SpecializeArgs {
     /// Sampled subnets timed end to end to report a new table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
+    /// Subnets timed end to end to fit a new table's scale (other draws
+    /// than --validate's; 0 keeps the plain layer sums).
+    #[arg(long, default_value_t = 10)]
+    calibrate: usize,
     /// What latency is measured in: `ofa` (this engine) or `onnxruntime`
     /// (the runtime the exported subnets are deployed with; needs the
     /// `onnxruntime` feature).
@@ -810,6 +825,7 @@ pub fn specialize_cmd<B: TrainBackend>(
             ..ProfileConfig::default()
         },
         validate: a.validate,
+        calibrate: a.calibrate,
         runtime: a.runtime,
         ort_lib: a.ort_lib,
         data: a.data,

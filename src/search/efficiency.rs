@@ -125,11 +125,16 @@ impl Efficiency {
                         space.name
                     );
                 }
-                Some(FastCost::new(space, &|l: &Layer| {
-                    t.entries.get(&l.key()).map(|x| x.median_ms).ok_or_else(|| {
-                        anyhow::anyhow!("layer '{}' missing from the latency table", l.key())
-                    })
-                })?)
+                // What LatencyTable::predict computes, tabulated.
+                let fast = FastCost::new(space, &|l: &Layer| {
+                    t.entries
+                        .get(&l.key())
+                        .map(|x| t.scale * x.median_ms)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("layer '{}' missing from the latency table", l.key())
+                        })
+                })?;
+                Some(fast.plus(t.base_ms))
             }
             None => None,
         };
@@ -200,5 +205,48 @@ mod tests {
         assert!((c.limit - 0.5).abs() < 1e-12);
         assert!("speed<=3".parse::<Constraint>().is_err());
         assert!("flops<=abc".parse::<Constraint>().is_err());
+    }
+
+    /// The search's tabulated latency is the table's own prediction,
+    /// per-call cost and calibrated scale included.
+    #[test]
+    fn search_latency_equals_the_table_prediction() {
+        use crate::search::latency::{LatencyTable, ProfileConfig, Timing};
+        use rand::SeedableRng;
+        let s = crate::space::preset("tiny").unwrap();
+        let entries = crate::search::latency::distinct_layers(&s)
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let t = Timing {
+                    median_ms: 0.01 * (i % 7 + 1) as f64,
+                    ..Timing::default()
+                };
+                (l.key(), t)
+            })
+            .collect();
+        let lut = LatencyTable {
+            format: "ofa-lut/1".into(),
+            device: "test".into(),
+            backend: "test".into(),
+            threads: 1,
+            runtime: "ofa".into(),
+            runtime_version: String::new(),
+            base_ms: 0.25,
+            scale: 1.3,
+            calibration_subnets: 5,
+            config: ProfileConfig::default(),
+            space: s.clone(),
+            entries,
+            validation: None,
+        };
+        let eff = Efficiency::new(&s, Some(&lut)).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let a = Arch::sample(&s, &mut rng);
+            let want = lut.predict(&s, &a).unwrap();
+            let got = eff.value(&a, Metric::Latency).unwrap();
+            assert!((got - want).abs() < 1e-9, "{a}: {got} vs {want}");
+        }
     }
 }

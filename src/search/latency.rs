@@ -146,6 +146,13 @@ pub struct LatencyTable {
     /// Per-inference cost outside the layers, added once per subnet.
     #[serde(default)]
     pub base_ms: f64,
+    /// Factor on the summed layer times, fitted on subnets timed end to
+    /// end ([`calibrate_with`]); 1 for an uncalibrated table.
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Subnets the scale was fitted on (0: uncalibrated).
+    #[serde(default)]
+    pub calibration_subnets: usize,
     pub config: ProfileConfig,
     pub space: Space,
     pub entries: BTreeMap<String, Timing>,
@@ -156,6 +163,10 @@ pub use crate::util::cpu_name;
 
 fn ofa_runtime() -> String {
     "ofa".into()
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What timed a latency table.
@@ -414,6 +425,8 @@ impl LatencyTable {
             runtime: info.runtime,
             runtime_version: info.runtime_version,
             base_ms: timer.base_ms(),
+            scale: 1.0,
+            calibration_subnets: 0,
             config: cfg.clone(),
             space: space.clone(),
             entries,
@@ -421,9 +434,14 @@ impl LatencyTable {
         })
     }
 
-    /// Predicted latency of a subnet: the sum of its layers' medians (and
-    /// the runtime's per-call cost, once).
+    /// Predicted latency of a subnet: the sum of its layers' medians, times
+    /// the calibrated scale, plus the runtime's per-call cost once.
     pub fn predict(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
+        Ok(self.base_ms + self.scale * self.layer_sum(space, arch)?)
+    }
+
+    /// The plain sum of a subnet's layer medians.
+    fn layer_sum(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
         let layers: f64 = layers(space, arch)
             .iter()
             .map(|l| {
@@ -435,7 +453,7 @@ impl LatencyTable {
                     })
             })
             .sum::<anyhow::Result<f64>>()?;
-        Ok(self.base_ms + layers)
+        Ok(layers)
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -516,6 +534,14 @@ impl FastCost {
             table,
             blocks,
         })
+    }
+
+    /// The same costs plus `c` per subnet (a latency table's per-call cost).
+    pub fn plus(mut self, c: f64) -> Self {
+        for (fixed, _) in self.table.values_mut() {
+            *fixed += c;
+        }
+        self
     }
 
     /// The cost of a (valid) subnet.
@@ -667,4 +693,42 @@ pub fn validate_with(
         kendall_tau: super::predictor::kendall_tau(&preds, &meas),
         samples,
     })
+}
+
+/// Fits the table's scale on `n` seeded random subnets timed end to end
+/// with `timer`: the mean of (measured − per-call cost) / summed layer
+/// times. Layers timed alone miss what a whole network adds or saves
+/// between them (memory traffic, a runtime's cross-layer fusion); one
+/// factor per table takes the systematic part out. Draws use `seed + 1`,
+/// so a [`validate_with`] at `seed` checks the table on other subnets.
+pub fn calibrate_with(
+    lut: &mut LatencyTable,
+    space: &Space,
+    n: usize,
+    seed: u64,
+    timer: &mut dyn LayerTimer,
+) -> anyhow::Result<()> {
+    use rand::SeedableRng;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
+    let archs: Vec<Arch> = (0..n).map(|_| Arch::sample(space, &mut rng)).collect();
+    let cfg = ProfileConfig {
+        reps: lut.config.reps.max(50),
+        ..lut.config.clone()
+    };
+    let timings = timer.time_archs(space, &archs, &cfg)?;
+    let mut ratios = Vec::with_capacity(n);
+    for (a, t) in archs.iter().zip(&timings) {
+        let sum = lut.layer_sum(space, a)?;
+        if sum > 0.0 {
+            ratios.push((t.median_ms - lut.base_ms).max(0.0) / sum);
+        }
+    }
+    if !ratios.is_empty() {
+        lut.scale = ratios.iter().sum::<f64>() / ratios.len() as f64;
+        lut.calibration_subnets = ratios.len();
+    }
+    Ok(())
 }
