@@ -49,7 +49,9 @@ pub enum Augment {
 ///   the native resolution).
 /// * Folder images, `Train`: torchvision-style random-resized crop to
 ///   `resolution`, then flip; `None`: shorter side to
-///   `round(resolution / 0.875)`, then the centred square.
+///   `ceil(resolution / 0.875)`, then the centred square — both resized
+///   with Pillow's antialiased bilinear filter, as the reference's ImageNet
+///   pipeline does.
 ///
 /// Then `(x - mean) / std` per channel. The random choices for the image at
 /// position `p` come from a generator seeded with `(seed, p)`, so the batch
@@ -183,7 +185,7 @@ fn large_image(image: Image, resolution: usize, augment: Augment, rng: &mut impl
         Augment::None => resize_and_centre_crop(image, resolution),
         Augment::Train => {
             let area = random_resized_crop_box(image.height, image.width, rng);
-            let mut image = image.crop(area).resize(resolution, resolution);
+            let mut image = image.crop(area).resize_pil(resolution, resolution);
             if coin(rng) {
                 image.flip_horizontal();
             }

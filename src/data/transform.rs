@@ -108,6 +108,29 @@ impl Image {
         }
     }
 
+    /// [`resize_pil_bilinear`]: Pillow's antialiased bilinear resize, for
+    /// large decoded images as the reference's ImageNet pipeline resizes
+    /// them.
+    pub fn resize_pil(self, height: usize, width: usize) -> Self {
+        if (height, width) == (self.height, self.width) {
+            return self;
+        }
+        let data = resize_pil_bilinear(
+            &self.data,
+            self.channels,
+            self.height,
+            self.width,
+            height,
+            width,
+        );
+        Self {
+            channels: self.channels,
+            height,
+            width,
+            data,
+        }
+    }
+
     /// `(x - mean) / std` per channel. Division (not multiplication by the
     /// inverse) keeps results identical to the textbook formula.
     pub fn normalise(&mut self, mean: &[f32], std: &[f32]) {
@@ -180,6 +203,120 @@ pub fn resize_bilinear(
         }
     }
     out
+}
+
+/// Pillow's fixed-point precision for 8-bit images (`PRECISION_BITS` in
+/// its `Resample.c`).
+const PIL_PRECISION_BITS: u32 = 22;
+
+/// Pillow's bilinear coefficients along one axis for the whole image
+/// (`precompute_coeffs` with the triangle filter, support 1): the filter is
+/// widened by the scale factor when shrinking, so every source pixel under
+/// an output pixel counts (antialiasing). Returns (first source index,
+/// fixed-point weights) per output coordinate.
+fn pil_taps(in_len: usize, out_len: usize) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_len as f64 / out_len as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let triangle = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 { 1.0 - x } else { 0.0 }
+    };
+    (0..out_len)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            // C's (int) truncates toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_len as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax.max(xmin))
+                .map(|x| triangle((x as f64 - center + 0.5) / filterscale))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let one = f64::from(1u32 << PIL_PRECISION_BITS);
+            let fixed = w
+                .iter()
+                .map(|&k| {
+                    let k = if total != 0.0 { k / total } else { k };
+                    if k < 0.0 {
+                        (-0.5 + k * one) as i64
+                    } else {
+                        (0.5 + k * one) as i64
+                    }
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+/// One 8-bit resampling pass along the last axis of `rows` rows of `len`
+/// values, Pillow's rounding and clipping included.
+fn pil_pass(src: &[u8], rows: usize, len: usize, taps: &[(usize, Vec<i64>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * taps.len());
+    for row in src.chunks_exact(len).take(rows) {
+        for (start, k) in taps {
+            let mut acc: i64 = 1 << (PIL_PRECISION_BITS - 1);
+            for (i, &w) in k.iter().enumerate() {
+                acc += i64::from(row[start + i]) * w;
+            }
+            out.push((acc >> PIL_PRECISION_BITS).clamp(0, 255) as u8);
+        }
+    }
+    out
+}
+
+/// Transposes each `h×w` plane of `c` planes.
+fn transpose_planes(src: &[u8], c: usize, h: usize, w: usize) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    for p in 0..c {
+        let (a, b) = (
+            &src[p * h * w..(p + 1) * h * w],
+            &mut out[p * h * w..(p + 1) * h * w],
+        );
+        for y in 0..h {
+            for x in 0..w {
+                b[x * h + y] = a[y * w + x];
+            }
+        }
+    }
+    out
+}
+
+/// Pillow's bilinear resize (`Image.resize(size, BILINEAR)`, which
+/// torchvision's `Resize` and `RandomResizedCrop` call on PIL images, as
+/// the reference's ImageNet pipeline does): antialiased when shrinking,
+/// horizontal pass then vertical, on 8-bit values with Pillow's fixed-point
+/// weights and rounding, so the result is Pillow's pixel for pixel. `src`
+/// holds C×H×W values in `[0, 1]` that are multiples of 1/255 (decoded
+/// 8-bit images); the output is again in `[0, 1]`.
+pub fn resize_pil_bilinear(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    assert_eq!(
+        src.len(),
+        c * h * w,
+        "resize_pil_bilinear: buffer is not {c}x{h}x{w}"
+    );
+    let mut px: Vec<u8> = src
+        .iter()
+        .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    let mut cur_w = w;
+    if out_w != w {
+        px = pil_pass(&px, c * h, w, &pil_taps(w, out_w));
+        cur_w = out_w;
+    }
+    if out_h != h {
+        let t = transpose_planes(&px, c, h, cur_w);
+        let t = pil_pass(&t, c * cur_w, h, &pil_taps(h, out_h));
+        px = transpose_planes(&t, c, cur_w, out_h);
+    }
+    px.iter().map(|&p| f32::from(p) / 255.0).collect()
 }
 
 /// The two source samples of one output coordinate and their weights.
@@ -260,7 +397,10 @@ pub(crate) fn random_resized_crop_box(height: usize, width: usize, rng: &mut imp
 /// A `crop_h`×`crop_w` box centred in a `height`×`width` image (torchvision's
 /// rounding of the offsets).
 pub(crate) fn centred(height: usize, width: usize, crop_h: usize, crop_w: usize) -> CropBox {
-    let start = |full: usize, part: usize| ((full as f64 - part as f64) / 2.0).round() as isize;
+    // torchvision's CenterCrop: `int(round((full - part) / 2))`, Python's
+    // round, which rounds halves to even.
+    let start =
+        |full: usize, part: usize| ((full as f64 - part as f64) / 2.0).round_ties_even() as isize;
     CropBox {
         top: start(height, crop_h),
         left: start(width, crop_w),
@@ -269,18 +409,20 @@ pub(crate) fn centred(height: usize, width: usize, crop_h: usize, crop_w: usize)
     }
 }
 
-/// Evaluation transform for large images: shorter side to
-/// `round(resolution / 0.875)` (256 for 224), then the centred square.
+/// The reference's ImageNet evaluation transform (`Resize(int(ceil(r /
+/// 0.875)))`, `CenterCrop(r)` on PIL images): shorter side to
+/// `ceil(resolution / 0.875)` (256 for 224) with Pillow's antialiased
+/// bilinear resize, the longer side truncated as torchvision does, then the
+/// centred square.
 pub(crate) fn resize_and_centre_crop(image: Image, resolution: usize) -> Image {
-    let short = ((resolution as f64) / 0.875).round() as usize;
+    let short = ((resolution as f64) / 0.875).ceil() as usize;
     let (h, w) = (image.height, image.width);
-    // torchvision truncates the longer side.
     let (new_h, new_w) = if h <= w {
         (short, (short * w / h).max(1))
     } else {
         ((short * h / w).max(1), short)
     };
-    let resized = image.resize(new_h, new_w);
+    let resized = image.resize_pil(new_h, new_w);
     resized.crop(centred(new_h, new_w, resolution, resolution))
 }
 
@@ -288,6 +430,55 @@ pub(crate) fn resize_and_centre_crop(image: Image, resolution: usize) -> Image {
 mod tests {
     use super::*;
     use crate::data::rng::stream_rng;
+
+    /// Pillow's own output (tests/data/pil_resize.json, written by
+    /// tests/data/make_pil_fixture.py with Pillow 13): shrinking, growing,
+    /// one axis at a time, and torchvision's ImageNet evaluation transform.
+    #[test]
+    fn pil_resize_and_eval_transform_match_pillow() {
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/pil_resize.json"
+        )))
+        .unwrap();
+        let ints = |v: &serde_json::Value| -> Vec<u8> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect()
+        };
+        let (h, w) = (
+            fixture["height"].as_u64().unwrap() as usize,
+            fixture["width"].as_u64().unwrap() as usize,
+        );
+        // H×W×3 interleaved, as PIL stores it.
+        let hwc = ints(&fixture["pixels"]);
+        let rgb = image::RgbImage::from_raw(w as u32, h as u32, hwc).unwrap();
+        let img = Image::from_rgb(&rgb);
+        let as_hwc = |im: &Image| -> Vec<u8> {
+            let plane = im.height * im.width;
+            (0..plane)
+                .flat_map(|i| (0..3).map(move |c| (c, i)))
+                .map(|(c, i)| (im.data[c * plane + i] * 255.0).round() as u8)
+                .collect()
+        };
+        for case in fixture["resize"].as_array().unwrap() {
+            let (oh, ow) = (
+                case["height"].as_u64().unwrap() as usize,
+                case["width"].as_u64().unwrap() as usize,
+            );
+            let ours = as_hwc(&img.clone().resize_pil(oh, ow));
+            assert_eq!(ours, ints(&case["pixels"]), "{h}x{w} → {oh}x{ow}");
+        }
+        let r = fixture["eval"]["resolution"].as_u64().unwrap() as usize;
+        let ours = as_hwc(&resize_and_centre_crop(img, r));
+        assert_eq!(
+            ours,
+            ints(&fixture["eval"]["pixels"]),
+            "eval transform at {r}"
+        );
+    }
 
     #[test]
     fn bilinear_upsample_2x2_to_4x4_matches_pytorch() {

@@ -127,6 +127,12 @@ pub(crate) fn score(
 
 /// Recalibrates the BN statistics of `arch` on the calibration images of
 /// `data`, at the arch's resolution, in batches of `batch`.
+///
+/// Folder (ImageNet-style) images go through the training transform, as the
+/// reference's `set_running_statistics` feeds them (a random sub-train
+/// loader: random-resized crop and flip), with fixed seeds so every
+/// recalibration of a run sees the same crops; in-memory images keep the
+/// evaluation transform.
 pub fn recalibrate<B: OfaBackend>(
     net: &Supernet<B>,
     arch: &Arch,
@@ -134,15 +140,20 @@ pub fn recalibrate<B: OfaBackend>(
     batch: usize,
     device: &B::Device,
 ) -> anyhow::Result<()> {
+    let augment = if data.dataset.is_in_memory() {
+        Augment::None
+    } else {
+        Augment::Train
+    };
     let mut batches = Vec::new();
-    for chunk in data.calib.chunks(batch.max(1)) {
+    for (i, chunk) in data.calib.chunks(batch.max(1)).enumerate() {
         let b = make_batch(
             &data.dataset,
             &data.dataset.train,
             chunk,
             arch.r,
-            Augment::None,
-            0,
+            augment,
+            i as u64,
         )?;
         batches.push(batch_tensors::<B>(&b, device).0);
     }
