@@ -4,7 +4,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::dataset::ImageSource;
+use super::dataset::{FolderTransforms, ImageSource};
 use super::rng::{coin, stream_rng};
 use super::transform::{
     Image, random_padded_crop, random_resized_crop_box, resize_and_centre_crop,
@@ -155,7 +155,13 @@ fn prepare(
             let image = Image::from_planes(pixels, channels, size, size);
             small_image(image, resolution, augment, rng)
         }
-        ImageSource::File(path) => large_image(folder::decode(path)?, resolution, augment, rng),
+        ImageSource::File(path) => large_image(
+            folder::decode(path)?,
+            resolution,
+            augment,
+            ds.transforms,
+            rng,
+        ),
     };
     image.normalise(&ds.mean, &ds.std);
     Ok(image)
@@ -180,12 +186,22 @@ fn small_image(image: Image, resolution: usize, augment: Augment, rng: &mut impl
     image.resize(resolution, resolution)
 }
 
-fn large_image(image: Image, resolution: usize, augment: Augment, rng: &mut impl Rng) -> Image {
+fn large_image(
+    image: Image,
+    resolution: usize,
+    augment: Augment,
+    transforms: FolderTransforms,
+    rng: &mut impl Rng,
+) -> Image {
     match augment {
-        Augment::None => resize_and_centre_crop(image, resolution),
+        Augment::None => resize_and_centre_crop(image, resolution, transforms),
         Augment::Train => {
             let area = random_resized_crop_box(image.height, image.width, rng);
-            let mut image = image.crop(area).resize_pil(resolution, resolution);
+            let image = image.crop(area);
+            let mut image = match transforms {
+                FolderTransforms::Reference => image.resize_pil(resolution, resolution),
+                FolderTransforms::Bilinear => image.resize(resolution, resolution),
+            };
             if coin(rng) {
                 image.flip_horizontal();
             }

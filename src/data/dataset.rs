@@ -71,6 +71,21 @@ pub struct Dataset {
     pub train: Split,
     /// Test images.
     pub test: Split,
+    /// How images stored as files are resized (in-memory images ignore it).
+    pub transforms: FolderTransforms,
+}
+
+/// The transforms of ImageFolder images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FolderTransforms {
+    /// The reference's (torchvision on PIL images): Pillow's antialiased
+    /// bilinear resize, shorter side `ceil(r / 0.875)` for evaluation, BN
+    /// recalibration with the training transform.
+    #[default]
+    Reference,
+    /// Ours before: 2-tap bilinear without antialiasing, `round(r / 0.875)`,
+    /// recalibration with the evaluation transform (`folder-bilinear:DIR`).
+    Bilinear,
 }
 
 impl Dataset {
@@ -288,7 +303,8 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
             let data = cifar::load_cifar100(dir)?;
             in_memory_dataset("cifar100", data, &CIFAR100_MEAN, &CIFAR100_STD)
         }
-        DatasetSpec::Folder(dir) => load_folder(dir),
+        DatasetSpec::Folder(dir) => load_folder(dir, FolderTransforms::Reference),
+        DatasetSpec::FolderBilinear(dir) => load_folder(dir, FolderTransforms::Bilinear),
     }
 }
 
@@ -321,10 +337,11 @@ fn in_memory_dataset(
         train: split(data.train)?,
         test: split(data.test)?,
         classes: data.classes,
+        transforms: FolderTransforms::default(),
     })
 }
 
-fn load_folder(dir: &Path) -> Result<Dataset, DataError> {
+fn load_folder(dir: &Path, transforms: FolderTransforms) -> Result<Dataset, DataError> {
     let listing = folder::list(dir)?;
     let num_classes = listing.classes.len();
     let name = dir.file_name().map_or_else(
@@ -340,6 +357,7 @@ fn load_folder(dir: &Path) -> Result<Dataset, DataError> {
         train: Split::from_files(listing.train, num_classes)?,
         test: Split::from_files(listing.val, num_classes)?,
         classes: listing.classes,
+        transforms,
     })
 }
 
@@ -387,6 +405,7 @@ pub fn synthetic(
         std: vec![0.29; channels],
         train: make(train_len, u64::MAX)?,
         test: make(test_len, u64::MAX - 1)?,
+        transforms: FolderTransforms::default(),
     })
 }
 

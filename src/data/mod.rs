@@ -31,8 +31,8 @@ mod transform;
 pub use batch::{Augment, Batch, make_batch};
 pub use dataset::{
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Dataset, FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD, FOLDER_NATIVE_RESOLUTION, IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN,
-    MNIST_STD, Split, SplitKind, load, synthetic,
+    FASHION_MNIST_STD, FOLDER_NATIVE_RESOLUTION, FolderTransforms, IMAGENET_MEAN, IMAGENET_STD,
+    MNIST_MEAN, MNIST_STD, Split, SplitKind, load, synthetic,
 };
 pub use error::DataError;
 pub use prefetch::{BatchRequest, Prefetcher};

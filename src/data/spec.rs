@@ -13,8 +13,8 @@ use super::DataError;
 pub const FASHION_MNIST_DEBIAN_DIR: &str = "/usr/share/datasets/fashion-mnist/";
 
 /// The accepted spellings, quoted in the error for an unknown name.
-pub(crate) const ACCEPTED_FORMS: &str =
-    "fashion-mnist, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, cifar100:DIR, folder:DIR";
+pub(crate) const ACCEPTED_FORMS: &str = "fashion-mnist, fashion-mnist:DIR, mnist:DIR, cifar10:DIR, \
+     cifar100:DIR, folder:DIR, folder-bilinear:DIR";
 
 /// Which dataset to load, and from where.
 ///
@@ -31,8 +31,13 @@ pub enum DatasetSpec {
     Cifar10(PathBuf),
     /// CIFAR-100 binary version.
     Cifar100(PathBuf),
-    /// ImageFolder tree with `train/` and `val/`.
+    /// ImageFolder tree with `train/` and `val/`, with the reference's
+    /// ImageNet transforms.
     Folder(PathBuf),
+    /// The same tree with our earlier, cheaper transforms: 2-tap bilinear
+    /// resize without antialiasing, shorter side `round(r / 0.875)`, BN
+    /// recalibration with the evaluation transform.
+    FolderBilinear(PathBuf),
 }
 
 impl DatasetSpec {
@@ -44,6 +49,7 @@ impl DatasetSpec {
             Self::Cifar10(_) => "cifar10",
             Self::Cifar100(_) => "cifar100",
             Self::Folder(_) => "folder",
+            Self::FolderBilinear(_) => "folder-bilinear",
         }
     }
 
@@ -54,7 +60,8 @@ impl DatasetSpec {
             | Self::Mnist(dir)
             | Self::Cifar10(dir)
             | Self::Cifar100(dir)
-            | Self::Folder(dir) => dir,
+            | Self::Folder(dir)
+            | Self::FolderBilinear(dir) => dir,
         }
     }
 
@@ -86,6 +93,7 @@ impl FromStr for DatasetSpec {
             "cifar10" => Ok(Self::Cifar10(dir)),
             "cifar100" => Ok(Self::Cifar100(dir)),
             "folder" => Ok(Self::Folder(dir)),
+            "folder-bilinear" => Ok(Self::FolderBilinear(dir)),
             _ => Err(unknown()),
         }
     }
@@ -130,6 +138,10 @@ mod tests {
             ("cifar10:rel/d", DatasetSpec::Cifar10("rel/d".into())),
             ("cifar100:/d", DatasetSpec::Cifar100("/d".into())),
             ("folder:C:/x", DatasetSpec::Folder("C:/x".into())),
+            (
+                "folder-bilinear:/d",
+                DatasetSpec::FolderBilinear("/d".into()),
+            ),
         ];
         for (text, expected) in cases {
             let parsed: DatasetSpec = text.parse().expect(text);

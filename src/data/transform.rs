@@ -2,6 +2,7 @@
 
 use rand::Rng;
 
+use super::dataset::FolderTransforms;
 use super::rng::{below, uniform};
 
 /// One image as floats in `[0, 1]` (before normalisation), C×H×W.
@@ -409,20 +410,33 @@ pub(crate) fn centred(height: usize, width: usize, crop_h: usize, crop_w: usize)
     }
 }
 
-/// The reference's ImageNet evaluation transform (`Resize(int(ceil(r /
-/// 0.875)))`, `CenterCrop(r)` on PIL images): shorter side to
-/// `ceil(resolution / 0.875)` (256 for 224) with Pillow's antialiased
-/// bilinear resize, the longer side truncated as torchvision does, then the
-/// centred square.
-pub(crate) fn resize_and_centre_crop(image: Image, resolution: usize) -> Image {
-    let short = ((resolution as f64) / 0.875).ceil() as usize;
+/// Evaluation transform for large images. [`FolderTransforms::Reference`]
+/// is the reference's ImageNet one (`Resize(int(ceil(r / 0.875)))`,
+/// `CenterCrop(r)` on PIL images): shorter side to `ceil(resolution /
+/// 0.875)` (256 for 224) with Pillow's antialiased bilinear resize, the
+/// longer side truncated as torchvision does, then the centred square;
+/// [`FolderTransforms::Bilinear`] rounds the shorter side and resizes with
+/// the 2-tap filter.
+pub(crate) fn resize_and_centre_crop(
+    image: Image,
+    resolution: usize,
+    transforms: FolderTransforms,
+) -> Image {
+    let ratio = (resolution as f64) / 0.875;
+    let short = match transforms {
+        FolderTransforms::Reference => ratio.ceil(),
+        FolderTransforms::Bilinear => ratio.round(),
+    } as usize;
     let (h, w) = (image.height, image.width);
     let (new_h, new_w) = if h <= w {
         (short, (short * w / h).max(1))
     } else {
         ((short * h / w).max(1), short)
     };
-    let resized = image.resize_pil(new_h, new_w);
+    let resized = match transforms {
+        FolderTransforms::Reference => image.resize_pil(new_h, new_w),
+        FolderTransforms::Bilinear => image.resize(new_h, new_w),
+    };
     resized.crop(centred(new_h, new_w, resolution, resolution))
 }
 
@@ -472,7 +486,7 @@ mod tests {
             assert_eq!(ours, ints(&case["pixels"]), "{h}x{w} → {oh}x{ow}");
         }
         let r = fixture["eval"]["resolution"].as_u64().unwrap() as usize;
-        let ours = as_hwc(&resize_and_centre_crop(img, r));
+        let ours = as_hwc(&resize_and_centre_crop(img, r, FolderTransforms::Reference));
         assert_eq!(
             ours,
             ints(&fixture["eval"]["pixels"]),
@@ -575,11 +589,13 @@ mod tests {
 
     #[test]
     fn eval_transform_shapes() {
-        let image = Image::from_planes(&vec![128; 3 * 60 * 90], 3, 60, 90);
-        let out = resize_and_centre_crop(image, 28);
-        assert_eq!((out.channels, out.height, out.width), (3, 28, 28));
-        // No padding can appear: the shorter side is resized to 32 ≥ 28.
-        assert!(out.data.iter().all(|&v| (v - 128.0 / 255.0).abs() < 1e-6));
+        for t in [FolderTransforms::Reference, FolderTransforms::Bilinear] {
+            let image = Image::from_planes(&vec![128; 3 * 60 * 90], 3, 60, 90);
+            let out = resize_and_centre_crop(image, 28, t);
+            assert_eq!((out.channels, out.height, out.width), (3, 28, 28));
+            // No padding can appear: the shorter side is resized to 32 ≥ 28.
+            assert!(out.data.iter().all(|&v| (v - 128.0 / 255.0).abs() < 1e-6));
+        }
     }
 
     #[test]

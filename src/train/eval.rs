@@ -140,7 +140,8 @@ pub fn recalibrate<B: OfaBackend>(
     batch: usize,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let augment = if data.dataset.is_in_memory() {
+    let reference = data.dataset.transforms == crate::data::FolderTransforms::Reference;
+    let augment = if data.dataset.is_in_memory() || !reference {
         Augment::None
     } else {
         Augment::Train
