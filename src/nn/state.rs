@@ -222,13 +222,16 @@ impl<B: OfaBackend> TensorVisitor<B> for Importer<'_> {
     }
 }
 
+/// A layer's weight and optional bias.
+type Weights<B, const D: usize> = (Param<Tensor<B, D>>, Option<Param<Tensor<B, 1>>>);
+
 /// Weight and optional bias of a convolution or linear layer at `key`.
 fn visit_weights<B: OfaBackend, V: TensorVisitor<B>, const D: usize>(
     key: &Key,
     weight: Param<Tensor<B, D>>,
     bias: Option<Param<Tensor<B, 1>>>,
     v: &mut V,
-) -> Result<(Param<Tensor<B, D>>, Option<Param<Tensor<B, 1>>>), StateError> {
+) -> Result<Weights<B, D>, StateError> {
     let weight = v.param(key.pp(WEIGHT), weight)?;
     let bias = bias.map(|b| v.param(key.pp(BIAS), b)).transpose()?;
     Ok((weight, bias))
@@ -430,13 +433,16 @@ fn visit_batch_norm<B: OfaBackend, V: TensorVisitor<B>>(
     Ok(b)
 }
 
+/// A static layer's optional conv and BN.
+type ConvAndBn<B> = (Option<Conv2d<B>>, Option<BatchNorm<B>>);
+
 /// A static layer's optional conv and BN, present together or not at all.
 fn visit_conv_bn<B: OfaBackend, V: TensorVisitor<B>>(
     conv: Option<Conv2d<B>>,
     bn: Option<BatchNorm<B>>,
     layer: &Key,
     v: &mut V,
-) -> Result<(Option<Conv2d<B>>, Option<BatchNorm<B>>), StateError> {
+) -> Result<ConvAndBn<B>, StateError> {
     let conv = conv
         .map(|c| visit_conv2d(c, &keys::conv(layer, Naming::Static), v))
         .transpose()?;

@@ -567,71 +567,6 @@ impl FastCost {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::space::preset;
-    use rand::SeedableRng;
-
-    #[test]
-    fn fast_cost_equals_layer_sums() {
-        let s = preset("ofa-mbv3-w1.0").unwrap();
-        let flops = FastCost::new(&s, &|l: &Layer| Ok(l.cost().macs as f64)).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        for _ in 0..50 {
-            let a = Arch::sample(&s, &mut rng);
-            assert_eq!(flops.cost(&a), a.cost(&s).macs as f64, "{a}");
-        }
-    }
-
-    #[test]
-    fn distinct_layers_cover_every_subnet() {
-        let s = preset("tiny").unwrap();
-        let keys: std::collections::HashSet<String> =
-            distinct_layers(&s).iter().map(|l| l.key()).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for _ in 0..200 {
-            let a = Arch::sample(&s, &mut rng);
-            for l in layers(&s, &a) {
-                assert!(keys.contains(&l.key()), "{} missing", l.key());
-            }
-        }
-    }
-
-    #[test]
-    fn interleaved_timing_keeps_every_sample() {
-        type B = burn::backend::Flex;
-        let s = preset("tiny").unwrap();
-        let device = Default::default();
-        let net = crate::nn::SupernetConfig::new(s.clone()).init::<B>(&device);
-        let (small, big) = (Arch::min(&s), Arch::max(&s));
-        let subs = vec![
-            crate::nn::extract(&net, &small),
-            crate::nn::extract(&net, &big),
-        ];
-        let cfg = ProfileConfig {
-            warmup: 1,
-            reps: 10,
-            ..ProfileConfig::default()
-        };
-        let t = time_subnets(&subs, &cfg, &device);
-        assert_eq!(t.len(), 2);
-        for x in &t {
-            assert_eq!(x.reps, 10);
-            assert!(x.p10_ms <= x.median_ms && x.median_ms <= x.p90_ms);
-        }
-        // Timing a lone layer with and without eviction both give finite times.
-        let l = &layers(&s, &big)[2];
-        for evict_kib in [0, 256] {
-            let c = ProfileConfig {
-                evict_kib,
-                ..cfg.clone()
-            };
-            assert!(time_layer::<B>(l, &c, &device).median_ms.is_finite());
-        }
-    }
-}
-
 /// Times `n` subnets end to end in our engine (the largest, the smallest
 /// and seeded random ones; timing does not depend on the weights) and
 /// compares them with the table's predictions.
@@ -731,4 +666,69 @@ pub fn calibrate_with(
         lut.calibration_subnets = ratios.len();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::preset;
+    use rand::SeedableRng;
+
+    #[test]
+    fn fast_cost_equals_layer_sums() {
+        let s = preset("ofa-mbv3-w1.0").unwrap();
+        let flops = FastCost::new(&s, &|l: &Layer| Ok(l.cost().macs as f64)).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..50 {
+            let a = Arch::sample(&s, &mut rng);
+            assert_eq!(flops.cost(&a), a.cost(&s).macs as f64, "{a}");
+        }
+    }
+
+    #[test]
+    fn distinct_layers_cover_every_subnet() {
+        let s = preset("tiny").unwrap();
+        let keys: std::collections::HashSet<String> =
+            distinct_layers(&s).iter().map(|l| l.key()).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..200 {
+            let a = Arch::sample(&s, &mut rng);
+            for l in layers(&s, &a) {
+                assert!(keys.contains(&l.key()), "{} missing", l.key());
+            }
+        }
+    }
+
+    #[test]
+    fn interleaved_timing_keeps_every_sample() {
+        type B = burn::backend::Flex;
+        let s = preset("tiny").unwrap();
+        let device = Default::default();
+        let net = crate::nn::SupernetConfig::new(s.clone()).init::<B>(&device);
+        let (small, big) = (Arch::min(&s), Arch::max(&s));
+        let subs = vec![
+            crate::nn::extract(&net, &small),
+            crate::nn::extract(&net, &big),
+        ];
+        let cfg = ProfileConfig {
+            warmup: 1,
+            reps: 10,
+            ..ProfileConfig::default()
+        };
+        let t = time_subnets(&subs, &cfg, &device);
+        assert_eq!(t.len(), 2);
+        for x in &t {
+            assert_eq!(x.reps, 10);
+            assert!(x.p10_ms <= x.median_ms && x.median_ms <= x.p90_ms);
+        }
+        // Timing a lone layer with and without eviction both give finite times.
+        let l = &layers(&s, &big)[2];
+        for evict_kib in [0, 256] {
+            let c = ProfileConfig {
+                evict_kib,
+                ..cfg.clone()
+            };
+            assert!(time_layer::<B>(l, &c, &device).median_ms.is_finite());
+        }
+    }
 }
