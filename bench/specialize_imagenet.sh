@@ -17,11 +17,8 @@ OFA=${OFA:-target/release/ofa}
 THREADS=${THREADS:-2}
 RESULTS=${RESULTS:-bench/results}
 mkdir -p "$OUT" "$RESULTS"
-if [ -z "${OFA_REPO:-}" ]; then
-  OFA_REPO=$OUT/once-for-all
-  [ -d "$OFA_REPO/ofa" ] || git clone --depth 1 https://github.com/mit-han-lab/once-for-all "$OFA_REPO"
-fi
-python3 -c "import torch, torchvision, PIL" 2>/dev/null || python3 -m pip install --quiet torch torchvision pillow
+. bench/reference_env.sh
+reference_env "$OUT"
 [ -f "$OUT/acc_predictor.pth" ] || python3 bench/specialize_imagenet.py --ofa-repo "$OFA_REPO" "$OUT"
 "$OFA" import --from-pytorch "$OUT/ofa_mbv3_w1.0.pth" --space ofa-mbv3-w1.0 --out "$OUT/supernet.safetensors" > /dev/null
 "$OFA" import --predictor "$OUT/acc_predictor.pth" --space ofa-mbv3-w1.0 --out "$OUT/predictor.safetensors" > /dev/null

@@ -12,11 +12,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/specialized-check}
 OFA=${OFA:-target/release/ofa}
 mkdir -p "$OUT"
-if [ -z "${OFA_REPO:-}" ]; then
-  OFA_REPO=$OUT/once-for-all
-  [ -d "$OFA_REPO/ofa" ] || git clone --depth 1 https://github.com/mit-han-lab/once-for-all "$OFA_REPO"
-fi
-python3 -c "import torch, torchvision, PIL" 2>/dev/null || python3 -m pip install --quiet torch torchvision pillow
+. bench/reference_env.sh
+reference_env "$OUT"
 for spec in "1.0 0" "1.0 1" "1.2 2"; do
   set -- $spec
   d=$OUT/w$1-seed$2

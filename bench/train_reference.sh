@@ -19,12 +19,8 @@ BATCH=${BATCH:-16}
 STEPS=${STEPS:-10}
 RESULTS=${RESULTS:-bench/results}
 mkdir -p "$OUT" "$RESULTS"
-if [ -z "${OFA_REPO:-}" ]; then
-  OFA_REPO=$OUT/once-for-all
-  [ -d "$OFA_REPO/ofa" ] || git clone --depth 1 https://github.com/mit-han-lab/once-for-all "$OFA_REPO"
-fi
-# The reference package imports torchvision and Pillow at import time.
-python3 -c "import torch, torchvision, PIL" 2>/dev/null || python3 -m pip install --quiet torch torchvision pillow
+. bench/reference_env.sh
+reference_env "$OUT"
 "$OFA" --threads "$THREADS" bench train --space ofa-mbv3-w1.0 --channels 3 --batch "$BATCH" \
   --steps "$STEPS" --dump "$OUT/train.json" --json > "$OUT/ofa.txt"
 python3 bench/ofa_reference_train.py --ofa-repo "$OFA_REPO" --threads "$THREADS" \

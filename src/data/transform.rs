@@ -90,33 +90,28 @@ impl Image {
     /// Bilinear resize; a no-op when the size already matches, so native
     /// resolution batches are bit-exact copies of the stored pixels.
     pub fn resize(self, height: usize, width: usize) -> Self {
-        if (height, width) == (self.height, self.width) {
-            return self;
-        }
-        let data = resize_bilinear(
-            &self.data,
-            self.channels,
-            self.height,
-            self.width,
-            height,
-            width,
-        );
-        Self {
-            channels: self.channels,
-            height,
-            width,
-            data,
-        }
+        self.resized_with(height, width, resize_bilinear)
     }
 
     /// [`resize_pil_bilinear`]: Pillow's antialiased bilinear resize, for
     /// large decoded images as the reference's ImageNet pipeline resizes
     /// them.
     pub fn resize_pil(self, height: usize, width: usize) -> Self {
+        self.resized_with(height, width, resize_pil_bilinear)
+    }
+
+    /// Resized by `filter(data, c, h, w, out_h, out_w)`; a no-op at the same
+    /// size.
+    fn resized_with(
+        self,
+        height: usize,
+        width: usize,
+        filter: fn(&[f32], usize, usize, usize, usize, usize) -> Vec<f32>,
+    ) -> Self {
         if (height, width) == (self.height, self.width) {
             return self;
         }
-        let data = resize_pil_bilinear(
+        let data = filter(
             &self.data,
             self.channels,
             self.height,
