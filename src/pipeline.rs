@@ -458,17 +458,8 @@ fn extract_and_ship<B: OfaBackend>(
     let mut chosen = Vec::new();
     for (((r, sub), timing), (val, test)) in results.iter().zip(&subs).zip(&timings).zip(measured) {
         let dir = out.join("subnets").join(slug(&r.scenario));
-        export::save_subnet(
-            sub,
-            &dir,
-            serde_json::json!({"scenario": r.scenario, "validation": val, "test": test, "latency": timing}),
-        )?;
-        let onnx = dir.join("model.onnx");
-        export::onnx::export(sub, &onnx)?;
-        let diff = export::onnx::check(sub, &onnx, device)?;
-        if diff > 1e-4 {
-            anyhow::bail!("{}: tract logits differ by {diff:.2e}", onnx.display());
-        }
+        let extra = serde_json::json!({"scenario": r.scenario, "validation": val, "test": test, "latency": timing});
+        let (onnx, diff) = export::ship(sub, &dir, extra, device)?;
         let baseline = best_baseline(r).map(|b| Baseline {
             name: b.name.clone(),
             mflops: b.candidate.mflops,

@@ -356,17 +356,8 @@ fn ship<B: OfaBackend>(
     let mut out = Vec::new();
     for (((r, sub), t), val) in results.iter().zip(&subs).zip(&timings).zip(vals) {
         let dir = cfg.out.join("subnets").join(slug(&r.scenario));
-        export::save_subnet(
-            sub,
-            &dir,
-            serde_json::json!({"scenario": r.scenario, "validation": val, "latency": t}),
-        )?;
-        let onnx = dir.join("model.onnx");
-        export::onnx::export(sub, &onnx)?;
-        let diff = export::onnx::check(sub, &onnx, device)?;
-        if diff > 1e-4 {
-            anyhow::bail!("{}: tract logits differ by {diff:.2e}", onnx.display());
-        }
+        let extra = serde_json::json!({"scenario": r.scenario, "validation": val, "latency": t});
+        let (onnx, diff) = export::ship(sub, &dir, extra, device)?;
         out.push(Specialized {
             scenario: r.scenario.clone(),
             arch: r.best.arch.to_reference_json(),

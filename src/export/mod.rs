@@ -52,3 +52,23 @@ fn ort_timer<B: crate::nn::OfaBackend>(
          `cargo build --release --features onnxruntime`"
     )
 }
+
+/// A deliverable: the subnet folder (`save_subnet`, with `extra` in its
+/// arch.json) and its ONNX export `model.onnx`, checked in tract. Returns
+/// the ONNX path and tract's relative logit difference; over 1e-4 is an
+/// error.
+pub fn ship<B: crate::nn::OfaBackend>(
+    sub: &crate::nn::Subnet<B>,
+    dir: &std::path::Path,
+    extra: serde_json::Value,
+    device: &B::Device,
+) -> anyhow::Result<(std::path::PathBuf, f64)> {
+    save_subnet(sub, dir, extra)?;
+    let path = dir.join("model.onnx");
+    onnx::export(sub, &path)?;
+    let diff = onnx::check(sub, &path, device)?;
+    if diff > 1e-4 {
+        anyhow::bail!("{}: tract logits differ by {diff:.2e}", path.display());
+    }
+    Ok((path, diff))
+}
