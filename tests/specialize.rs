@@ -83,11 +83,7 @@ fn onnx_export_runs_in_tract_with_the_same_logits() {
         let ours = to_vec(sub.forward(x));
         let theirs = export::onnx::run_tract(&path, &input).unwrap();
         assert_eq!(theirs.shape, vec![n, 10]);
-        let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let diff = ours
-            .iter()
-            .zip(&theirs.data)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (diff, scale) = diff_and_scale(&ours, &theirs.data);
         assert!(
             diff / scale <= 1e-4,
             "arch {arch}: relative difference {}",
@@ -644,11 +640,7 @@ fn single_layer_onnx_graphs_compute_what_our_layers_compute() {
         let ours = to_vec(module.forward(x));
         let theirs = export::onnx::run_tract(&path, &input).unwrap();
         assert_eq!(ours.len(), theirs.data.len(), "{}", l.key());
-        let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let diff = ours
-            .iter()
-            .zip(&theirs.data)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (diff, scale) = diff_and_scale(&ours, &theirs.data);
         assert!(
             diff / scale <= 1e-4,
             "{}: relative difference {}",
@@ -683,4 +675,15 @@ fn onnxruntime_tables_record_their_runtime() {
     assert!(lut.base_ms > 0.0 && lut.entries.values().all(|t| t.median_ms.is_finite()));
     let v = ofa::search::latency::validate_with(&lut, &s, 4, 0, timer.as_mut()).unwrap();
     assert!(v.samples.iter().all(|(_, p, m)| *p > 0.0 && *m > 0.0));
+}
+
+/// Largest |ours − theirs| and the scale it is relative to (the largest
+/// |ours|, at least 1).
+fn diff_and_scale(ours: &[f32], theirs: &[f32]) -> (f32, f32) {
+    let scale = ours.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(theirs)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (diff, scale)
 }
