@@ -3,10 +3,13 @@
 //!
 //! Modules follow the pipeline, and data flows one way:
 //! [`space`] → [`nn`] → [`train`] → [`search`] → [`export`] → [`pipeline`]
-//! (the whole chain, `ofa run`) → [`cli`].
+//! (the whole chain, `ofa run`) → [`cli`]. [`dist`] (collective
+//! communication between the processes of a data-parallel job) is a leaf
+//! that [`nn`] and [`train`] use.
 
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;

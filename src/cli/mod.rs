@@ -170,15 +170,28 @@ pub fn main() -> std::process::ExitCode {
             .num_threads(n.max(1))
             .build_global();
     }
+    // One rank of an mpirun/srun job, or a single process.
+    let comm = match crate::dist::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = resolve(cli.device).and_then(|d| match d {
-        Resolved::Cpu => run_command::<CpuTrain>(cli.command, &Default::default()),
+        Resolved::Cpu => run_command::<CpuTrain>(cli.command, &Default::default(), &comm),
         #[cfg(feature = "cuda")]
         Resolved::Cuda(n) => {
-            run_command::<GpuTrain>(cli.command, &burn::backend::cuda::CudaDevice::new(n))
+            run_command::<GpuTrain>(cli.command, &burn::backend::cuda::CudaDevice::new(n), &comm)
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if comm.size() > 1 => {
+            // The other ranks would wait for this one forever.
+            eprintln!("error (rank {} of {}): {e:#}", comm.rank(), comm.size());
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -188,16 +201,25 @@ pub fn main() -> std::process::ExitCode {
 
 /// Runs one command with networks on backend `B` (the one place that
 /// picks it is `main`).
-fn run_command<B: crate::nn::TrainBackend>(c: Command, device: &B::Device) -> anyhow::Result<()> {
+fn run_command<B: crate::nn::TrainBackend>(
+    c: Command,
+    device: &B::Device,
+    comm: &crate::nn::Comm,
+) -> anyhow::Result<()> {
+    if comm.size() > 1 && !matches!(c, Command::Train(_) | Command::Table(_)) {
+        anyhow::bail!(
+            "under mpirun/srun, only `ofa train` and `ofa table` run across processes; run this command as one process"
+        );
+    }
     match c {
         Command::Space(c) => space_cmd::space(c),
         Command::Info(a) => space_cmd::info(a),
         Command::Flops(a) => space_cmd::flops(a),
         Command::Sample(a) => space_cmd::sample(a),
         Command::Data(c) => data_cmd::data(c),
-        Command::Train(a) => train_cmd::train::<B>(device, a),
+        Command::Train(a) => train_cmd::train::<B>(device, a, comm),
         Command::Eval(a) => train_cmd::eval::<B>(device, a),
-        Command::Table(c) => specialize_cmd::table::<B>(device, c),
+        Command::Table(c) => specialize_cmd::table::<B>(device, c, comm),
         Command::Predictor(c) => specialize_cmd::predictor::<B>(device, c),
         Command::Profile(a) => specialize_cmd::profile::<B>(device, a),
         Command::Latency(a) => specialize_cmd::latency::<B>(device, a),

@@ -100,7 +100,14 @@ fn parse_shard(s: &Option<String>) -> anyhow::Result<(usize, usize)> {
     }
 }
 
-pub fn table<B: TrainBackend>(device: &B::Device, c: TableCommand) -> anyhow::Result<()> {
+pub fn table<B: TrainBackend>(
+    device: &B::Device,
+    c: TableCommand,
+    comm: &crate::nn::Comm,
+) -> anyhow::Result<()> {
+    if comm.size() > 1 && c.sub.is_some() {
+        anyhow::bail!("table merge/export/show run as one process, not under mpirun");
+    }
     match c.sub {
         Some(TableSub::Merge { out, inputs }) => {
             let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
@@ -118,7 +125,7 @@ pub fn table<B: TrainBackend>(device: &B::Device, c: TableCommand) -> anyhow::Re
             Ok(())
         }
         Some(TableSub::Show { table, json }) => show_table(&table, json),
-        None => build_table::<B>(device, c.build),
+        None => build_table::<B>(device, c.build, comm),
     }
 }
 
@@ -156,7 +163,11 @@ fn show_table(path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_table<B: TrainBackend>(device: &B::Device, a: TableArgs) -> anyhow::Result<()> {
+fn build_table<B: TrainBackend>(
+    device: &B::Device,
+    a: TableArgs,
+    comm: &crate::nn::Comm,
+) -> anyhow::Result<()> {
     let supernet = a.supernet.context("--supernet is required")?;
     let out = a.out.context("--out is required")?;
     let shard = parse_shard(&a.shard)?;
@@ -187,15 +198,25 @@ fn build_table<B: TrainBackend>(device: &B::Device, a: TableArgs) -> anyhow::Res
         a.subnets,
         resolutions,
     )?;
-    let mut t = Table::create_or_open(&out, meta)?;
+    // Rank 0 alone holds the file; the other ranks evaluate rows for it.
+    let mut t = if comm.is_root() {
+        Some(Table::create_or_open(&out, meta)?)
+    } else {
+        None
+    };
     let stop = super::progress::interrupt_flag();
-    let pb = bar(0, "table [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})");
-    let added = table::build(
+    let pb = if comm.is_root() {
+        bar(0, "table [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let added = table::build_shared(
         &net,
-        &mut t,
+        t.as_mut(),
         &data,
         shard,
         device,
+        &**comm,
         &mut |done, total, row| {
             pb.set_length(total as u64);
             pb.set_position(done as u64);
@@ -210,6 +231,7 @@ fn build_table<B: TrainBackend>(device: &B::Device, a: TableArgs) -> anyhow::Res
         &|| stop.load(std::sync::atomic::Ordering::SeqCst),
     )?;
     pb.finish_and_clear();
+    let Some(t) = t else { return Ok(()) };
     println!("{}: {} new rows, {} in all", out.display(), added, t.len()?);
     if let Some(csv) = a.csv {
         t.export_csv(&csv)?;

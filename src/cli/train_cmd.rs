@@ -6,7 +6,7 @@ use crate::data::{Dataset, SplitKind};
 use crate::nn::TrainBackend;
 use crate::nn::load_supernet;
 use crate::space::{Arch, Space};
-use crate::train::{self, EvalData, Schedule, TrainConfig, reference_epochs};
+use crate::train::{self, EvalData, Schedule, TrainConfig, Trainer, reference_epochs};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -122,8 +122,19 @@ fn resolve_config(a: &TrainArgs, space: &Space) -> anyhow::Result<TrainConfig> {
     Ok(cfg)
 }
 
-pub fn train<B: TrainBackend>(device: &B::Device, a: TrainArgs) -> anyhow::Result<()> {
-    let (cfg, space, ds) = if a.resume && a.out.join("config.toml").exists() {
+pub fn train<B: TrainBackend>(
+    device: &B::Device,
+    a: TrainArgs,
+    comm: &crate::nn::Comm,
+) -> anyhow::Result<()> {
+    let (cfg, space, ds) = if !comm.is_root() {
+        // Rank 0's settings (it alone may see the run folder); the data
+        // from this rank's own copy.
+        let (cfg, space) = receive_settings(comm)?;
+        let mut space = space;
+        let ds = load_data_for(&mut space, &cfg.data)?;
+        (cfg, space, ds)
+    } else if a.resume && a.out.join("config.toml").exists() {
         let read = |name: &str| {
             let p = a.out.join(name);
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
@@ -138,8 +149,31 @@ pub fn train<B: TrainBackend>(device: &B::Device, a: TrainArgs) -> anyhow::Resul
         let ds = load_data_for(&mut space, &a.data)?;
         (resolve_config(&a, &space)?, space, ds)
     };
+    if comm.is_root() && comm.size() > 1 {
+        send_settings(&cfg, &space, comm)?;
+    }
+    if !comm.is_root() {
+        // Silent, but its interrupt flag still stops every rank.
+        let mut progress = StopOnly(interrupt_flag());
+        Trainer::<B>::open(
+            &cfg,
+            &space,
+            ds,
+            &a.out,
+            a.resume,
+            device,
+            comm.clone(),
+            &mut progress,
+        )?
+        .run(&mut progress)?;
+        return Ok(());
+    }
+    let ranks = match comm.size() {
+        1 => String::new(),
+        n => format!(" on {n} processes (batch {} each)", cfg.batch_size / n),
+    };
     eprintln!(
-        "training {} on {} with schedule {} for {} epochs into {}",
+        "training {} on {} with schedule {} for {} epochs into {}{ranks}",
         space.name,
         ds.name,
         cfg.schedule,
@@ -147,7 +181,17 @@ pub fn train<B: TrainBackend>(device: &B::Device, a: TrainArgs) -> anyhow::Resul
         a.out.display()
     );
     let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
-    let out = train::train::<B>(&cfg, &space, ds, &a.out, a.resume, device, &mut progress)?;
+    let out = Trainer::<B>::open(
+        &cfg,
+        &space,
+        ds,
+        &a.out,
+        a.resume,
+        device,
+        comm.clone(),
+        &mut progress,
+    )?
+    .run(&mut progress)?;
     if out.interrupted {
         eprintln!(
             "interrupted after step {}; resume with: ofa train --out {} --resume",
@@ -323,4 +367,32 @@ pub fn eval<B: TrainBackend>(device: &B::Device, a: EvalArgs) -> anyhow::Result<
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Rank 0's run settings (config and space, after the dataset filled in
+/// the space) to the other ranks.
+fn send_settings(cfg: &TrainConfig, space: &Space, comm: &crate::nn::Comm) -> anyhow::Result<()> {
+    let mut buf = serde_json::to_vec(&(toml::to_string(cfg)?, space.to_toml()))?;
+    comm.broadcast_bytes(&mut buf, 0);
+    Ok(())
+}
+
+fn receive_settings(comm: &crate::nn::Comm) -> anyhow::Result<(TrainConfig, Space)> {
+    let mut buf = Vec::new();
+    comm.broadcast_bytes(&mut buf, 0);
+    let (cfg, space): (String, String) = serde_json::from_slice(&buf)?;
+    Ok((
+        toml::from_str(&cfg).context("rank 0's training config")?,
+        Space::from_toml(&space).context("rank 0's space")?,
+    ))
+}
+
+/// The observer of ranks other than 0: prints nothing, reports a stop
+/// request (Ctrl-C, SIGTERM) so that it reaches every rank.
+struct StopOnly(Arc<std::sync::atomic::AtomicBool>);
+
+impl train::TrainObserver for StopOnly {
+    fn stop_requested(&mut self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

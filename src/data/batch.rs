@@ -65,6 +65,21 @@ pub fn make_batch(
     augment: Augment,
     seed: u64,
 ) -> Result<Batch, DataError> {
+    make_batch_slice(ds, split, indices, 0, resolution, augment, seed)
+}
+
+/// [`make_batch`] of the slice of a larger batch whose first image sits at
+/// position `first`: the image at `first + p` gets the random choices it
+/// gets in the whole batch (one process's share of a data-parallel step).
+pub fn make_batch_slice(
+    ds: &Dataset,
+    split: &Split,
+    indices: &[usize],
+    first: usize,
+    resolution: usize,
+    augment: Augment,
+    seed: u64,
+) -> Result<Batch, DataError> {
     check_request(ds, split, indices, resolution)?;
     let image_len = ds.channels * resolution * resolution;
     let mut images = vec![0.0; indices.len() * image_len];
@@ -73,7 +88,7 @@ pub fn make_batch(
         .zip(indices.par_iter())
         .enumerate()
         .map(|(position, (out, &index))| {
-            let mut rng = stream_rng(seed, position as u64);
+            let mut rng = stream_rng(seed, (first + position) as u64);
             let image = prepare(ds, split, index, resolution, augment, &mut rng)?;
             out.copy_from_slice(&image.data);
             Ok(())

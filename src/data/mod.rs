@@ -28,7 +28,7 @@ mod spec;
 mod summary;
 mod transform;
 
-pub use batch::{Augment, Batch, make_batch};
+pub use batch::{Augment, Batch, make_batch, make_batch_slice};
 pub use dataset::{
     CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Dataset, FASHION_MNIST_MEAN,
     FASHION_MNIST_STD, FOLDER_NATIVE_RESOLUTION, FolderTransforms, IMAGENET_MEAN, IMAGENET_STD,

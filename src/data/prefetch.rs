@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::{Augment, Batch, DataError, Dataset, SplitKind, make_batch};
+#[cfg(test)]
+use super::make_batch;
+use super::{Augment, Batch, DataError, Dataset, SplitKind, make_batch_slice};
 
 /// Everything [`make_batch`] needs besides the dataset and split.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +20,10 @@ pub struct BatchRequest {
     pub augment: Augment,
     /// Seed of the batch's random choices.
     pub seed: u64,
+    /// Position of the first image in the whole batch when this is one
+    /// process's slice of it (0 otherwise): augmentation follows the
+    /// position in the whole batch.
+    pub first: usize,
 }
 
 type Outcome = Result<Batch, DataError>;
@@ -128,10 +134,11 @@ fn work(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let outcome = make_batch(
+        let outcome = make_batch_slice(
             dataset,
             split,
             &request.indices,
+            request.first,
             request.resolution,
             request.augment,
             request.seed,
@@ -159,6 +166,7 @@ mod tests {
                     Augment::None
                 },
                 seed: i as u64,
+                first: 0,
             })
             .collect()
     }

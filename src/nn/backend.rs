@@ -46,6 +46,31 @@ fn per_sample<B: Backend>(v: Tensor<B, 1>, n: usize) -> Tensor<B, 4> {
     v.unsqueeze::<2>().repeat_dim(0, n).reshape([n, c, 1, 1])
 }
 
+/// The processes a sharded batch is spread over.
+pub type Comm = std::sync::Arc<dyn crate::dist::Collective>;
+
+/// `v` (per channel) and `count` summed across the processes of `comm`.
+fn reduced<B: Backend>(v: Tensor<B, 1>, count: f64, comm: &Comm) -> (Vec<f64>, f64) {
+    let mut buf: Vec<f64> = v
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    buf.push(count);
+    comm.all_reduce_sum_f64(&mut buf);
+    let m = buf.pop().expect("count");
+    (buf, m)
+}
+
+fn host_tensor<B: Backend>(v: Vec<f64>, device: &B::Device) -> Tensor<B, 1> {
+    let n = v.len();
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    Tensor::from_data(burn::tensor::TensorData::new(v, [n]), device)
+}
+
 /// Backend operations of the supernet. See the module documentation.
 pub trait OfaBackend: Backend {
     /// What a latency table records as the backend.
@@ -148,6 +173,60 @@ pub trait OfaBackend: Backend {
         let k = wrap::<Self, 1>(gamma) * inv;
         let dx = (g - per_sample(dbeta.clone() / m, n) - xhat * per_sample(dgamma.clone() / m, n))
             * per_sample(k, n);
+        (unwrap(dx), unwrap(dgamma), unwrap(dbeta))
+    }
+
+    /// [`OfaBackend::batch_norm_train`] on this process's slice of a batch
+    /// spread over the processes of `comm`: mean and variance are those of
+    /// the whole batch (per-channel sums added across processes).
+    fn batch_norm_train_sharded(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        comm: &Comm,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = wrap::<Self, 4>(x);
+        let [n, c, h, w] = x.dims();
+        let device = x.device();
+        let sum = x.clone().sum_dims(&[0, 2, 3]).reshape([c]);
+        let (sum, m) = reduced(sum, (n * h * w) as f64, comm);
+        let mean = host_tensor::<Self>(sum.iter().map(|s| s / m).collect(), &device);
+        let centred = x.clone() - per_sample(mean.clone(), n);
+        let sq = centred.square().sum_dims(&[0, 2, 3]).reshape([c]);
+        let (sq, _) = reduced(sq, (n * h * w) as f64, comm);
+        let var = host_tensor::<Self>(sq.iter().map(|s| s / m).collect(), &device);
+        let scale = wrap::<Self, 1>(gamma) / (var.clone() + eps).sqrt();
+        let shift = wrap::<Self, 1>(beta) - mean.clone() * scale.clone();
+        let y = x * per_sample(scale, n) + per_sample(shift, n);
+        (unwrap(y), unwrap(mean), unwrap(var))
+    }
+
+    /// Gradients of [`OfaBackend::batch_norm_train_sharded`]: `Σdy` and
+    /// `Σdy·x̂` are summed across processes (every input moved the whole
+    /// batch's statistics); `dgamma`, `dbeta` are this slice's share.
+    fn batch_norm_train_sharded_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        eps: f64,
+        grad: FloatTensor<Self>,
+        comm: &Comm,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, g) = (wrap::<Self, 4>(x), wrap::<Self, 4>(grad));
+        let [n, c, h, w] = x.dims();
+        let device = x.device();
+        let inv = (wrap::<Self, 1>(var) + eps).sqrt().recip();
+        let xhat = (x - per_sample(wrap::<Self, 1>(mean), n)) * per_sample(inv.clone(), n);
+        let dbeta = g.clone().sum_dims(&[0, 2, 3]).reshape([c]);
+        let dgamma = (g.clone() * xhat.clone()).sum_dims(&[0, 2, 3]).reshape([c]);
+        let (sg, m) = reduced(dbeta.clone(), (n * h * w) as f64, comm);
+        let (sgx, _) = reduced(dgamma.clone(), (n * h * w) as f64, comm);
+        let mean_g = host_tensor::<Self>(sg.iter().map(|s| s / m).collect(), &device);
+        let mean_gx = host_tensor::<Self>(sgx.iter().map(|s| s / m).collect(), &device);
+        let k = wrap::<Self, 1>(gamma) * inv;
+        let dx = (g - per_sample(mean_g, n) - xhat * per_sample(mean_gx, n)) * per_sample(k, n);
         (unwrap(dx), unwrap(dgamma), unwrap(dbeta))
     }
 
@@ -318,6 +397,56 @@ macro_rules! host_backend {
                 )
             }
 
+            fn batch_norm_train_sharded(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                beta: FloatTensor<Self>,
+                eps: f64,
+                comm: &Comm,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                let d = nchw(dims4::<Self>(&x));
+                let (y, mean, var) = cpu_kernels::batch_norm_forward_reduced(
+                    &$view(&x),
+                    d,
+                    &$view(&gamma),
+                    &$view(&beta),
+                    eps,
+                    &|buf| comm.all_reduce_sum_f64(buf),
+                );
+                (
+                    $make(y, &[d.n, d.c, d.h, d.w]),
+                    $make(mean, &[d.c]),
+                    $make(var, &[d.c]),
+                )
+            }
+
+            fn batch_norm_train_sharded_backward(
+                x: FloatTensor<Self>,
+                gamma: FloatTensor<Self>,
+                mean: FloatTensor<Self>,
+                var: FloatTensor<Self>,
+                eps: f64,
+                grad: FloatTensor<Self>,
+                comm: &Comm,
+            ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+                let d = nchw(dims4::<Self>(&x));
+                let (dx, dg, db) = cpu_kernels::batch_norm_backward_reduced(
+                    &$view(&x),
+                    d,
+                    &$view(&gamma),
+                    &$view(&mean),
+                    &$view(&var),
+                    eps,
+                    &$view(&grad),
+                    &|buf| comm.all_reduce_sum_f64(buf),
+                );
+                (
+                    $make(dx, &[d.n, d.c, d.h, d.w]),
+                    $make(dg, &[d.c]),
+                    $make(db, &[d.c]),
+                )
+            }
+
             fn channel_affine(
                 x: FloatTensor<Self>,
                 scale: FloatTensor<Self>,
@@ -437,6 +566,24 @@ fn batch_norm_backward<B: OfaBackend>(
     [dx, dgamma, dbeta]
 }
 
+type ShardedBnState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    f64,
+    Comm,
+);
+
+fn sharded_batch_norm_backward<B: OfaBackend>(
+    (x, gamma, mean, var, eps, comm): ShardedBnState<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let (dx, dgamma, dbeta) =
+        B::batch_norm_train_sharded_backward(x, gamma, mean, var, eps, grad, &comm);
+    [dx, dgamma, dbeta]
+}
+
 fn activation_backward<B: OfaBackend>(
     (x, act): (FloatTensor<B>, Activation),
     grad: FloatTensor<B>,
@@ -502,6 +649,38 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
         (y, stats.0, stats.1)
     }
 
+    fn batch_norm_train_sharded(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        comm: &Comm,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mean, var) = B::batch_norm_train_sharded(
+            x.primitive.clone(),
+            gamma.primitive.clone(),
+            beta.primitive,
+            eps,
+            comm,
+        );
+        let stats = (
+            Self::from_inner(mean.clone()),
+            Self::from_inner(var.clone()),
+        );
+        let y = match Fused::<B, _, 3>(sharded_batch_norm_backward::<B>)
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                (x.primitive, gamma.primitive, mean, var, eps, comm.clone()),
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (y, stats.0, stats.1)
+    }
+
     fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
         let out = B::activation(x.primitive.clone(), act);
         match Fused::<B, _, 1>(activation_backward::<B>)
@@ -537,6 +716,19 @@ pub fn batch_norm_train<B: OfaBackend>(
     eps: f64,
 ) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
     let (y, m, v) = B::batch_norm_train(unwrap(x), unwrap(gamma), unwrap(beta), eps);
+    (wrap(y), wrap(m), wrap(v))
+}
+
+/// [`batch_norm_train`] on this process's slice of a batch spread over
+/// `comm`'s processes: the statistics of the whole batch.
+pub fn batch_norm_train_sharded<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+    comm: &Comm,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+    let (y, m, v) = B::batch_norm_train_sharded(unwrap(x), unwrap(gamma), unwrap(beta), eps, comm);
     (wrap(y), wrap(m), wrap(v))
 }
 

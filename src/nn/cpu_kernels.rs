@@ -490,23 +490,34 @@ fn small_rows(d: Nchw) -> bool {
     d.c * d.plane() <= 1 << 16
 }
 
-/// Per-channel `(Σa, Σa·b)` over (N, H, W) — `b = a` gives `(Σx, Σx²)`.
+/// Per-channel `(Σa, Σ(a − μ)·(b − μ))` over (N, H, W), with `μ` the
+/// per-channel `centre` (0 without one) subtracted from `b` — and from `a`
+/// in the second sum when there is no `b` (`b = a`): `(Σx, Σ(x − μ)²)`,
+/// or `(Σg, Σg·(x − μ))` with `a = g`, `b = x`. Centring first, not
+/// `Σx² − mμ²`: in f32 that difference of two large, nearly equal numbers
+/// loses the variance of activations whose mean is large, and with it the
+/// result's independence of how the sums were split (threads, processes).
 ///
 /// Small feature maps: every thread sums whole sample rows
 /// (`[C·H·W]`, contiguous, vectorised) over its share of the batch, then
 /// each channel's plane is reduced in f64. Large ones: one channel at a
 /// time, plane by plane.
-fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw) -> Vec<(f64, f64)> {
+fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw, centre: Option<&[f32]>) -> Vec<(f64, f64)> {
+    let mu = |c: usize| centre.map_or(0.0, |m| m[c]);
     if !small_rows(d) {
         return (0..d.c)
             .into_par_iter()
             .map(|c| match b {
-                Some(b) => channel_sum_and_dot(a, b, d, c),
-                None => channel_sum_and_squares(a, d, c),
+                Some(b) => channel_sum_and_dot(a, b, d, c, mu(c)),
+                None => channel_sum_and_squares(a, d, c, mu(c)),
             })
             .collect();
     }
     let row = d.c * d.plane();
+    let plane = d.plane();
+    // The centre of every element of a sample row.
+    let centre_row: Vec<f32> = (0..row).map(|i| mu(i / plane.max(1))).collect();
+    let zeros = vec![0f32; row];
     let threads = rayon::current_num_threads().max(1);
     let per = d.n.div_ceil(threads).max(1);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..d.n)
@@ -516,13 +527,16 @@ fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw) -> Vec<(f64, f64)> {
             let (mut s, mut q) = (vec![0f32; row], vec![0f32; row]);
             for &n in ns {
                 let x = &a[n * row..][..row];
-                let y = b.map_or(x, |b| &b[n * row..][..row]);
-                accumulate_row(&mut s, &mut q, x, y);
+                match b {
+                    Some(b) => {
+                        accumulate_row(&mut s, &mut q, x, &zeros, &b[n * row..][..row], &centre_row)
+                    }
+                    None => accumulate_row(&mut s, &mut q, x, &centre_row, x, &centre_row),
+                }
             }
             (s, q)
         })
         .collect();
-    let plane = d.plane();
     (0..d.c)
         .map(|c| {
             let (mut s, mut q) = (0f64, 0f64);
@@ -541,25 +555,72 @@ fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `s += x`, `q += x · y`, elementwise.
+/// `s += x`, `q += (x − cx) · (y − cy)`, elementwise.
 #[multiversion::multiversion(targets = "simd")]
-fn accumulate_row(s: &mut [f32], q: &mut [f32], x: &[f32], y: &[f32]) {
-    for (((s, q), x), y) in s.iter_mut().zip(q.iter_mut()).zip(x).zip(y) {
-        *s += x;
-        *q += x * y;
+fn accumulate_row(s: &mut [f32], q: &mut [f32], x: &[f32], cx: &[f32], y: &[f32], cy: &[f32]) {
+    for (i, (s, q)) in s.iter_mut().zip(q.iter_mut()).enumerate() {
+        *s += x[i];
+        *q += (x[i] - cx[i]) * (y[i] - cy[i]);
     }
 }
 
-/// Per-channel mean and biased variance over (N, H, W), in f64.
-fn channel_stats(x: &[f32], d: Nchw) -> (Vec<f32>, Vec<f32>) {
-    let m = (d.n * d.plane()) as f64;
-    channel_sums(x, None, d)
+/// Per-channel batch mean and biased variance, two passes: the mean, then
+/// the mean squared deviation from it. `reduce` sums each pass's buffer
+/// (`[Σx per channel, count]`, then `[Σ(x − μ)² per channel]`) with the
+/// other processes of a data-parallel batch (the identity for one
+/// process), so that every process gets the statistics of the whole batch.
+fn channel_stats(x: &[f32], d: Nchw, reduce: Reduce<'_>) -> (Vec<f32>, Vec<f32>) {
+    let mut sums: Vec<f64> = channel_plain_sums(x, d);
+    sums.push((d.n * d.plane()) as f64);
+    reduce(&mut sums);
+    let m = sums[d.c];
+    let mean: Vec<f32> = sums[..d.c].iter().map(|s| (s / m) as f32).collect();
+    let mut sq: Vec<f64> = channel_sums(x, None, d, Some(&mean))
         .into_iter()
-        .map(|(s, sq)| {
-            let mean = s / m;
-            ((mean) as f32, (sq / m - mean * mean).max(0.0) as f32)
+        .map(|(_, q)| q)
+        .collect();
+    reduce(&mut sq);
+    let var = sq.iter().map(|q| (q / m).max(0.0) as f32).collect();
+    (mean, var)
+}
+
+/// Per-channel Σx over (N, H, W) (f64 across planes).
+fn channel_plain_sums(x: &[f32], d: Nchw) -> Vec<f64> {
+    let plane = d.plane();
+    (0..d.c)
+        .into_par_iter()
+        .map(|c| {
+            (0..d.n)
+                .map(|n| plane_sum(&x[(n * d.c + c) * plane..][..plane]) as f64)
+                .sum()
         })
-        .unzip()
+        .collect()
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn plane_sum(x: &[f32]) -> f32 {
+    let mut s = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            s[i] += c[i];
+        }
+    }
+    s.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Sums a buffer of per-channel statistics across the processes of a
+/// data-parallel batch (see [`batch_norm_forward_reduced`]).
+pub type Reduce<'a> = &'a dyn Fn(&mut [f64]);
+
+/// `[a_0 … a_{C−1}, b_0 … b_{C−1}, count]` of per-channel pairs.
+fn packed(pairs: Vec<(f64, f64)>, count: f64) -> Vec<f64> {
+    let (a, b): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    let mut buf = a;
+    buf.extend(b);
+    buf.push(count);
+    buf
 }
 
 #[multiversion::multiversion(targets = "simd")]
@@ -571,10 +632,10 @@ fn affine_plane(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32) {
 
 /// Σx and Σx² of channel `c` over all samples (f64 across planes).
 #[multiversion::multiversion(targets = "simd")]
-fn channel_sum_and_squares(x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
+fn channel_sum_and_squares(x: &[f32], d: Nchw, c: usize, mu: f32) -> (f64, f64) {
     let (mut s, mut sq) = (0f64, 0f64);
     for n in 0..d.n {
-        let (a, b) = sum_and_squares(&x[(n * d.c + c) * d.plane()..][..d.plane()]);
+        let (a, b) = sum_and_squares(&x[(n * d.c + c) * d.plane()..][..d.plane()], mu);
         s += a as f64;
         sq += b as f64;
     }
@@ -583,11 +644,11 @@ fn channel_sum_and_squares(x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
 
 /// Σg and Σg·x of channel `c` over all samples.
 #[multiversion::multiversion(targets = "simd")]
-fn channel_sum_and_dot(g: &[f32], x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
+fn channel_sum_and_dot(g: &[f32], x: &[f32], d: Nchw, c: usize, mu: f32) -> (f64, f64) {
     let (mut s, mut sx) = (0f64, 0f64);
     for n in 0..d.n {
         let at = (n * d.c + c) * d.plane();
-        let (a, b) = sum_and_dot(&g[at..][..d.plane()], &x[at..][..d.plane()]);
+        let (a, b) = sum_and_dot(&g[at..][..d.plane()], &x[at..][..d.plane()], mu);
         s += a as f64;
         sx += b as f64;
     }
@@ -595,7 +656,7 @@ fn channel_sum_and_dot(g: &[f32], x: &[f32], d: Nchw, c: usize) -> (f64, f64) {
 }
 
 #[inline(always)]
-fn sum_and_squares(x: &[f32]) -> (f32, f32) {
+fn sum_and_squares(x: &[f32], mu: f32) -> (f32, f32) {
     // Eight partial sums let the compiler keep them in one vector register.
     let mut s = [0f32; 8];
     let mut q = [0f32; 8];
@@ -604,32 +665,32 @@ fn sum_and_squares(x: &[f32]) -> (f32, f32) {
     for c in chunks {
         for i in 0..8 {
             s[i] += c[i];
-            q[i] += c[i] * c[i];
+            q[i] += (c[i] - mu) * (c[i] - mu);
         }
     }
     let (mut a, mut b) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
     for v in rest {
         a += v;
-        b += v * v;
+        b += (v - mu) * (v - mu);
     }
     (a, b)
 }
 
 #[inline(always)]
-fn sum_and_dot(g: &[f32], x: &[f32]) -> (f32, f32) {
+fn sum_and_dot(g: &[f32], x: &[f32], mu: f32) -> (f32, f32) {
     let mut s = [0f32; 8];
     let mut q = [0f32; 8];
     let n = g.len() / 8 * 8;
     for (gc, xc) in g[..n].chunks_exact(8).zip(x[..n].chunks_exact(8)) {
         for i in 0..8 {
             s[i] += gc[i];
-            q[i] += gc[i] * xc[i];
+            q[i] += gc[i] * (xc[i] - mu);
         }
     }
     let (mut a, mut b) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
     for (gv, xv) in g[n..].iter().zip(&x[n..]) {
         a += gv;
-        b += gv * xv;
+        b += gv * (xv - mu);
     }
     (a, b)
 }
@@ -660,7 +721,21 @@ pub fn batch_norm_forward(
     beta: &[f32],
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (mean, var) = channel_stats(x, d);
+    batch_norm_forward_reduced(x, d, gamma, beta, eps, &|_| {})
+}
+
+/// [`batch_norm_forward`] on one process's slice of a batch spread over
+/// processes: `reduce` sums the per-channel sums with the other slices, so
+/// the statistics (and `y`) are those of the whole batch.
+pub fn batch_norm_forward_reduced(
+    x: &[f32],
+    d: Nchw,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    reduce: Reduce<'_>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (mean, var) = channel_stats(x, d, reduce);
     let scale: Vec<f32> = (0..d.c)
         .map(|c| gamma[c] / ((var[c] as f64 + eps).sqrt() as f32))
         .collect();
@@ -680,22 +755,45 @@ pub fn batch_norm_backward(
     eps: f64,
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let m = (d.n * d.plane()) as f64;
-    let sums = channel_sums(dy, Some(x), d);
+    batch_norm_backward_reduced(x, d, gamma, mean, var, eps, dy, &|_| {})
+}
+
+/// [`batch_norm_backward`] of [`batch_norm_forward_reduced`]: `reduce` sums
+/// `Σdy` and `Σdy·x` with the other slices, because every input moved the
+/// whole batch's statistics. `dgamma` and `dbeta` stay this slice's share
+/// (the optimizer step sums parameter gradients across processes).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_reduced(
+    x: &[f32],
+    d: Nchw,
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    dy: &[f32],
+    reduce: Reduce<'_>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    // (Σdy, Σdy·(x − μ)) of this slice, then of the whole batch.
+    let local = channel_sums(dy, Some(x), d, Some(mean));
+    let mut buf = packed(local.clone(), (d.n * d.plane()) as f64);
+    reduce(&mut buf);
+    let m = buf[2 * d.c];
+    let sums: Vec<(f64, f64)> = (0..d.c).map(|c| (buf[c], buf[d.c + c])).collect();
     // dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with k = γ/σ and x̂ = (x − μ)/σ,
-    // rewritten per channel as dx = k·dy + a·x + b.
+    // rewritten per channel as dx = k·dy + a·(x − μ) + b.
     let mut dgamma = vec![0f32; d.c];
     let mut dbeta = vec![0f32; d.c];
     let mut coef = vec![(0f32, 0f32, 0f32); d.c];
     for c in 0..d.c {
         let inv = 1.0 / (var[c] as f64 + eps).sqrt();
-        let (sg, sgx) = sums[c];
-        let sum_g_xhat = (sgx - mean[c] as f64 * sg) * inv;
-        dbeta[c] = sg as f32;
-        dgamma[c] = sum_g_xhat as f32;
+        let (sg, sg_centred) = sums[c];
+        let sum_g_xhat = sg_centred * inv;
+        let (lg, lg_centred) = local[c];
+        dbeta[c] = lg as f32;
+        dgamma[c] = (lg_centred * inv) as f32;
         let k = gamma[c] as f64 * inv;
         let a = -k * inv * sum_g_xhat / m;
-        let b = -k * sg / m - a * mean[c] as f64;
+        let b = -k * sg / m;
         coef[c] = (k as f32, a as f32, b as f32);
     }
     let mut dx = output(x.len());
@@ -709,7 +807,7 @@ pub fn batch_norm_backward(
                 let start = p * plane;
                 let (xs, gs) = (&x[start..start + plane], &dy[start..start + plane]);
                 let (kc, ac, bc) = coef[c];
-                bn_dx_plane(o, gs, xs, kc, ac, bc);
+                bn_dx_plane(o, gs, xs, mean[c], kc, ac, bc);
             }
         });
     // SAFETY: bn_dx_plane wrote every plane.
@@ -717,9 +815,17 @@ pub fn batch_norm_backward(
 }
 
 #[multiversion::multiversion(targets = "simd")]
-fn bn_dx_plane(out: &mut [MaybeUninit<f32>], g: &[f32], x: &[f32], k: f32, a: f32, b: f32) {
+fn bn_dx_plane(
+    out: &mut [MaybeUninit<f32>],
+    g: &[f32],
+    x: &[f32],
+    mu: f32,
+    k: f32,
+    a: f32,
+    b: f32,
+) {
     for ((o, gv), xv) in out.iter_mut().zip(g).zip(x) {
-        o.write(k * gv + a * xv + b);
+        o.write(k * gv + a * (xv - mu) + b);
     }
 }
 

@@ -210,6 +210,18 @@ impl<B: OfaBackend> BnRef<'_, B> {
                 y
             }
             Mode::Teacher => backend::batch_norm_train(x, gamma, beta, self.eps).0,
+            Mode::Sharded(inner, shard) => match inner {
+                Mode::Train | Mode::TrainNoDropout | Mode::Teacher => {
+                    let (y, mean, var) =
+                        backend::batch_norm_train_sharded(x, gamma, beta, self.eps, &shard.comm);
+                    if !matches!(inner, Mode::Teacher) {
+                        self.update_running(mean.detach(), var.detach(), shard.global * h * w);
+                    }
+                    y
+                }
+                // Running statistics, or this process's own calibration.
+                other => self.forward(x, *other),
+            },
             Mode::Calibrate(stats) => {
                 let (y, mean, var) = backend::batch_norm_train(x, gamma, beta, self.eps);
                 stats.record(self.gamma.id, mean, var, n);
@@ -382,7 +394,21 @@ pub fn dropout<B: OfaBackend, const D: usize>(
     if p <= 0.0 || !mode.dropout() {
         return x;
     }
-    let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+    let keep = match mode {
+        // The global batch's mask, drawn as a single process draws it; this
+        // slice's rows of it.
+        Mode::Sharded(_, shard) => {
+            let mut dims = x.dims();
+            let n = dims[0];
+            dims[0] = shard.global;
+            Tensor::<B, D>::random(dims, Distribution::Bernoulli(1.0 - p), &x.device()).narrow(
+                0,
+                shard.offset,
+                n,
+            )
+        }
+        _ => x.random_like(Distribution::Bernoulli(1.0 - p)),
+    };
     x * keep / (1.0 - p)
 }
 

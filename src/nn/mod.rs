@@ -17,7 +17,7 @@ mod state;
 mod subnet;
 mod supernet;
 
-pub use backend::OfaBackend;
+pub use backend::{Comm, OfaBackend};
 pub use calib::{CalibrationError, calibrate_bn};
 pub use init::Init;
 pub use layers::{
@@ -70,12 +70,31 @@ pub enum Mode<'a, B: OfaBackend> {
     /// Batch statistics recorded into the collector (BN recalibration);
     /// running statistics untouched; dropout off.
     Calibrate(&'a BnStats<B>),
+    /// The inner mode on this process's slice of a data-parallel batch: BN
+    /// normalises with the whole global batch's statistics (sums added
+    /// across processes, forward and backward) and dropout draws the global
+    /// batch's masks and keeps this slice's rows, so each process computes
+    /// exactly its rows of the single-process step.
+    Sharded(&'a Mode<'a, B>, &'a Shard),
+}
+
+/// Where this process's samples sit in a data-parallel step's global batch.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    pub comm: Comm,
+    /// Position of this process's first sample in the global batch.
+    pub offset: usize,
+    /// Samples in the global batch.
+    pub global: usize,
 }
 
 impl<B: OfaBackend> Mode<'_, B> {
     /// Whether dropout is applied.
     pub fn dropout(&self) -> bool {
-        matches!(self, Mode::Train | Mode::Teacher)
+        match self {
+            Mode::Sharded(inner, _) => inner.dropout(),
+            m => matches!(m, Mode::Train | Mode::Teacher),
+        }
     }
 }
 

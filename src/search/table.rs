@@ -5,6 +5,7 @@
 //! loses nothing it reported, and a restarted one skips what is done.
 //! `--shard i/N` splits the work across machines; [`merge`] joins the parts.
 
+use crate::dist::{Collective, Local};
 use crate::nn::{OfaBackend, Supernet};
 use crate::space::{Arch, Space};
 use crate::train::{EvalConfig, EvalData, EvalResult, evaluate_with_hits, paired_stderr};
@@ -481,50 +482,119 @@ pub fn build<B: OfaBackend>(
     progress: &mut dyn FnMut(usize, usize, Option<&TableRow>),
     stop: &dyn Fn() -> bool,
 ) -> anyhow::Result<usize> {
-    let archs = table_archs(&table.meta);
-    let work: Vec<(usize, usize)> = shard_indices(archs.len(), shard)
-        .into_iter()
-        .flat_map(|i| {
-            table
-                .meta
-                .resolutions
-                .clone()
-                .into_iter()
-                .map(move |r| (i, r))
-        })
-        .collect();
-    let total = work.len();
-    let mut done = 0;
-    let mut added = 0;
-    progress(0, total, None);
-    for (i, r) in work {
-        if stop() {
+    build_shared(
+        net,
+        Some(table),
+        data,
+        shard,
+        device,
+        &Local,
+        progress,
+        stop,
+    )
+}
+
+/// [`build`] with the rows spread over the processes of `comm` (`mpirun
+/// -np N ofa table`): rank 0 holds the table (`Some`, the others `None`)
+/// and says which rows are missing; in each round every rank evaluates one
+/// of them, and rank 0 writes the round's rows, so the file stays
+/// kill-safe and resumable as with one process. Returns the rows added.
+#[allow(clippy::too_many_arguments)]
+pub fn build_shared<B: OfaBackend>(
+    net: &Supernet<B>,
+    mut table: Option<&mut Table>,
+    data: &EvalData,
+    shard: (usize, usize),
+    device: &B::Device,
+    comm: &dyn Collective,
+    progress: &mut dyn FnMut(usize, usize, Option<&TableRow>),
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<usize> {
+    // Rank 0's metadata and missing rows, on every rank.
+    let mut plan = Vec::new();
+    let mut already = 0;
+    if let Some(t) = table.as_deref() {
+        let archs = table_archs(&t.meta);
+        let mut missing = Vec::new();
+        for i in shard_indices(archs.len(), shard) {
+            for &r in &t.meta.resolutions {
+                if t.has(i, r)? {
+                    already += 1;
+                } else {
+                    missing.push((i, r));
+                }
+            }
+        }
+        plan = serde_json::to_vec(&(&t.meta, missing, already))?;
+    } else if comm.size() == 1 {
+        anyhow::bail!("a single process needs the table to fill");
+    }
+    comm.broadcast_bytes(&mut plan, 0);
+    let (meta, missing, already): (TableMeta, Vec<(usize, usize)>, usize) =
+        serde_json::from_slice(&plan).context("rank 0's table plan")?;
+    let archs = table_archs(&meta);
+    let total = already + missing.len();
+    let (mut done, mut added) = (already, 0);
+    progress(done, total, None);
+    let ranks = comm.size();
+    for round in missing.chunks(ranks) {
+        if comm.any(stop()) {
             break;
         }
-        if table.has(i, r)? {
-            done += 1;
-            continue;
-        }
-        let arch = archs[i].clone().with_resolution(r);
-        let t = std::time::Instant::now();
-        let (result, hits) =
-            evaluate_with_hits(net, &arch, data, &table.meta.eval, device, &mut |_, _| {})?;
-        let cost = arch.cost(&net.space);
-        let row = TableRow {
-            index: i,
-            arch,
-            result,
-            mflops: cost.mflops(),
-            params: cost.params,
-            seconds: t.elapsed().as_secs_f64(),
-            hits,
+        // This rank's row of the round, if the round has one for it.
+        let mine = match round.get(comm.rank()) {
+            Some(&(i, r)) => {
+                let arch = archs[i].clone().with_resolution(r);
+                let t = std::time::Instant::now();
+                let (result, hits) =
+                    evaluate_with_hits(net, &arch, data, &meta.eval, device, &mut |_, _| {})?;
+                let cost = arch.cost(&net.space);
+                Some(TableRow {
+                    index: i,
+                    arch,
+                    result,
+                    mflops: cost.mflops(),
+                    params: cost.params,
+                    seconds: t.elapsed().as_secs_f64(),
+                    hits,
+                })
+            }
+            None => None,
         };
-        table.insert(&row)?;
-        done += 1;
-        added += 1;
-        progress(done, total, Some(&row));
+        let rows = all_gather_rows(mine, round.len(), comm)?;
+        for row in &rows {
+            if let Some(t) = table.as_deref_mut() {
+                t.insert(row)?;
+            }
+            done += 1;
+            added += 1;
+            progress(done, total, Some(row));
+        }
     }
     Ok(added)
+}
+
+/// Every rank's row of a round, in rank order, on every rank (one
+/// broadcast per rank that has a row).
+fn all_gather_rows(
+    mine: Option<TableRow>,
+    count: usize,
+    comm: &dyn Collective,
+) -> anyhow::Result<Vec<TableRow>> {
+    if comm.size() == 1 {
+        return Ok(mine.into_iter().collect());
+    }
+    let mut rows = Vec::with_capacity(count);
+    for r in 0..count {
+        let mut buf = if r == comm.rank() {
+            serde_json::to_vec(mine.as_ref().expect("this rank's row"))?
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_bytes(&mut buf, r);
+        rows.push(serde_json::from_slice(&buf).context("another rank's table row")?);
+    }
+    Ok(rows)
 }
 
 /// Joins shards into `out`: their metadata must agree; a row present in

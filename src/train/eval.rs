@@ -240,6 +240,7 @@ fn measure<B: OfaBackend>(
             resolution: r,
             augment: Augment::None,
             seed: 0,
+            first: 0,
         })
         .collect();
     let (mut t1, mut t5, mut loss, mut n) = (0, 0, 0.0, 0);

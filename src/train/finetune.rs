@@ -86,6 +86,7 @@ where
                     Augment::None
                 },
                 seed: batch_seed(cfg.seed, epoch, step),
+                first: 0,
             }
         })
         .collect();

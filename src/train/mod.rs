@@ -8,6 +8,7 @@ pub mod eval;
 pub mod finetune;
 mod loss;
 mod optim;
+pub mod parallel;
 mod presets;
 mod run_data;
 pub mod schedule;
@@ -27,6 +28,6 @@ pub use optim::{CosineSchedule, Sgd, SgdConfig};
 pub use presets::{apply_preset, apply_toml};
 pub use run_data::{eval_data_of, load_data_for, run_config_near, run_config_or_default};
 pub use trainer::{
-    EpochMetrics, NoObserver, StepReport, TrainObserver, TrainOutcome, split_indices,
+    EpochMetrics, NoObserver, StepReport, TrainObserver, TrainOutcome, Trainer, split_indices,
     step_gradients, train,
 };

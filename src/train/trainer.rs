@@ -8,14 +8,16 @@ use super::eval::{
 };
 use super::loss::{ce_plus_kd, kd_only, read_loss};
 use super::optim::Sgd;
+use super::parallel::{all_reduce_gradients, broadcast_checkpoint};
 use super::schedule::{Item, Kd, Phase, mix, phases, plan_step, step_resolution};
 use crate::data::{
     Augment, BatchRequest, Dataset, Prefetcher, SplitKind, batch_seed, cap_indices_stratified,
     epoch_order, holdout,
 };
+use crate::dist::{local, slice_of};
 use crate::nn::{
-    Mode, OfaBackend, Subnet, Supernet, SupernetConfig, apply_permutations, save_subnet,
-    save_supernet,
+    Comm, Mode, OfaBackend, Shard, Subnet, Supernet, SupernetConfig, apply_permutations,
+    save_subnet, save_supernet,
 };
 use crate::space::{Arch, Space};
 use anyhow::Context;
@@ -124,6 +126,9 @@ struct Requests {
     step: u64,
     end: u64,
     order: Option<(u64, Vec<usize>)>,
+    /// This process's slice of every global batch (all of it for one
+    /// process).
+    slice: std::ops::Range<usize>,
 }
 
 impl Iterator for Requests {
@@ -141,7 +146,8 @@ impl Iterator for Requests {
         }
         let order = &self.order.as_ref().expect("set above").1;
         let bs = self.cfg.batch_size;
-        let indices = order[pos as usize * bs..(pos as usize + 1) * bs].to_vec();
+        let global = &order[pos as usize * bs..(pos as usize + 1) * bs];
+        let indices = global[self.slice.clone()].to_vec();
         let resolution = self
             .fixed_resolution
             .unwrap_or_else(|| step_resolution(&self.space, self.cfg.seed, self.step));
@@ -154,6 +160,7 @@ impl Iterator for Requests {
                 Augment::None
             },
             seed: batch_seed(self.cfg.seed, epoch, self.step),
+            first: self.slice.start,
         };
         self.step += 1;
         Some(req)
@@ -174,6 +181,15 @@ fn item_mode<'a, B: OfaBackend>(item: &Item) -> Mode<'a, B> {
         Mode::Train
     } else {
         Mode::TrainNoDropout
+    }
+}
+
+/// `mode` on this process's slice of a data-parallel batch, when there is
+/// one.
+fn sharded<'a, B: OfaBackend>(mode: &'a Mode<'a, B>, shard: Option<&'a Shard>) -> Mode<'a, B> {
+    match shard {
+        Some(s) => Mode::Sharded(mode, s),
+        None => *mode,
     }
 }
 
@@ -223,7 +239,7 @@ where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
-    let (grads, loss) = step_gradients_lazy(net, items, x, y, teacher, cfg);
+    let (grads, loss) = step_gradients_lazy(net, items, x, y, teacher, cfg, None);
     let loss = read_loss(loss, || {
         let archs: Vec<String> = items.iter().map(|i| i.arch.to_string()).collect();
         format!("subnets {}", archs.join("; "))
@@ -233,7 +249,8 @@ where
 
 /// [`step_gradients`] leaving the mean loss on the device: the training
 /// loop reads it every few steps, not after every one (a read waits for
-/// the device).
+/// the device). With a `shard`, `x` and `y` are this process's slice of a
+/// data-parallel batch.
 fn step_gradients_lazy<B>(
     net: &Supernet<B>,
     items: &[Item],
@@ -241,12 +258,13 @@ fn step_gradients_lazy<B>(
     y: Tensor<B, 1, Int>,
     teacher: Option<&Supernet<B::InnerBackend>>,
     cfg: &TrainConfig,
+    shard: Option<&Shard>,
 ) -> (GradientsParams, Tensor<B::InnerBackend, 1>)
 where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
-    let teacher_logits = teacher_logits(items, x.clone(), teacher, cfg);
+    let teacher_logits = teacher_logits(items, x.clone(), teacher, cfg, shard);
     let (grads, loss) = accumulate(
         net,
         items,
@@ -254,7 +272,7 @@ where
         y,
         teacher_logits.as_ref(),
         cfg,
-        &|n, x, it| n.forward(x, &it.arch, item_mode(it)),
+        &|n, x, it| n.forward(x, &it.arch, sharded(&item_mode(it), shard)),
     );
     let grads = match cfg.gradient_aggregation {
         GradientAggregation::Sum => grads,
@@ -270,6 +288,7 @@ fn teacher_logits<B>(
     x: Tensor<B, 4>,
     teacher: Option<&Supernet<B::InnerBackend>>,
     cfg: &TrainConfig,
+    shard: Option<&Shard>,
 ) -> Option<Tensor<B, 2>>
 where
     B: AutodiffBackend + OfaBackend,
@@ -281,6 +300,7 @@ where
         TeacherBn::Batch => Mode::Teacher,
         TeacherBn::Running => Mode::Eval,
     };
+    let mode = sharded(&mode, shard);
     Some(Tensor::<B, 2>::from_inner(t.forward(x.inner(), &max, mode)))
 }
 
@@ -477,7 +497,8 @@ fn truncate_metrics(path: &Path, step: u64) -> anyhow::Result<()> {
 
 /// Trains a supernet of `space` on `dataset` into the run directory `run`
 /// (or, for an `independent` run with a static network, that network).
-/// With `resume`, continues from the newest checkpoint there.
+/// With `resume`, continues from the newest checkpoint there. One process;
+/// [`Trainer`] with a [`Collective`] for a data-parallel job.
 pub fn train<B>(
     cfg: &TrainConfig,
     space: &Space,
@@ -491,40 +512,514 @@ where
     B: AutodiffBackend + OfaBackend,
     B::InnerBackend: OfaBackend,
 {
-    cfg.validate(space)?;
-    if dataset.channels != space.in_channels || dataset.classes.len() != space.num_classes {
-        anyhow::bail!(
-            "dataset {} has {} channel(s) and {} classes, but space '{}' expects {} and {}",
-            dataset.name,
-            dataset.channels,
-            dataset.classes.len(),
-            space.name,
-            space.in_channels,
-            space.num_classes
-        );
-    }
-    let (val, train_idx) = split_indices(cfg, &dataset)?;
-    let steps_per_epoch = (train_idx.len() / cfg.batch_size).max(1) as u64;
-    if train_idx.len() < cfg.batch_size {
-        anyhow::bail!(
-            "only {} training images for batch size {}",
-            train_idx.len(),
-            cfg.batch_size
-        );
-    }
-    let plan = phases(cfg, steps_per_epoch);
-    let total = plan.last().map(|p| p.end()).unwrap_or(0);
-    let independent = match cfg.schedule {
-        super::Schedule::Independent => Some(cfg.independent_arch(space)?),
-        _ => None,
-    };
-    let static_arch = independent
-        .clone()
-        .filter(|_| cfg.independent_net == IndependentNet::Static);
+    Trainer::<B>::open(cfg, space, dataset, run, resume, device, local(), obs)?.run(obs)
+}
 
+/// One training run as explicit steps: [`open`](Trainer::open) (run
+/// folder, resume, the start state shared by every rank), then
+/// [`step`](Trainer::step) until [`done`](Trainer::done) — each step trains,
+/// and at an epoch end validates, and checkpoints when due — then
+/// [`finish`](Trainer::finish) (the final network) or, on a stop request,
+/// [`interrupt`](Trainer::interrupt). [`run`](Trainer::run) does all of it.
+///
+/// In a data-parallel job (`comm` of more than one rank) every rank runs
+/// the same steps on its slice of each global batch; the ranks exchange
+/// the gradients once per step and BN statistics inside the passes, so
+/// they hold identical weights throughout. Rank 0 alone writes files and
+/// validates.
+pub struct Trainer<B: AutodiffBackend + OfaBackend>
+where
+    B::InnerBackend: OfaBackend,
+{
+    cfg: TrainConfig,
+    space: Space,
+    run: PathBuf,
+    device: B::Device,
+    comm: Comm,
+    /// This rank's place in every global batch (`None` for one process).
+    shard: Option<Shard>,
+    plan: Vec<Phase>,
+    total: u64,
+    steps_per_epoch: u64,
+    independent: Option<Arch>,
+    /// `None` only while a step moves it through the optimizer.
+    net: Option<Network<B>>,
+    sgd: Sgd<B>,
+    teacher: Option<Supernet<B::InnerBackend>>,
+    state: LoopState,
+    /// Validation data; rank 0 only.
+    eval_data: Option<EvalData>,
+    batches: Prefetcher,
+    last: Option<EpochMetrics>,
+    window: (Instant, u64),
+    pending: PendingLoss<B::InnerBackend>,
+    shown_loss: f64,
+    metrics_path: PathBuf,
+}
+
+impl<B> Trainer<B>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    /// Prepares the run: checks, the run folder (rank 0), the network fresh
+    /// or from the newest checkpoint (with `resume`), and on every rank the
+    /// state rank 0 holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        cfg: &TrainConfig,
+        space: &Space,
+        dataset: Arc<Dataset>,
+        run: &Path,
+        resume: bool,
+        device: &B::Device,
+        comm: Comm,
+        obs: &mut dyn TrainObserver,
+    ) -> anyhow::Result<Self> {
+        cfg.validate(space)?;
+        if dataset.channels != space.in_channels || dataset.classes.len() != space.num_classes {
+            anyhow::bail!(
+                "dataset {} has {} channel(s) and {} classes, but space '{}' expects {} and {}",
+                dataset.name,
+                dataset.channels,
+                dataset.classes.len(),
+                space.name,
+                space.in_channels,
+                space.num_classes
+            );
+        }
+        let ranks = comm.size();
+        if cfg.batch_size % ranks != 0 {
+            anyhow::bail!(
+                "batch size {} is the global batch and must split evenly over the job's {ranks} processes",
+                cfg.batch_size
+            );
+        }
+        let (val, train_idx) = split_indices(cfg, &dataset)?;
+        let steps_per_epoch = (train_idx.len() / cfg.batch_size).max(1) as u64;
+        if train_idx.len() < cfg.batch_size {
+            anyhow::bail!(
+                "only {} training images for batch size {}",
+                train_idx.len(),
+                cfg.batch_size
+            );
+        }
+        let plan = phases(cfg, steps_per_epoch);
+        let total = plan.last().map(|p| p.end()).unwrap_or(0);
+        let independent = match cfg.schedule {
+            super::Schedule::Independent => Some(cfg.independent_arch(space)?),
+            _ => None,
+        };
+        let static_arch = independent
+            .clone()
+            .filter(|_| cfg.independent_net == IndependentNet::Static);
+        let metrics_path = run.join("metrics.jsonl");
+
+        let mut net: Network<B> = match &static_arch {
+            Some(a) => Network::Static(Subnet::init(space, a, cfg.seed, device)),
+            None => Network::Supernet(
+                SupernetConfig::new(space.clone())
+                    .with_seed(cfg.seed)
+                    .init(device),
+            ),
+        };
+        let mut sgd = Sgd::<B>::new(cfg.sgd.clone());
+        // Rank 0 prepares the folder and the start state; every rank then
+        // loads that state, so all start from the same weights whatever
+        // their file systems hold.
+        let (start, source) = if comm.is_root() {
+            let (ck, source) = prepare_run(
+                cfg,
+                space,
+                run,
+                resume,
+                &net,
+                &sgd,
+                &metrics_path,
+                total,
+                obs,
+            )?;
+            (Some(ck), source)
+        } else {
+            (None, None)
+        };
+        let ck = broadcast_checkpoint(start, &*comm);
+        // A single process starting fresh already holds these weights.
+        if ranks > 1 || source.is_some() {
+            let from = source.unwrap_or_else(|| run.join("checkpoints"));
+            net = load_network(net, space, &ck.weights, device).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: weights do not fit space '{}': {e}",
+                    from.display(),
+                    space.name
+                )
+            })?;
+        }
+        sgd.load_state(&ck.momentum, device);
+        let teacher = match &ck.teacher {
+            Some(t) => {
+                let skeleton: Supernet<B::InnerBackend> =
+                    SupernetConfig::new(space.clone()).init(device);
+                Some(skeleton.load_tensor_map(t)?)
+            }
+            None => None,
+        };
+        let state = ck.state;
+
+        let shard = (ranks > 1).then(|| {
+            let slice = slice_of(cfg.batch_size, comm.rank(), ranks);
+            Shard {
+                comm: comm.clone(),
+                offset: slice.start,
+                global: cfg.batch_size,
+            }
+        });
+        let train_idx = Arc::new(train_idx);
+        let eval_data = comm.is_root().then(|| {
+            EvalData::new(
+                dataset.clone(),
+                &train_idx,
+                SplitKind::Train,
+                val,
+                &cfg.eval,
+                cfg.seed,
+            )
+        });
+        let requests = Requests {
+            train: train_idx.clone(),
+            cfg: cfg.clone(),
+            space: space.clone(),
+            fixed_resolution: independent.as_ref().map(|a| a.r),
+            steps_per_epoch,
+            step: state.step,
+            end: total,
+            order: None,
+            slice: slice_of(cfg.batch_size, comm.rank(), ranks),
+        };
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            space: space.clone(),
+            run: run.to_path_buf(),
+            device: device.clone(),
+            comm,
+            shard,
+            plan,
+            total,
+            steps_per_epoch,
+            independent,
+            net: Some(net),
+            sgd,
+            teacher,
+            state,
+            eval_data,
+            batches: Prefetcher::new(dataset, SplitKind::Train, requests),
+            last: None,
+            window: (Instant::now(), 0),
+            pending: PendingLoss::default(),
+            shown_loss: f64::NAN,
+            metrics_path,
+        })
+    }
+
+    /// Every step, epoch-end validation and checkpoint, then the final
+    /// network; a stop request on any rank checkpoints and stops all.
+    pub fn run(mut self, obs: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
+        while !self.done() {
+            self.step(obs)?;
+            if self.stop_requested(obs) {
+                return self.interrupt(obs);
+            }
+        }
+        self.finish()
+    }
+
+    /// Whether every planned step has run.
+    pub fn done(&self) -> bool {
+        self.state.step >= self.total
+    }
+
+    /// Steps completed.
+    pub fn steps(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Whether any rank's observer asks to stop (one collective call, so
+    /// every rank stops after the same step).
+    pub fn stop_requested(&mut self, obs: &mut dyn TrainObserver) -> bool {
+        let local = !self.done() && obs.stop_requested();
+        self.comm.any(local)
+    }
+
+    /// One optimizer step: the phase's start actions if it begins here, the
+    /// batch, every planned network's gradients, their all-reduce, the
+    /// update; then, when due, validation (epoch end) and a checkpoint.
+    pub fn step(&mut self, obs: &mut dyn TrainObserver) -> anyhow::Result<()> {
+        let pi = self
+            .plan
+            .iter()
+            .position(|p| self.state.step < p.end())
+            .context("no step left: the run is done")?;
+        let phase = self.plan[pi].clone();
+        let mut net = self
+            .net
+            .take()
+            .expect("the network is in place between steps");
+        if self.state.phase_started.is_none_or(|s| s < pi) {
+            net = begin_phase(
+                net,
+                &phase,
+                &mut self.sgd,
+                &mut self.teacher,
+                &self.device,
+                obs,
+            );
+            self.state.phase_started = Some(pi);
+        }
+
+        let t0 = Instant::now();
+        let batch = self.batches.next().context("data loader ended early")??;
+        let (x, y) = batch_tensors::<B>(&batch, &self.device);
+        let items = plan_step(
+            &self.cfg,
+            &self.space,
+            &phase,
+            self.state.step,
+            self.steps_per_epoch,
+            self.independent.as_ref(),
+        );
+        <B as Backend>::seed(&self.device, mix(self.cfg.seed, self.state.step, 2));
+        let lr = phase.lr_at(self.state.step);
+        let (cfg, shard, comm) = (&self.cfg, self.shard.as_ref(), &*self.comm);
+        let (next, loss) = match net {
+            Network::Supernet(n) => {
+                let (grads, l) =
+                    step_gradients_lazy(&n, &items, x, y, self.teacher.as_ref(), cfg, shard);
+                let grads = all_reduce_gradients(&n, grads, comm);
+                (Network::Supernet(self.sgd.step(n, lr, grads)), l)
+            }
+            Network::Static(n) => {
+                let (grads, l) = accumulate(&n, &items, x, y, None, cfg, &|n, x, it| {
+                    n.forward_mode(x, sharded(&item_mode(it), shard))
+                });
+                let grads = all_reduce_gradients(&n, grads, comm);
+                let names = crate::nn::param_names_in_order(&n);
+                (
+                    Network::Static(self.sgd.step_module(n, lr, grads, &names)),
+                    l,
+                )
+            }
+        };
+        self.net = Some(next);
+        self.pending.add(loss);
+        self.state.step += 1;
+        let step = self.state.step;
+        // Images of the global batch: the same count on every rank.
+        let imgs = (self.cfg.batch_size * items.len()) as u64;
+        self.state.images += imgs;
+        self.window.1 += imgs;
+        let epoch_end = step % self.steps_per_epoch == 0 || step == self.total;
+        let due = epoch_end || step % self.cfg.checkpoint_every == 0;
+        if due || step % LOSS_READ_EVERY == 0 {
+            self.read_loss(&phase.name)?;
+        }
+        self.state.seconds += t0.elapsed().as_secs_f64();
+        let rate = self.window.1 as f64 / self.window.0.elapsed().as_secs_f64().max(1e-9);
+        if self.window.0.elapsed().as_secs_f64() > 30.0 {
+            self.window = (Instant::now(), 0);
+        }
+        let eps = items
+            .iter()
+            .find(|i| i.kd == Kd::InPlace)
+            .map(|i| i.scale)
+            .filter(|_| self.cfg.schedule == super::Schedule::Deps);
+        obs.step(&StepReport {
+            step,
+            total: self.total,
+            epoch: (step - 1) / self.steps_per_epoch,
+            step_in_epoch: (step - 1) % self.steps_per_epoch + 1,
+            steps_per_epoch: self.steps_per_epoch,
+            phase: phase.name.clone(),
+            loss: self.shown_loss,
+            lr,
+            eps,
+            images_per_s: rate,
+        });
+        if epoch_end {
+            self.end_epoch(&phase.name, lr, obs)?;
+        }
+        if due {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Adds the losses summed on the device since the last read (the mean
+    /// over the ranks: each holds its slice's mean) to the epoch's sums.
+    fn read_loss(&mut self, phase: &str) -> anyhow::Result<()> {
+        let (sum, steps) = self.pending.read(self.state.step, phase)?;
+        let mut v = [sum];
+        self.comm.all_reduce_sum_f64(&mut v);
+        let sum = v[0] / self.comm.size() as f64;
+        self.state.epoch_loss_sum += sum;
+        self.state.epoch_loss_steps += steps;
+        if steps > 0 {
+            self.shown_loss = sum / steps as f64;
+        }
+        Ok(())
+    }
+
+    /// Validation and the metrics line (rank 0), and the epoch's sums reset.
+    fn end_epoch(
+        &mut self,
+        phase: &str,
+        lr: f64,
+        obs: &mut dyn TrainObserver,
+    ) -> anyhow::Result<()> {
+        if let Some(data) = &self.eval_data {
+            let t_eval = Instant::now();
+            let net = self.net.as_ref().expect("network in place");
+            let val = validate(
+                net,
+                &self.space,
+                self.independent.as_ref(),
+                data,
+                &self.cfg,
+                &self.device,
+                obs,
+            )?;
+            let s = &self.state;
+            let m = EpochMetrics {
+                epoch: s.step as f64 / self.steps_per_epoch as f64,
+                step: s.step,
+                phase: phase.to_string(),
+                lr,
+                train_loss: s.epoch_loss_sum / s.epoch_loss_steps.max(1) as f64,
+                images_per_s: s.images as f64 / s.seconds.max(1e-9),
+                images: s.images,
+                train_seconds: s.seconds,
+                eval_seconds: t_eval.elapsed().as_secs_f64(),
+                val,
+            };
+            append_line(&self.metrics_path, &serde_json::to_string(&m)?)?;
+            obs.epoch_end(&m);
+            self.last = Some(m);
+        }
+        self.state.epoch_loss_sum = 0.0;
+        self.state.epoch_loss_steps = 0;
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current state (rank 0; the others hold
+    /// the same state).
+    pub fn checkpoint(&self) -> anyhow::Result<()> {
+        if !self.comm.is_root() {
+            return Ok(());
+        }
+        let net = self.net.as_ref().expect("network in place");
+        save_checkpoint(
+            &self.run,
+            net,
+            &self.sgd,
+            self.teacher.as_ref(),
+            &self.state,
+        )
+    }
+
+    /// Stops before the last step: the pending loss counted, a checkpoint
+    /// written, an outcome that says the run can be resumed.
+    pub fn interrupt(mut self, obs: &mut dyn TrainObserver) -> anyhow::Result<TrainOutcome> {
+        let phase = self.current_phase_name();
+        self.read_loss(&phase)?;
+        self.checkpoint()?;
+        obs.note(&format!(
+            "stopped at step {}/{}; continue with --resume",
+            self.state.step, self.total
+        ));
+        let net = self.net.as_ref().expect("network in place");
+        Ok(TrainOutcome {
+            output: output_path(&self.run, net),
+            last: self.last,
+            steps: self.state.step,
+            train_seconds: self.state.seconds,
+            images: self.state.images,
+            interrupted: true,
+        })
+    }
+
+    fn current_phase_name(&self) -> String {
+        let step = self.state.step.saturating_sub(1);
+        self.plan
+            .iter()
+            .find(|p| step < p.end())
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The trained network written (rank 0) as `supernet.safetensors` or
+    /// the `subnet/` folder.
+    pub fn finish(self) -> anyhow::Result<TrainOutcome> {
+        let Trainer {
+            batches,
+            net,
+            run,
+            comm,
+            cfg,
+            metrics_path,
+            mut last,
+            state,
+            ..
+        } = self;
+        drop(batches);
+        let net = net.expect("network in place");
+        let path = output_path(&run, &net);
+        if comm.is_root() {
+            match &net {
+                Network::Supernet(n) => save_supernet(&n.valid(), &path)?,
+                Network::Static(n) => save_subnet(
+                    &n.valid(),
+                    &path,
+                    serde_json::json!({"trained": "independent", "epochs": cfg.epochs}),
+                )?,
+            }
+            if last.is_none() {
+                last = read_last_metrics(&metrics_path);
+            }
+        }
+        // The others return once the file exists.
+        comm.barrier();
+        Ok(TrainOutcome {
+            output: path,
+            last,
+            steps: state.step,
+            train_seconds: state.seconds,
+            images: state.images,
+            interrupted: false,
+        })
+    }
+}
+
+/// Rank 0's start: refuses a folder that holds a run unless resuming,
+/// writes the run's config and space, and returns the state to start from
+/// (the newest checkpoint with `resume`, and its folder; else the fresh
+/// network).
+#[allow(clippy::too_many_arguments)]
+fn prepare_run<B>(
+    cfg: &TrainConfig,
+    space: &Space,
+    run: &Path,
+    resume: bool,
+    fresh: &Network<B>,
+    sgd: &Sgd<B>,
+    metrics_path: &Path,
+    total: u64,
+    obs: &mut dyn TrainObserver,
+) -> anyhow::Result<(Checkpoint, Option<PathBuf>)>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
     std::fs::create_dir_all(run)
         .with_context(|| format!("{}: cannot create run directory", run.display()))?;
-    let metrics_path = run.join("metrics.jsonl");
     let existing = checkpoint::list(run)?;
     if !resume && (!existing.is_empty() || metrics_path.exists()) {
         anyhow::bail!(
@@ -534,225 +1029,48 @@ where
     }
     crate::util::write_text_atomic(&run.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
     crate::util::write_text_atomic(&run.join("space.toml"), &space.to_toml())?;
-
-    let mut net: Network<B> = match &static_arch {
-        Some(a) => Network::Static(Subnet::init(space, a, cfg.seed, device)),
-        None => Network::Supernet(
-            SupernetConfig::new(space.clone())
-                .with_seed(cfg.seed)
-                .init(device),
-        ),
-    };
-    let mut sgd = Sgd::<B>::new(cfg.sgd.clone());
-    let mut teacher: Option<Supernet<B::InnerBackend>> = None;
-    let mut state = LoopState::default();
     if let Some(latest) = existing.last().filter(|_| resume) {
         let ck = checkpoint::load(latest)?;
-        let fits = |e: &dyn std::fmt::Display| {
-            anyhow::anyhow!(
-                "{}: weights do not fit space '{}': {e}",
-                latest.display(),
-                space.name
-            )
-        };
-        net = match net {
-            Network::Supernet(n) => {
-                Network::Supernet(n.load_tensor_map(&ck.weights).map_err(|e| fits(&e))?)
-            }
-            Network::Static(n) => Network::Static(
-                Subnet::from_tensor_map(space, &n.arch, &ck.weights, device)
-                    .map_err(|e| fits(&e))?,
-            ),
-        };
-        sgd.load_state(&ck.momentum, device);
-        if let Some(t) = &ck.teacher {
-            let skeleton: Supernet<B::InnerBackend> =
-                SupernetConfig::new(space.clone()).init(device);
-            teacher = Some(skeleton.load_tensor_map(t)?);
-        }
-        state = ck.state;
-        truncate_metrics(&metrics_path, state.step)?;
+        truncate_metrics(metrics_path, ck.state.step)?;
         obs.note(&format!(
             "resuming from {} (step {}/{total})",
             latest.display(),
-            state.step
+            ck.state.step
         ));
-    } else if resume {
+        return Ok((ck, Some(latest.clone())));
+    }
+    if resume {
         obs.note("no checkpoint found: starting from scratch");
     }
-
-    let train_idx = Arc::new(train_idx);
-    let eval_data = EvalData::new(
-        dataset.clone(),
-        &train_idx,
-        SplitKind::Train,
-        val,
-        &cfg.eval,
-        cfg.seed,
-    );
-    let requests = Requests {
-        train: train_idx.clone(),
-        cfg: cfg.clone(),
-        space: space.clone(),
-        fixed_resolution: independent.as_ref().map(|a| a.r),
-        steps_per_epoch,
-        step: state.step,
-        end: total,
-        order: None,
+    let (weights, momentum) = match fresh {
+        Network::Supernet(n) => (n.to_tensor_map(), sgd.state(n)),
+        Network::Static(n) => (n.to_tensor_map(), sgd.state_flat()),
     };
-    let mut batches = Prefetcher::new(dataset.clone(), SplitKind::Train, requests);
-    let mut last: Option<EpochMetrics> = None;
-    let mut window = (Instant::now(), 0u64);
-    let mut pending = PendingLoss::<B::InnerBackend>::default();
-    let mut shown_loss = f64::NAN;
+    let ck = Checkpoint {
+        state: LoopState::default(),
+        weights,
+        momentum,
+        teacher: None,
+    };
+    Ok((ck, None))
+}
 
-    while state.step < total {
-        let pi = plan
-            .iter()
-            .position(|p| state.step < p.end())
-            .expect("step inside a phase");
-        let phase = &plan[pi];
-        if state.phase_started.is_none_or(|s| s < pi) {
-            net = begin_phase(net, phase, &mut sgd, &mut teacher, device, obs);
-            state.phase_started = Some(pi);
+/// `net`'s shape with the weights of `weights`.
+fn load_network<B>(
+    net: Network<B>,
+    space: &Space,
+    weights: &crate::nn::TensorMap,
+    device: &B::Device,
+) -> Result<Network<B>, crate::nn::StateError>
+where
+    B: AutodiffBackend + OfaBackend,
+    B::InnerBackend: OfaBackend,
+{
+    Ok(match net {
+        Network::Supernet(n) => Network::Supernet(n.load_tensor_map(weights)?),
+        Network::Static(n) => {
+            Network::Static(Subnet::from_tensor_map(space, &n.arch, weights, device)?)
         }
-
-        let t0 = Instant::now();
-        let batch = batches.next().context("data loader ended early")??;
-        let (x, y) = batch_tensors::<B>(&batch, device);
-        let items = plan_step(
-            cfg,
-            space,
-            phase,
-            state.step,
-            steps_per_epoch,
-            independent.as_ref(),
-        );
-        <B as Backend>::seed(device, mix(cfg.seed, state.step, 2));
-        let lr = phase.lr_at(state.step);
-        let (next, loss) = match net {
-            Network::Supernet(n) => {
-                let (grads, l) = step_gradients_lazy(&n, &items, x, y, teacher.as_ref(), cfg);
-                (Network::Supernet(sgd.step(n, lr, grads)), l)
-            }
-            Network::Static(n) => {
-                let (grads, l) = accumulate(&n, &items, x, y, None, cfg, &|n, x, it| {
-                    n.forward_mode(x, item_mode(it))
-                });
-                let names = crate::nn::param_names_in_order(&n);
-                (Network::Static(sgd.step_module(n, lr, grads, &names)), l)
-            }
-        };
-        net = next;
-        pending.add(loss);
-        state.step += 1;
-        let imgs = (batch.batch_size * items.len()) as u64;
-        state.images += imgs;
-        window.1 += imgs;
-        let epoch_end = state.step % steps_per_epoch == 0 || state.step == total;
-        let due = epoch_end || state.step % cfg.checkpoint_every == 0;
-        if due || state.step % LOSS_READ_EVERY == 0 {
-            let (sum, steps) = pending.read(state.step, &phase.name)?;
-            state.epoch_loss_sum += sum;
-            state.epoch_loss_steps += steps;
-            shown_loss = sum / steps.max(1) as f64;
-        }
-        state.seconds += t0.elapsed().as_secs_f64();
-        let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-        if window.0.elapsed().as_secs_f64() > 30.0 {
-            window = (Instant::now(), 0);
-        }
-        let eps = items
-            .iter()
-            .find(|i| i.kd == Kd::InPlace)
-            .map(|i| i.scale)
-            .filter(|_| cfg.schedule == super::Schedule::Deps);
-        obs.step(&StepReport {
-            step: state.step,
-            total,
-            epoch: (state.step - 1) / steps_per_epoch,
-            step_in_epoch: (state.step - 1) % steps_per_epoch + 1,
-            steps_per_epoch,
-            phase: phase.name.clone(),
-            loss: shown_loss,
-            lr,
-            eps,
-            images_per_s: rate,
-        });
-
-        if epoch_end {
-            let t_eval = Instant::now();
-            let val = validate(
-                &net,
-                space,
-                independent.as_ref(),
-                &eval_data,
-                cfg,
-                device,
-                obs,
-            )?;
-            let m = EpochMetrics {
-                epoch: state.step as f64 / steps_per_epoch as f64,
-                step: state.step,
-                phase: phase.name.clone(),
-                lr,
-                train_loss: state.epoch_loss_sum / state.epoch_loss_steps.max(1) as f64,
-                images_per_s: state.images as f64 / state.seconds.max(1e-9),
-                images: state.images,
-                train_seconds: state.seconds,
-                eval_seconds: t_eval.elapsed().as_secs_f64(),
-                val,
-            };
-            append_line(&metrics_path, &serde_json::to_string(&m)?)?;
-            obs.epoch_end(&m);
-            last = Some(m);
-            state.epoch_loss_sum = 0.0;
-            state.epoch_loss_steps = 0;
-        }
-        let stop = state.step < total && obs.stop_requested();
-        if stop {
-            let (sum, steps) = pending.read(state.step, &phase.name)?;
-            state.epoch_loss_sum += sum;
-            state.epoch_loss_steps += steps;
-        }
-        if due || stop {
-            save_checkpoint(run, &net, &sgd, teacher.as_ref(), &state)?;
-        }
-        if stop {
-            obs.note(&format!(
-                "stopped at step {}/{total}; continue with --resume",
-                state.step
-            ));
-            return Ok(TrainOutcome {
-                output: output_path(run, &net),
-                last,
-                steps: state.step,
-                train_seconds: state.seconds,
-                images: state.images,
-                interrupted: true,
-            });
-        }
-    }
-    drop(batches);
-    let path = output_path(run, &net);
-    match &net {
-        Network::Supernet(n) => save_supernet(&n.valid(), &path)?,
-        Network::Static(n) => save_subnet(
-            &n.valid(),
-            &path,
-            serde_json::json!({"trained": "independent", "epochs": cfg.epochs}),
-        )?,
-    }
-    if last.is_none() {
-        last = read_last_metrics(&metrics_path);
-    }
-    Ok(TrainOutcome {
-        output: path,
-        last,
-        steps: state.step,
-        train_seconds: state.seconds,
-        images: state.images,
-        interrupted: false,
     })
 }
 
