@@ -62,11 +62,76 @@ fn config(dir: &Path, lr: f64, epochs: f64, checkpoint_every: u64) -> PathBuf {
             "batch_size = 64\nlr = {lr}\nwarmup_epochs = 0.1\nmax_train_images = 640\nval_size = 64\n\
              epochs = {epochs}\ncheckpoint_every = {checkpoint_every}\naugment = true\n\
              [eval]\ncalib_images = 64\ncalib_batch = 32\nmax_images = 64\nbatch = 64\n\
-             [deps]\nfull_model_fraction = 0.4\nsmallnet_warmup_fraction = 0.1\n"
+             [deps]\nfull_model_fraction = 0.4\nsmallnet_warmup_fraction = 0.1\n{}",
+            ps_phases(lr)
         ),
     )
     .unwrap();
     path
+}
+
+/// The reference PS phases (full, kernel, depth ×2, expand ×2 with channel
+/// sorting, distillation from the teacher after the first) with learning
+/// rates scaled so that the full phase uses `lr`: their own defaults
+/// (0.05 …) would amplify rounding like any large learning rate.
+fn ps_phases(lr: f64) -> String {
+    let phases: [(&str, u32, f64, u32, &str, &str, &str, &str, bool); 6] = [
+        ("full", 180, 1.0, 1, "[7]", "[6]", "[3]", "", false),
+        ("kernel", 120, 0.6, 1, "[3, 5, 7]", "[6]", "[3]", "", true),
+        (
+            "depth-1",
+            25,
+            0.05,
+            2,
+            "[3, 5, 7]",
+            "[6]",
+            "[2, 3]",
+            "",
+            true,
+        ),
+        (
+            "depth-2",
+            120,
+            0.15,
+            2,
+            "[3, 5, 7]",
+            "[6]",
+            "[1, 2, 3]",
+            "",
+            true,
+        ),
+        (
+            "expand-1",
+            25,
+            0.05,
+            4,
+            "[3, 5, 7]",
+            "[4, 6]",
+            "[1, 2, 3]",
+            "sort_stage = 0\n",
+            true,
+        ),
+        (
+            "expand-2",
+            120,
+            0.15,
+            4,
+            "[3, 5, 7]",
+            "[3, 4, 6]",
+            "[1, 2, 3]",
+            "sort_stage = 1\n",
+            true,
+        ),
+    ];
+    let mut s = String::from("[ps]\nteacher_bn = \"batch\"\n");
+    for (name, weight, f, n, k, e, d, sort, distill) in phases {
+        s += &format!(
+            "[[ps.phases]]\nname = \"{name}\"\nweight = {weight}.0\nlr = {}\nsubnets_per_step = {n}\n\
+             kernels = {k}\nexpands = {e}\ndepths = {d}\n{sort}distill = {distill}\n",
+            lr * f
+        );
+    }
+    s
 }
 
 fn mpirun(np: usize) -> Command {

@@ -207,6 +207,16 @@ pub fn train<B: TrainBackend>(
         out.images,
         out.output.display()
     );
+    if let Some(s) = comm.stats() {
+        eprintln!(
+            "collective calls: {:.1} s ({:.0}% of training): gradients {:.2} MB per step, batch-norm statistics {} calls per step",
+            s.seconds,
+            100.0 * s.seconds / out.train_seconds.max(1e-9),
+            s.gradient_bytes as f64 / out.steps.max(1) as f64 / 1e6,
+            s.bn_calls / out.steps.max(1)
+        );
+        eprintln!("collective: {}", serde_json::to_string(&s)?);
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 mod mpi;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The operations a data-parallel job needs. Every rank must call the same
 /// operations in the same order (as MPI requires); each call returns the
@@ -46,6 +47,12 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     /// Whether this is the rank that writes files and prints progress.
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// What this rank's calls cost so far, for collectives that count
+    /// ([`Counted`]).
+    fn stats(&self) -> Option<CommStats> {
+        None
     }
 }
 
@@ -118,7 +125,7 @@ pub fn from_env() -> Result<Arc<dyn Collective>, DistError> {
     }
     #[cfg(feature = "mpi")]
     {
-        Ok(Arc::new(mpi::Mpi::init()?))
+        Ok(Arc::new(Counted::new(Arc::new(mpi::Mpi::init()?))))
     }
     #[cfg(not(feature = "mpi"))]
     {
@@ -141,6 +148,112 @@ pub fn slice_of(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
     let (base, extra) = (n / size, n % size);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
+}
+
+/// What a job's collective calls cost this rank: calls, bytes and
+/// seconds (waiting for the other ranks included). `f32` calls are the
+/// step's gradient all-reduce (and the one-value stop vote), `f64` ones
+/// the batch-norm statistics inside the passes (and the loss reads).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CommStats {
+    pub seconds: f64,
+    pub gradient_calls: u64,
+    pub gradient_bytes: u64,
+    pub gradient_seconds: f64,
+    pub bn_calls: u64,
+    pub bn_bytes: u64,
+    pub bn_seconds: f64,
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    calls: AtomicU64,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl Counter {
+    fn time<T>(&self, bytes: usize, f: impl FnOnce() -> T) -> T {
+        let t = std::time::Instant::now();
+        let out = f();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+    fn read(&self) -> (u64, u64, f64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+        )
+    }
+}
+
+/// A [`Collective`] that counts what its calls cost ([`Collective::stats`]).
+#[derive(Debug)]
+pub struct Counted {
+    inner: Arc<dyn Collective>,
+    f32: Counter,
+    f64: Counter,
+    other: Counter,
+}
+
+impl Counted {
+    pub fn new(inner: Arc<dyn Collective>) -> Self {
+        Counted {
+            inner,
+            f32: Counter::default(),
+            f64: Counter::default(),
+            other: Counter::default(),
+        }
+    }
+}
+
+impl Collective for Counted {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn all_reduce_sum(&self, buf: &mut [f32]) {
+        self.f32
+            .time(4 * buf.len(), || self.inner.all_reduce_sum(buf))
+    }
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) {
+        self.f64
+            .time(8 * buf.len(), || self.inner.all_reduce_sum_f64(buf))
+    }
+    fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) {
+        self.other
+            .time(buf.len(), || self.inner.broadcast_bytes(buf, root))
+    }
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize) {
+        self.other
+            .time(4 * buf.len(), || self.inner.broadcast_f32(buf, root))
+    }
+    fn barrier(&self) {
+        self.other.time(0, || self.inner.barrier())
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.inner.abort(code)
+    }
+    fn stats(&self) -> Option<CommStats> {
+        let (gc, gb, gs) = self.f32.read();
+        let (bc, bb, bs) = self.f64.read();
+        let (_, _, os) = self.other.read();
+        Some(CommStats {
+            seconds: gs + bs + os,
+            gradient_calls: gc,
+            gradient_bytes: gb,
+            gradient_seconds: gs,
+            bn_calls: bc,
+            bn_bytes: bb,
+            bn_seconds: bs,
+        })
+    }
 }
 
 #[cfg(test)]

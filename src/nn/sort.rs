@@ -48,8 +48,13 @@ fn conv_weight(layer: &Key) -> String {
 
 /// Indices sorted by descending value; ties keep their order.
 fn argsort_desc(v: &[f32]) -> Vec<usize> {
+    argsort_desc_grouped(&vec![0; v.len()], v)
+}
+
+/// Indices sorted by descending (group, value); ties keep their order.
+fn argsort_desc_grouped(group: &[i64], v: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]));
+    idx.sort_by(|&a, &b| group[b].cmp(&group[a]).then(v[b].total_cmp(&v[a])));
     idx
 }
 
@@ -81,7 +86,14 @@ pub fn channel_permutations(
         .map(|b| {
             let k = BlockKeys::of(b.index);
             let pl = &map[&conv_weight(&k.project)];
-            let mut importance = l1_per_index(pl, 1);
+            let importance = l1_per_index(pl, 1);
+            // The group of each channel: 0 for the narrowest kept width,
+            // more negative for the rings beyond it. The reference adds
+            // −k·1e5 to the f32 importances instead (`re_organize_middle_weights`
+            // in OFA's dynamic_layers.py); in f32 that rounds them to 1/128
+            // and lets rounding noise reorder a group. Sorting by (group,
+            // importance) is the order it intends, exactly.
+            let mut group = vec![0i64; importance.len()];
             if expand_stage > 0 {
                 let mut widths: Vec<usize> = space
                     .expand_choices
@@ -91,16 +103,16 @@ pub fn channel_permutations(
                     .collect();
                 widths.dedup();
                 let mut right = importance.len();
-                let mut base = -(widths.len() as f32) * 1e5;
+                let mut base = -(widths.len() as i64);
                 for &left in widths.iter().take(expand_stage + 1) {
-                    for x in &mut importance[left.min(right)..right] {
-                        *x += base;
+                    for g in &mut group[left.min(right)..right] {
+                        *g += base;
                     }
-                    base += 1e5;
+                    base += 1;
                     right = left;
                 }
             }
-            let mid = argsort_desc(&importance);
+            let mid = argsort_desc_grouped(&group, &importance);
             let se = map
                 .get(k.se_expand.pp(WEIGHT).as_str())
                 .map(|w| argsort_desc(&l1_per_index(w, 1)));
@@ -183,5 +195,11 @@ mod tests {
         };
         assert_eq!(l1_per_index(&t, 1), vec![2., 6., 3.]);
         assert_eq!(argsort_desc(&[2., 6., 3.]), vec![1, 2, 0]);
+        // Groups first, then importance; values far apart in size keep
+        // their order inside a group (no rounding through an offset).
+        assert_eq!(
+            argsort_desc_grouped(&[-1, 0, -1, 0], &[1.000_001, 9.0, 1.0, 3.0]),
+            vec![1, 3, 0, 2]
+        );
     }
 }
