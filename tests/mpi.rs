@@ -406,3 +406,44 @@ fn a_two_rank_table_equals_a_one_process_table() {
     let log = ok(mpirun(2).args(table(&two)).output().unwrap(), "rerun");
     assert!(log.contains("0 new rows"), "{log}");
 }
+
+#[test]
+fn a_sigterm_on_one_rank_stops_every_rank_with_one_checkpoint() {
+    let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let cfg = config(dir.path(), 5e-4, 6.0, 1000);
+    let run = dir.path().join("run");
+    let job = mpirun(2)
+        .args(train_args(&data, "deps", &cfg, &run))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once training is under way (the first epoch's metrics), SIGTERM to
+    // one rank only, as Slurm's scancel or a node's shutdown would send.
+    let t0 = std::time::Instant::now();
+    while !run.join("metrics.jsonl").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ranks = Command::new("pgrep")
+        .args(["-P", &job.id().to_string()])
+        .output()
+        .unwrap();
+    let ranks = String::from_utf8_lossy(&ranks.stdout).to_string();
+    let last = ranks.split_whitespace().last().expect("the ranks' pids");
+    Command::new("kill").args(["-TERM", last]).status().unwrap();
+    let log = ok(job.wait_with_output().unwrap(), "stopped job");
+    assert!(log.contains("stopped at step"), "{log}");
+    assert!(!run.join("supernet.safetensors").exists(), "{log}");
+    let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(!ckpts.is_empty(), "no checkpoint written");
+    let mut resume = train_args(&data, "deps", &cfg, &run);
+    resume.push("--resume".into());
+    ok(mpirun(2).args(resume).output().unwrap(), "resumed");
+    assert!(run.join("supernet.safetensors").exists());
+}

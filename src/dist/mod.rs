@@ -82,9 +82,9 @@ pub fn local() -> Arc<dyn Collective> {
     Arc::new(Local)
 }
 
-/// Whether a launcher started this process as one rank of a job: Open MPI's
-/// `mpirun`, a PMI/PMIx launcher (MPICH, Intel MPI) or Slurm's `srun` with
-/// more than one task.
+/// Whether a launcher started this process as one rank of a job of more
+/// than one: Open MPI's `mpirun`, a PMI/PMIx launcher (MPICH, Intel MPI) or
+/// Slurm's `srun` (a job of one is a single process).
 pub fn launched_by_mpi() -> bool {
     let many = |var: &str| {
         std::env::var(var)
@@ -100,7 +100,6 @@ pub fn launched_by_mpi() -> bool {
     ]
     .iter()
     .any(|v| many(v))
-        || std::env::var_os("PMIX_RANK").is_some()
 }
 
 /// Why this process cannot join the job its launcher started.
