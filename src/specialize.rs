@@ -41,6 +41,9 @@ pub struct SpecializeConfig {
     pub validate: usize,
     /// Other sampled subnets timed end to end to fit a new table's scale.
     pub calibrate: usize,
+    /// Interleaved rounds in which the chosen subnets are timed end to end
+    /// (their reported latency is the median).
+    pub timing_reps: usize,
     /// What latency is measured in: `ofa` or `onnxruntime` (see
     /// [`export::timer`]); the table, its check and the chosen subnets'
     /// end-to-end times all use it.
@@ -348,16 +351,30 @@ fn ship<B: OfaBackend>(
     // All chosen subnets timed together, in interleaved rounds, in the
     // table's runtime.
     let timing = ProfileConfig {
-        reps: 30,
+        reps: cfg.timing_reps.max(1),
         ..cfg.profile.clone()
     };
     let archs: Vec<_> = results.iter().map(|r| r.best.arch.clone()).collect();
     let timings = timer.time_archs(&net.space, &archs, &timing)?;
+    // Nothing is timed any more: the subnets are written, exported and
+    // checked in tract side by side (tract's optimisation of each graph is
+    // single-threaded).
+    use rayon::prelude::*;
+    let shipped: Vec<anyhow::Result<(PathBuf, f64)>> = results
+        .par_iter()
+        .zip(subs.par_iter())
+        .zip(timings.par_iter().zip(vals.par_iter()))
+        .map(|((r, sub), (t, val))| {
+            let dir = cfg.out.join("subnets").join(slug(&r.scenario));
+            let extra =
+                serde_json::json!({"scenario": r.scenario, "validation": val, "latency": t});
+            export::ship(sub, &dir, extra, device)
+        })
+        .collect();
     let mut out = Vec::new();
-    for (((r, sub), t), val) in results.iter().zip(&subs).zip(&timings).zip(vals) {
+    for (((r, t), val), shipped) in results.iter().zip(&timings).zip(vals).zip(shipped) {
         let dir = cfg.out.join("subnets").join(slug(&r.scenario));
-        let extra = serde_json::json!({"scenario": r.scenario, "validation": val, "latency": t});
-        let (onnx, diff) = export::ship(sub, &dir, extra, device)?;
+        let (onnx, diff) = shipped?;
         out.push(Specialized {
             scenario: r.scenario.clone(),
             arch: r.best.arch.to_reference_json(),

@@ -584,6 +584,7 @@ fn specialize_meets_every_budget_and_caches_the_table() {
         profile,
         validate: 0,
         calibrate: 2,
+        timing_reps: 10,
         runtime: "ofa".into(),
         ort_lib: None,
         data: None,

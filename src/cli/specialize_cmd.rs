@@ -806,6 +806,10 @@ pub struct SpecializeArgs {
     /// than --validate's; 0 keeps the plain layer sums).
     #[arg(long, default_value_t = 10)]
     calibrate: usize,
+    /// Interleaved rounds in which the chosen subnets are timed end to end
+    /// (median reported).
+    #[arg(long, default_value_t = 10)]
+    timing_reps: usize,
     /// What latency is measured in: `ofa` (this engine) or `onnxruntime`
     /// (the runtime the exported subnets are deployed with; needs the
     /// `onnxruntime` feature).
@@ -848,6 +852,7 @@ pub fn specialize_cmd<B: TrainBackend>(
         },
         validate: a.validate,
         calibrate: a.calibrate,
+        timing_reps: a.timing_reps,
         runtime: a.runtime,
         ort_lib: a.ort_lib,
         data: a.data,
