@@ -61,13 +61,21 @@ pub(super) fn conv<B: OfaBackend>(
         .with_groups(groups)
         .with_bias(bias.is_some())
         .init(device);
-    c.weight = Param::from_tensor(weight.detach());
-    c.bias = bias.map(|b| Param::from_tensor(b.detach()));
+    c.weight = Param::from_tensor(owned(weight, device));
+    c.bias = bias.map(|b| Param::from_tensor(owned(b, device)));
     c
 }
 
+/// A copy of `t` in its own contiguous buffer. Extraction slices the
+/// supernet's tensors; kept as views, every forward pass would copy each
+/// weight to a contiguous buffer again (the CPU kernels read contiguous
+/// memory), and the subnet would keep the whole supernet's buffers alive.
+fn owned<B: OfaBackend, const D: usize>(t: Tensor<B, D>, device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(t.detach().into_data(), device)
+}
+
 fn bn<B: OfaBackend>(src: &ElasticBn<B>, channels: usize, device: &B::Device) -> BatchNorm<B> {
-    let first = |t: Tensor<B, 1>| t.slice([0..channels]).detach();
+    let first = |t: Tensor<B, 1>| owned(t.slice([0..channels]), device);
     let mut b = BatchNormConfig::new(channels)
         .with_epsilon(src.eps)
         .with_momentum(src.momentum)
@@ -182,8 +190,8 @@ pub fn extract<B: OfaBackend>(net: &Supernet<B>, arch: &Arch) -> Subnet<B> {
     let post_pool = net.post_pool.as_ref().map(|l| head(l, device).0);
     let [classes, in_f] = net.classifier.weight.dims();
     let mut classifier = burn::nn::LinearConfig::new(in_f, classes).init(device);
-    classifier.weight = Param::from_tensor(net.classifier.weight.val().transpose().detach());
-    classifier.bias = Some(Param::from_tensor(net.classifier.bias.val().detach()));
+    classifier.weight = Param::from_tensor(owned(net.classifier.weight.val().transpose(), device));
+    classifier.bias = Some(Param::from_tensor(owned(net.classifier.bias.val(), device)));
     Subnet {
         first_conv,
         first_conv_bn: first_conv_bn.expect("the first conv has BN"),
