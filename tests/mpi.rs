@@ -137,6 +137,9 @@ fn ps_phases(lr: f64) -> String {
 fn mpirun(np: usize) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["-np", &np.to_string(), "--oversubscribe"]);
+    // Containers without ptrace rights refuse shared memory's single-copy
+    // transfers (CMA); plain copies work everywhere.
+    c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     if std::env::var("USER").is_ok_and(|u| u == "root") || is_root() {
         c.arg("--allow-run-as-root");
     }
