@@ -570,7 +570,11 @@ fn accumulate_row(s: &mut [f32], q: &mut [f32], x: &[f32], cx: &[f32], y: &[f32]
 /// other processes of a data-parallel batch (the identity for one
 /// process), so that every process gets the statistics of the whole batch.
 fn channel_stats(x: &[f32], d: Nchw, reduce: Reduce<'_>) -> (Vec<f32>, Vec<f32>) {
-    let mut sums: Vec<f64> = channel_plain_sums(x, d);
+    // Σx² comes along unused: the shared path vectorises small planes.
+    let mut sums: Vec<f64> = channel_sums(x, None, d, None)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     sums.push((d.n * d.plane()) as f64);
     reduce(&mut sums);
     let m = sums[d.c];
@@ -582,32 +586,6 @@ fn channel_stats(x: &[f32], d: Nchw, reduce: Reduce<'_>) -> (Vec<f32>, Vec<f32>)
     reduce(&mut sq);
     let var = sq.iter().map(|q| (q / m).max(0.0) as f32).collect();
     (mean, var)
-}
-
-/// Per-channel Σx over (N, H, W) (f64 across planes).
-fn channel_plain_sums(x: &[f32], d: Nchw) -> Vec<f64> {
-    let plane = d.plane();
-    (0..d.c)
-        .into_par_iter()
-        .map(|c| {
-            (0..d.n)
-                .map(|n| plane_sum(&x[(n * d.c + c) * plane..][..plane]) as f64)
-                .sum()
-        })
-        .collect()
-}
-
-#[multiversion::multiversion(targets = "simd")]
-fn plane_sum(x: &[f32]) -> f32 {
-    let mut s = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..8 {
-            s[i] += c[i];
-        }
-    }
-    s.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
 /// Sums a buffer of per-channel statistics across the processes of a
