@@ -152,35 +152,24 @@ pub fn train<B: TrainBackend>(
     if comm.is_root() && comm.size() > 1 {
         send_settings(&cfg, &space, comm)?;
     }
-    if !comm.is_root() {
+    let mut progress: Box<dyn train::TrainObserver> = if comm.is_root() {
+        let ranks = match comm.size() {
+            1 => String::new(),
+            n => format!(" on {n} processes (batch {} each)", cfg.batch_size / n),
+        };
+        eprintln!(
+            "training {} on {} with schedule {} for {} epochs into {}{ranks}",
+            space.name,
+            ds.name,
+            cfg.schedule,
+            cfg.epochs,
+            a.out.display()
+        );
+        Box::new(TrainProgress::new(interrupt_flag(), a.quiet))
+    } else {
         // Silent, but its interrupt flag still stops every rank.
-        let mut progress = StopOnly(interrupt_flag());
-        Trainer::<B>::open(
-            &cfg,
-            &space,
-            ds,
-            &a.out,
-            a.resume,
-            device,
-            comm.clone(),
-            &mut progress,
-        )?
-        .run(&mut progress)?;
-        return Ok(());
-    }
-    let ranks = match comm.size() {
-        1 => String::new(),
-        n => format!(" on {n} processes (batch {} each)", cfg.batch_size / n),
+        Box::new(StopOnly(interrupt_flag()))
     };
-    eprintln!(
-        "training {} on {} with schedule {} for {} epochs into {}{ranks}",
-        space.name,
-        ds.name,
-        cfg.schedule,
-        cfg.epochs,
-        a.out.display()
-    );
-    let mut progress = TrainProgress::new(interrupt_flag(), a.quiet);
     let out = Trainer::<B>::open(
         &cfg,
         &space,
@@ -189,9 +178,12 @@ pub fn train<B: TrainBackend>(
         a.resume,
         device,
         comm.clone(),
-        &mut progress,
+        progress.as_mut(),
     )?
-    .run(&mut progress)?;
+    .run(progress.as_mut())?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     if out.interrupted {
         eprintln!(
             "interrupted after step {}; resume with: ofa train --out {} --resume",

@@ -46,6 +46,46 @@ fn per_sample<B: Backend>(v: Tensor<B, 1>, n: usize) -> Tensor<B, 4> {
     v.unsqueeze::<2>().repeat_dim(0, n).reshape([n, c, 1, 1])
 }
 
+/// `(x − μ)·γ/√(σ² + ε) + β` per channel of `x: [N, C, H, W]`.
+fn normalise<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, 4> {
+    let n = x.dims()[0];
+    let scale = gamma / (var + eps).sqrt();
+    let shift = beta - mean * scale.clone();
+    x * per_sample(scale, n) + per_sample(shift, n)
+}
+
+/// `x̂ = (x − μ)/√(σ² + ε)` and the per-channel `1/√(σ² + ε)`.
+fn standardised<B: Backend>(
+    x: Tensor<B, 4>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 4>, Tensor<B, 1>) {
+    let n = x.dims()[0];
+    let inv = (var + eps).sqrt().recip();
+    ((x - per_sample(mean, n)) * per_sample(inv.clone(), n), inv)
+}
+
+/// BN's input gradient `k·(g − mean(g) − x̂·mean(g·x̂))`, `k = γ/σ`, from
+/// the per-channel means (of the whole batch, for a sharded one).
+fn bn_dx<B: Backend>(
+    g: Tensor<B, 4>,
+    xhat: Tensor<B, 4>,
+    mean_g: Tensor<B, 1>,
+    mean_gx: Tensor<B, 1>,
+    k: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    let n = g.dims()[0];
+    (g - per_sample(mean_g, n) - xhat * per_sample(mean_gx, n)) * per_sample(k, n)
+}
+
 /// The processes a sharded batch is spread over.
 pub type Comm = std::sync::Arc<dyn crate::dist::Collective>;
 
@@ -148,9 +188,7 @@ pub trait OfaBackend: Backend {
         // with a large mean.
         let centred = x.clone() - per_sample(mean.clone(), n);
         let var = centred.square().mean_dims(&[0, 2, 3]).reshape([c]);
-        let scale = wrap::<Self, 1>(gamma) / (var.clone() + eps).sqrt();
-        let shift = wrap::<Self, 1>(beta) - mean.clone() * scale.clone();
-        let y = x * per_sample(scale, n) + per_sample(shift, n);
+        let y = normalise(x, wrap(gamma), wrap(beta), mean.clone(), var.clone(), eps);
         (unwrap(y), unwrap(mean), unwrap(var))
     }
 
@@ -166,13 +204,11 @@ pub trait OfaBackend: Backend {
         let (x, g) = (wrap::<Self, 4>(x), wrap::<Self, 4>(grad));
         let [n, c, h, w] = x.dims();
         let m = (n * h * w) as f64;
-        let inv = (wrap::<Self, 1>(var) + eps).sqrt().recip();
-        let xhat = (x - per_sample(wrap::<Self, 1>(mean), n)) * per_sample(inv.clone(), n);
+        let (xhat, inv) = standardised(x, wrap(mean), wrap(var), eps);
         let dbeta = g.clone().sum_dims(&[0, 2, 3]).reshape([c]);
         let dgamma = (g.clone() * xhat.clone()).sum_dims(&[0, 2, 3]).reshape([c]);
         let k = wrap::<Self, 1>(gamma) * inv;
-        let dx = (g - per_sample(dbeta.clone() / m, n) - xhat * per_sample(dgamma.clone() / m, n))
-            * per_sample(k, n);
+        let dx = bn_dx(g, xhat, dbeta.clone() / m, dgamma.clone() / m, k);
         (unwrap(dx), unwrap(dgamma), unwrap(dbeta))
     }
 
@@ -196,9 +232,7 @@ pub trait OfaBackend: Backend {
         let sq = centred.square().sum_dims(&[0, 2, 3]).reshape([c]);
         let (sq, _) = reduced(sq, (n * h * w) as f64, comm);
         let var = host_tensor::<Self>(sq.iter().map(|s| s / m).collect(), &device);
-        let scale = wrap::<Self, 1>(gamma) / (var.clone() + eps).sqrt();
-        let shift = wrap::<Self, 1>(beta) - mean.clone() * scale.clone();
-        let y = x * per_sample(scale, n) + per_sample(shift, n);
+        let y = normalise(x, wrap(gamma), wrap(beta), mean.clone(), var.clone(), eps);
         (unwrap(y), unwrap(mean), unwrap(var))
     }
 
@@ -217,8 +251,7 @@ pub trait OfaBackend: Backend {
         let (x, g) = (wrap::<Self, 4>(x), wrap::<Self, 4>(grad));
         let [n, c, h, w] = x.dims();
         let device = x.device();
-        let inv = (wrap::<Self, 1>(var) + eps).sqrt().recip();
-        let xhat = (x - per_sample(wrap::<Self, 1>(mean), n)) * per_sample(inv.clone(), n);
+        let (xhat, inv) = standardised(x, wrap(mean), wrap(var), eps);
         let dbeta = g.clone().sum_dims(&[0, 2, 3]).reshape([c]);
         let dgamma = (g.clone() * xhat.clone()).sum_dims(&[0, 2, 3]).reshape([c]);
         let (sg, m) = reduced(dbeta.clone(), (n * h * w) as f64, comm);
@@ -226,7 +259,7 @@ pub trait OfaBackend: Backend {
         let mean_g = host_tensor::<Self>(sg.iter().map(|s| s / m).collect(), &device);
         let mean_gx = host_tensor::<Self>(sgx.iter().map(|s| s / m).collect(), &device);
         let k = wrap::<Self, 1>(gamma) * inv;
-        let dx = (g - per_sample(mean_g, n) - xhat * per_sample(mean_gx, n)) * per_sample(k, n);
+        let dx = bn_dx(g, xhat, mean_g, mean_gx, k);
         (unwrap(dx), unwrap(dgamma), unwrap(dbeta))
     }
 
