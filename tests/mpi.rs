@@ -6,7 +6,6 @@
 #![cfg(feature = "mpi")]
 
 use ofa::nn::{TensorMap, read_safetensors};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -302,7 +301,6 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
         .args(train_args(&data, "deps", &cfg, &cut))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .process_group(0)
         .spawn()
         .unwrap();
     let ckpts = cut.join("checkpoints");
@@ -317,11 +315,12 @@ fn a_killed_job_resumes_to_the_uninterrupted_result() {
         assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // The ranks (mpirun's children), then mpirun itself. (Never `kill
+    // -KILL -PID` for a process group: some `kill`s read "-PID" as a
+    // signal option and signal every process.)
     let pid = job.id().to_string();
     let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{pid}")])
-        .status();
+    let _ = job.kill();
     let _ = job.wait();
     assert!(
         !cut.join("supernet.safetensors").exists(),
@@ -435,8 +434,16 @@ fn a_sigterm_on_one_rank_stops_every_rank_with_one_checkpoint() {
         .output()
         .unwrap();
     let ranks = String::from_utf8_lossy(&ranks.stdout).to_string();
-    let last = ranks.split_whitespace().last().expect("the ranks' pids");
-    Command::new("kill").args(["-TERM", last]).status().unwrap();
+    let last: u32 = ranks
+        .split_whitespace()
+        .last()
+        .and_then(|p| p.parse().ok())
+        .expect("the ranks' pids");
+    assert!(last > 1);
+    Command::new("kill")
+        .args(["-TERM", &last.to_string()])
+        .status()
+        .unwrap();
     let log = ok(job.wait_with_output().unwrap(), "stopped job");
     assert!(log.contains("stopped at step"), "{log}");
     assert!(!run.join("supernet.safetensors").exists(), "{log}");
