@@ -583,38 +583,63 @@ fn pointwise_backward<B: OfaBackend>(
     [dx, dw]
 }
 
+/// What a training-mode BN's backward needs: `x`, `gamma`, the batch
+/// statistics, `eps`, and the processes of a sharded batch (if it is one).
 type BnState<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
     f64,
+    Option<Comm>,
 );
 
 fn batch_norm_backward<B: OfaBackend>(
-    (x, gamma, mean, var, eps): BnState<B>,
+    (x, gamma, mean, var, eps, comm): BnState<B>,
     grad: FloatTensor<B>,
 ) -> [FloatTensor<B>; 3] {
-    let (dx, dgamma, dbeta) = B::batch_norm_train_backward(x, gamma, mean, var, eps, grad);
+    let (dx, dgamma, dbeta) = match &comm {
+        None => B::batch_norm_train_backward(x, gamma, mean, var, eps, grad),
+        Some(c) => B::batch_norm_train_sharded_backward(x, gamma, mean, var, eps, grad, c),
+    };
     [dx, dgamma, dbeta]
 }
 
-type ShardedBnState<B> = (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    f64,
-    Comm,
-);
-
-fn sharded_batch_norm_backward<B: OfaBackend>(
-    (x, gamma, mean, var, eps, comm): ShardedBnState<B>,
-    grad: FloatTensor<B>,
-) -> [FloatTensor<B>; 3] {
-    let (dx, dgamma, dbeta) =
-        B::batch_norm_train_sharded_backward(x, gamma, mean, var, eps, grad, &comm);
-    [dx, dgamma, dbeta]
+/// A training-mode BN on the autodiff backend, sharded over `comm`'s
+/// processes when given: the inner backend's forward, recorded with its
+/// hand-written backward.
+fn tracked_batch_norm<B: OfaBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    gamma: FloatTensor<Autodiff<B, C>>,
+    beta: FloatTensor<Autodiff<B, C>>,
+    eps: f64,
+    comm: Option<&Comm>,
+) -> (
+    FloatTensor<Autodiff<B, C>>,
+    FloatTensor<Autodiff<B, C>>,
+    FloatTensor<Autodiff<B, C>>,
+) {
+    let (xp, gp) = (x.primitive.clone(), gamma.primitive.clone());
+    let (y, mean, var) = match comm {
+        None => B::batch_norm_train(xp, gp, beta.primitive, eps),
+        Some(c) => B::batch_norm_train_sharded(xp, gp, beta.primitive, eps, c),
+    };
+    let stats = (
+        Autodiff::<B, C>::from_inner(mean.clone()),
+        Autodiff::<B, C>::from_inner(var.clone()),
+    );
+    let y = match Fused::<B, _, 3>(batch_norm_backward::<B>)
+        .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            (x.primitive, gamma.primitive, mean, var, eps, comm.cloned()),
+            y,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    (y, stats.0, stats.1)
 }
 
 fn activation_backward<B: OfaBackend>(
@@ -659,27 +684,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (y, mean, var) = B::batch_norm_train(
-            x.primitive.clone(),
-            gamma.primitive.clone(),
-            beta.primitive,
-            eps,
-        );
-        let stats = (
-            Self::from_inner(mean.clone()),
-            Self::from_inner(var.clone()),
-        );
-        let y = match Fused::<B, _, 3>(batch_norm_backward::<B>)
-            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                prep.finish((x.primitive, gamma.primitive, mean, var, eps), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        (y, stats.0, stats.1)
+        tracked_batch_norm::<B, C>(x, gamma, beta, eps, None)
     }
 
     fn batch_norm_train_sharded(
@@ -689,29 +694,7 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
         eps: f64,
         comm: &Comm,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (y, mean, var) = B::batch_norm_train_sharded(
-            x.primitive.clone(),
-            gamma.primitive.clone(),
-            beta.primitive,
-            eps,
-            comm,
-        );
-        let stats = (
-            Self::from_inner(mean.clone()),
-            Self::from_inner(var.clone()),
-        );
-        let y = match Fused::<B, _, 3>(sharded_batch_norm_backward::<B>)
-            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                (x.primitive, gamma.primitive, mean, var, eps, comm.clone()),
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        (y, stats.0, stats.1)
+        tracked_batch_norm::<B, C>(x, gamma, beta, eps, Some(comm))
     }
 
     fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
