@@ -48,7 +48,8 @@ pub enum Augment {
 /// * In-memory images, [`Augment::None`]: bilinear resize only (none at all at
 ///   the native resolution).
 /// * Folder images, `Train`: torchvision-style random-resized crop to
-///   `resolution`, then flip; `None`: shorter side to
+///   `resolution`, then flip, then (reference transforms) the reference's
+///   "tf" colour distortion; `None`: shorter side to
 ///   `ceil(resolution / 0.875)`, then the centred square — both resized
 ///   with Pillow's antialiased bilinear filter, as the reference's ImageNet
 ///   pipeline does.
@@ -219,6 +220,10 @@ fn large_image(
             };
             if coin(rng) {
                 image.flip_horizontal();
+            }
+            // The reference's colour distortion follows the flip.
+            if transforms == FolderTransforms::Reference {
+                image.tf_colour_jitter(rng);
             }
             image
         }

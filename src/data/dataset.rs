@@ -79,12 +79,14 @@ pub struct Dataset {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FolderTransforms {
     /// The reference's (torchvision on PIL images): Pillow's antialiased
-    /// bilinear resize, shorter side `ceil(r / 0.875)` for evaluation, BN
-    /// recalibration with the training transform.
+    /// bilinear resize, shorter side `ceil(r / 0.875)` for evaluation, the
+    /// "tf" colour distortion in training, BN recalibration with the
+    /// training transform.
     #[default]
     Reference,
     /// Ours before: 2-tap bilinear without antialiasing, `round(r / 0.875)`,
-    /// recalibration with the evaluation transform (`folder-bilinear:DIR`).
+    /// no colour distortion, recalibration with the evaluation transform
+    /// (`folder-bilinear:DIR`).
     Bilinear,
 }
 

@@ -127,6 +127,64 @@ impl Image {
         }
     }
 
+    /// The reference's "tf" colour distortion, which `train_ofa_net.py`
+    /// turns on (`distort_color = "tf"`; the transform is
+    /// `ColorJitter(brightness=32/255, saturation=0.5)` in
+    /// ofa/imagenet_classification/data_providers/imagenet.py,
+    /// `build_train_transform`): a brightness factor drawn from
+    /// `[1 − 32/255, 1 + 32/255]` and a saturation factor from `[0.5, 1.5]`,
+    /// applied in a random order as torchvision draws a random permutation.
+    /// Grey images get the brightness change only (saturation is a no-op on
+    /// them in Pillow too).
+    pub fn tf_colour_jitter(&mut self, rng: &mut impl Rng) {
+        let brightness = uniform(rng, 1.0 - 32.0 / 255.0, 1.0 + 32.0 / 255.0) as f32;
+        let saturation = uniform(rng, 0.5, 1.5) as f32;
+        let saturation_first = super::rng::coin(rng);
+        self.colour_jitter(brightness, saturation, saturation_first);
+    }
+
+    /// [`Image::tf_colour_jitter`] with given factors, on the image's 8-bit
+    /// values the way Pillow computes them (`ImageEnhance.Brightness` blends
+    /// with black, `ImageEnhance.Color` with the image's `L` conversion;
+    /// `Image.blend` computes `a + f·(b − a)` in `f32` and truncates to 8
+    /// bits, clipping when extrapolating), so the result is Pillow's pixel
+    /// for pixel (test: `colour_jitter_matches_pillow`).
+    pub fn colour_jitter(&mut self, brightness: f32, saturation: f32, saturation_first: bool) {
+        let mut px: Vec<u8> = self
+            .data
+            .iter()
+            .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let plane = self.height * self.width;
+        let saturate = |px: &mut Vec<u8>| {
+            if self.channels != 3 {
+                return;
+            }
+            let (r, rest) = px.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for i in 0..plane {
+                let grey = pil_luma(r[i], g[i], b[i]);
+                r[i] = pil_blend(grey, r[i], saturation);
+                g[i] = pil_blend(grey, g[i], saturation);
+                b[i] = pil_blend(grey, b[i], saturation);
+            }
+        };
+        let brighten = |px: &mut Vec<u8>| {
+            px.iter_mut()
+                .for_each(|p| *p = pil_blend(0, *p, brightness))
+        };
+        if saturation_first {
+            saturate(&mut px);
+            brighten(&mut px);
+        } else {
+            brighten(&mut px);
+            saturate(&mut px);
+        }
+        for (v, p) in self.data.iter_mut().zip(px) {
+            *v = f32::from(p) / 255.0;
+        }
+    }
+
     /// `(x - mean) / std` per channel. Division (not multiplication by the
     /// inverse) keeps results identical to the textbook formula.
     pub fn normalise(&mut self, mean: &[f32], std: &[f32]) {
@@ -137,6 +195,19 @@ impl Image {
             }
         }
     }
+}
+
+/// Pillow's RGB → L conversion: ITU-R 601-2 luma in 16-bit fixed point,
+/// rounded (`L24` in libImaging/Convert.c).
+fn pil_luma(r: u8, g: u8, b: u8) -> u8 {
+    ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Pillow's `Image.blend(a, b, factor)` for one 8-bit value: `a + f·(b − a)`
+/// in `f32`, clipped to `[0, 255]` and truncated.
+fn pil_blend(a: u8, b: u8, factor: f32) -> u8 {
+    let v = f32::from(a) + factor * (i32::from(b) - i32::from(a)) as f32;
+    v.clamp(0.0, 255.0) as u8
 }
 
 /// Output positions `0..len`, starting at source position `start`, whose
@@ -486,6 +557,107 @@ mod tests {
             ours,
             ints(&fixture["eval"]["pixels"]),
             "eval transform at {r}"
+        );
+    }
+
+    /// A hand-worked pixel: brightness 1.1 then saturation 0.5 on
+    /// (200, 100, 50). Brightness: 220, 110, 55. Luma: (220·19595 +
+    /// 110·38470 + 55·7471 + 32768) >> 16 = 137; blend halfway to it:
+    /// 178.5 → 178, 123.5 → 123, 96. In the other order the luma of the
+    /// original is 124: 162, 112, 87, then ×1.1 = 178.2, 123.2, 95.7 →
+    /// 178, 123, 95.
+    #[test]
+    fn colour_jitter_hand_worked_pixel() {
+        let make = || Image {
+            channels: 3,
+            height: 1,
+            width: 1,
+            data: vec![200.0 / 255.0, 100.0 / 255.0, 50.0 / 255.0],
+        };
+        let to8 =
+            |im: &Image| -> Vec<u8> { im.data.iter().map(|v| (v * 255.0).round() as u8).collect() };
+        let mut a = make();
+        a.colour_jitter(1.1, 0.5, false);
+        assert_eq!(to8(&a), [178, 123, 96]);
+        let mut b = make();
+        b.colour_jitter(1.1, 0.5, true);
+        assert_eq!(to8(&b), [178, 123, 95]);
+        // Brightening clips at white; a grey image ignores saturation.
+        let mut grey = Image {
+            channels: 1,
+            height: 1,
+            width: 2,
+            data: vec![250.0 / 255.0, 10.0 / 255.0],
+        };
+        grey.colour_jitter(1.2, 1.5, true);
+        assert_eq!(to8(&grey), [255, 12]);
+    }
+
+    /// Pillow's own output (tests/data/pil_jitter.json, written by
+    /// tests/data/make_pil_fixture.py): `ImageEnhance.Brightness` and
+    /// `ImageEnhance.Color` at the ends of the reference's ranges and in
+    /// between, in both orders.
+    #[test]
+    fn colour_jitter_matches_pillow() {
+        let fixture: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/pil_jitter.json"
+        )))
+        .unwrap();
+        let ints = |v: &serde_json::Value| -> Vec<u8> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u8)
+                .collect()
+        };
+        let (h, w) = (
+            fixture["height"].as_u64().unwrap() as u32,
+            fixture["width"].as_u64().unwrap() as u32,
+        );
+        let rgb = image::RgbImage::from_raw(w, h, ints(&fixture["pixels"])).unwrap();
+        let cases = fixture["jitter"].as_array().unwrap();
+        assert_eq!(cases.len(), 8);
+        for case in cases {
+            let b = case["brightness"].as_f64().unwrap() as f32;
+            let s = case["saturation"].as_f64().unwrap() as f32;
+            let saturation_first = case["order"] == "saturation_first";
+            let mut img = Image::from_rgb(&rgb);
+            img.colour_jitter(b, s, saturation_first);
+            let plane = img.height * img.width;
+            let hwc: Vec<u8> = (0..plane)
+                .flat_map(|i| (0..3).map(move |c| (c, i)))
+                .map(|(c, i)| (img.data[c * plane + i] * 255.0).round() as u8)
+                .collect();
+            assert_eq!(
+                hwc,
+                ints(&case["pixels"]),
+                "b {b}, s {s}, {}",
+                case["order"]
+            );
+        }
+    }
+
+    #[test]
+    fn tf_colour_jitter_stays_in_range_and_changes_the_image() {
+        let mut rng = stream_rng(3, 0);
+        let base = Image {
+            channels: 3,
+            height: 4,
+            width: 5,
+            data: (0..60).map(|i| (i * 4) as f32 / 255.0).collect(),
+        };
+        let mut changed = 0;
+        for _ in 0..20 {
+            let mut img = base.clone();
+            img.tf_colour_jitter(&mut rng);
+            assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
+            changed += usize::from(img != base);
+        }
+        assert!(
+            changed >= 18,
+            "jitter left {} of 20 images unchanged",
+            20 - changed
         );
     }
 

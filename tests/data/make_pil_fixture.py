@@ -27,3 +27,24 @@ json.dump({"pillow": PIL.__version__, "height": h, "width": w,
            "eval": {"resolution": r, "pixels": crop.reshape(-1).tolist()}},
           open("tests/data/pil_resize.json", "w"))
 print(PIL.__version__, new_h, new_w, top, left)
+
+# tests/data/pil_jitter.json: the reference's "tf" colour distortion
+# (torchvision ColorJitter(brightness=32/255, saturation=0.5), which calls
+# ImageEnhance.Brightness / ImageEnhance.Color on PIL images) for fixed
+# factors, in both orders, on the same image.
+from PIL import ImageEnhance
+jitter = []
+for b, s in [(1.0 + 32 / 255, 1.5), (1.0 - 32 / 255, 0.5), (1.07, 0.81), (0.93, 1.23)]:
+    for order in ["brightness_first", "saturation_first"]:
+        out = img
+        steps = [lambda im: ImageEnhance.Brightness(im).enhance(b),
+                 lambda im: ImageEnhance.Color(im).enhance(s)]
+        if order == "saturation_first":
+            steps.reverse()
+        for step in steps:
+            out = step(out)
+        jitter.append({"brightness": b, "saturation": s, "order": order,
+                       "pixels": np.asarray(out).reshape(-1).tolist()})
+json.dump({"pillow": PIL.__version__, "height": h, "width": w,
+           "pixels": pixels.reshape(-1).tolist(), "jitter": jitter},
+          open("tests/data/pil_jitter.json", "w"))
