@@ -70,8 +70,9 @@ pub struct LutSource {
     pub batch: usize,
     pub entries: usize,
     pub seconds: f64,
-    /// The fitted scale and the subnets it was fitted on, if calibrated.
-    pub scale: Option<(f64, usize)>,
+    /// How layer times were composed, if calibrated
+    /// ([`LatencyTable::calibration_summary`]).
+    pub calibration: Option<String>,
     pub validation: Option<LutValidation>,
 }
 
@@ -155,7 +156,7 @@ fn latency_table<B: OfaBackend>(
         batch: lut.config.batch,
         entries: lut.entries.len(),
         seconds: t.elapsed().as_secs_f64(),
-        scale: (lut.calibration_subnets > 0).then_some((lut.scale, lut.calibration_subnets)),
+        calibration: lut.calibration_summary(),
         validation: lut.validation.clone(),
     };
     if let Some(p) = &cfg.lut {
@@ -410,10 +411,8 @@ fn report_text(cfg: &SpecializeConfig, s: &SpecializeSummary, plots: &[PathBuf])
         l.batch,
         l.seconds
     ));
-    if let Some((scale, n)) = l.scale {
-        t.push_str(&format!(
-            "Layer sums scaled by {scale:.3}, fitted on {n} other subnets timed end to end.\n"
-        ));
+    if let Some(c) = &l.calibration {
+        t.push_str(&format!("Calibration: {c}.\n"));
     }
     if let Some(v) = &l.validation {
         t.push_str(&format!(

@@ -446,11 +446,8 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
     crate::search::latency::calibrate_with(&mut lut, &space, a.calibrate, a.seed, timer.as_mut())?;
-    if lut.calibration_subnets > 0 {
-        println!(
-            "scale {:.3} fitted on {} subnets timed end to end",
-            lut.scale, lut.calibration_subnets
-        );
+    if let Some(c) = lut.calibration_summary() {
+        println!("{c}");
     }
     if a.validate > 0 {
         let v = crate::search::latency::validate_with(

@@ -126,14 +126,7 @@ impl Efficiency {
                     );
                 }
                 // What LatencyTable::predict computes, tabulated.
-                let fast = FastCost::new(space, &|l: &Layer| {
-                    t.entries
-                        .get(&l.key())
-                        .map(|x| t.scale * x.median_ms)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("layer '{}' missing from the latency table", l.key())
-                        })
-                })?;
+                let fast = FastCost::new(space, &|l: &Layer| t.layer_ms(l))?;
                 Some(fast.plus(t.base_ms))
             }
             None => None,
@@ -235,6 +228,8 @@ mod tests {
             base_ms: 0.25,
             scale: 1.3,
             calibration_subnets: 5,
+            per_layer_ms: 0.02,
+            per_mega_element_ms: 0.7,
             config: ProfileConfig::default(),
             space: s.clone(),
             entries,

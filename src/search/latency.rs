@@ -153,6 +153,14 @@ pub struct LatencyTable {
     /// Subnets the scale was fitted on (0: uncalibrated).
     #[serde(default)]
     pub calibration_subnets: usize,
+    /// Milliseconds added per layer and per million elements a layer reads
+    /// and writes at its boundary (input + output activations), fitted
+    /// with the scale when that predicts held-out subnets better
+    /// ([`calibrate_with`]); 0 otherwise.
+    #[serde(default)]
+    pub per_layer_ms: f64,
+    #[serde(default)]
+    pub per_mega_element_ms: f64,
     pub config: ProfileConfig,
     pub space: Space,
     pub entries: BTreeMap<String, Timing>,
@@ -427,6 +435,8 @@ impl LatencyTable {
             base_ms: timer.base_ms(),
             scale: 1.0,
             calibration_subnets: 0,
+            per_layer_ms: 0.0,
+            per_mega_element_ms: 0.0,
             config: cfg.clone(),
             space: space.clone(),
             entries,
@@ -434,26 +444,62 @@ impl LatencyTable {
         })
     }
 
-    /// Predicted latency of a subnet: the sum of its layers' medians, times
-    /// the calibrated scale, plus the runtime's per-call cost once.
+    /// Predicted latency of a subnet: the runtime's per-call cost once plus
+    /// each layer's [`LatencyTable::layer_ms`].
     pub fn predict(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
-        Ok(self.base_ms + self.scale * self.layer_sum(space, arch)?)
-    }
-
-    /// The plain sum of a subnet's layer medians.
-    fn layer_sum(&self, space: &Space, arch: &Arch) -> anyhow::Result<f64> {
         let layers: f64 = layers(space, arch)
             .iter()
-            .map(|l| {
-                self.entries
-                    .get(&l.key())
-                    .map(|t| t.median_ms)
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("layer '{}' is not in the latency table", l.key())
-                    })
-            })
+            .map(|l| self.layer_ms(l))
             .sum::<anyhow::Result<f64>>()?;
-        Ok(layers)
+        Ok(self.base_ms + layers)
+    }
+
+    /// How the table composes layer times into a subnet's latency, in words
+    /// (for reports); `None` for an uncalibrated table.
+    pub fn calibration_summary(&self) -> Option<String> {
+        if self.calibration_subnets == 0 {
+            return None;
+        }
+        let terms = if self.per_layer_ms != 0.0 || self.per_mega_element_ms != 0.0 {
+            format!(
+                " plus {:+.4} ms per layer and {:+.3} ms per million boundary elements",
+                self.per_layer_ms, self.per_mega_element_ms
+            )
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "layer times scaled by {:.3}{terms}, fitted on {} other subnets timed end to end",
+            self.scale, self.calibration_subnets
+        ))
+    }
+
+    /// What one layer adds to a subnet's latency: its median times the
+    /// calibrated scale, plus the fitted per-layer and per-element terms.
+    pub fn layer_ms(&self, l: &Layer) -> anyhow::Result<f64> {
+        let t = self.median_ms(l)?;
+        Ok(self.scale * t
+            + self.per_layer_ms
+            + self.per_mega_element_ms * boundary_mega_elements(l, self.config.batch))
+    }
+
+    fn median_ms(&self, l: &Layer) -> anyhow::Result<f64> {
+        self.entries
+            .get(&l.key())
+            .map(|t| t.median_ms)
+            .ok_or_else(|| anyhow::anyhow!("layer '{}' is not in the latency table", l.key()))
+    }
+
+    /// (Σ medians, layers, Σ boundary elements in millions) of a subnet:
+    /// the three terms [`calibrate_with`] fits.
+    fn composition_terms(&self, space: &Space, arch: &Arch) -> anyhow::Result<[f64; 3]> {
+        let mut terms = [0.0; 3];
+        for l in layers(space, arch) {
+            terms[0] += self.median_ms(&l)?;
+            terms[1] += 1.0;
+            terms[2] += boundary_mega_elements(&l, self.config.batch);
+        }
+        Ok(terms)
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
@@ -630,12 +676,122 @@ pub fn validate_with(
     })
 }
 
-/// Fits the table's scale on `n` seeded random subnets timed end to end
-/// with `timer`: the mean of (measured − per-call cost) / summed layer
-/// times. Layers timed alone miss what a whole network adds or saves
-/// between them (memory traffic, a runtime's cross-layer fusion); one
-/// factor per table takes the systematic part out. Draws use `seed + 1`,
-/// so a [`validate_with`] at `seed` checks the table on other subnets.
+/// Millions of elements a layer reads and writes at its boundary (its input
+/// and output activations) at batch `batch`.
+fn boundary_mega_elements(l: &Layer, batch: usize) -> f64 {
+    let (input, output) = match l {
+        Layer::Conv(c) => (
+            c.in_res * c.in_res * c.in_ch,
+            c.out_res() * c.out_res() * c.out_ch,
+        ),
+        Layer::MbConv(b) => (
+            b.in_res * b.in_res * b.in_ch,
+            b.out_res() * b.out_res() * b.out_ch,
+        ),
+        Layer::Pool { in_res, ch } => (in_res * in_res * ch, *ch),
+        Layer::Linear { in_f, out_f } => (*in_f, *out_f),
+    };
+    (batch * (input + output)) as f64 / 1e6
+}
+
+/// How summed layer times become end-to-end latency, fitted on subnets
+/// timed end to end: `y = scale·Σt` (one factor), or `y = scale·Σt +
+/// per_layer·layers + per_element·Σelements` (with `y` the measured time
+/// less the per-call cost). Layers timed alone miss what a whole network
+/// adds or saves between them: the factor takes out what is proportional
+/// to the work; the two other terms what each layer boundary costs or saves
+/// (a lone layer's graph converts its input and output between layouts,
+/// allocates its output and wakes the thread pool, which inside a network
+/// happens once or never — ONNX Runtime's NCHWc reorders are the large
+/// case). Returns `[scale, per_layer_ms, per_mega_element_ms]`.
+fn fit_composition(terms: &[[f64; 3]], y: &[f64], full: bool) -> Option<[f64; 3]> {
+    if !full {
+        let ratios: Vec<f64> = terms
+            .iter()
+            .zip(y)
+            .filter(|(t, _)| t[0] > 0.0)
+            .map(|(t, y)| y / t[0])
+            .collect();
+        return (!ratios.is_empty())
+            .then(|| [ratios.iter().sum::<f64>() / ratios.len() as f64, 0.0, 0.0]);
+    }
+    if terms.len() < 4 {
+        return None;
+    }
+    // Least squares on relative errors: each row divided by its y, so small
+    // and large subnets count alike (the targets are relative errors).
+    let mut ata = [[0.0f64; 3]; 3];
+    let mut atb = [0.0f64; 3];
+    for (t, &y) in terms.iter().zip(y) {
+        if y <= 0.0 {
+            continue;
+        }
+        let row = [t[0] / y, t[1] / y, t[2] / y];
+        for i in 0..3 {
+            for j in 0..3 {
+                ata[i][j] += row[i] * row[j];
+            }
+            atb[i] += row[i];
+        }
+    }
+    let x = solve3(ata, atb)?;
+    (x[0] > 0.0 && x.iter().all(|v| v.is_finite())).then_some(x)
+}
+
+/// `A·x = b` for a 3×3 system by Gaussian elimination with partial
+/// pivoting; `None` when (nearly) singular.
+fn solve3(mut a: [[f64; 3]; 3], mut b: [f64; 3]) -> Option<[f64; 3]> {
+    let norm = a.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    for col in 0..3 {
+        let p = (col..3).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[p][col].abs() <= 1e-12 * norm.max(f64::MIN_POSITIVE) {
+            return None;
+        }
+        a.swap(col, p);
+        b.swap(col, p);
+        for r in col + 1..3 {
+            let f = a[r][col] / a[col][col];
+            for c in col..3 {
+                a[r][c] -= f * a[col][c];
+            }
+            b[r] -= f * b[col];
+        }
+    }
+    let mut x = [0.0; 3];
+    for r in (0..3).rev() {
+        let s: f64 = (r + 1..3).map(|c| a[r][c] * x[c]).sum();
+        x[r] = (b[r] - s) / a[r][r];
+    }
+    Some(x)
+}
+
+/// Mean |relative error| of a fit when each subnet is predicted by the fit
+/// on the others (leave-one-out); infinite when a fit fails.
+fn loo_error(terms: &[[f64; 3]], y: &[f64], full: bool) -> f64 {
+    let mut total = 0.0;
+    for i in 0..terms.len() {
+        let (t, yy): (Vec<[f64; 3]>, Vec<f64>) = terms
+            .iter()
+            .zip(y)
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (t, y))| (*t, *y))
+            .unzip();
+        let Some(x) = fit_composition(&t, &yy, full) else {
+            return f64::INFINITY;
+        };
+        let p: f64 = (0..3).map(|k| x[k] * terms[i][k]).sum();
+        total += (p - y[i]).abs() / y[i].max(f64::MIN_POSITIVE);
+    }
+    total / terms.len().max(1) as f64
+}
+
+/// Fits how the table's layer times compose ([`fit_composition`]) on `n`
+/// seeded random subnets timed end to end with `timer`. The three-term fit
+/// is kept only when, predicting each calibration subnet from a fit on the
+/// others, it errs less than the single factor does; otherwise the table
+/// gets the factor alone. Draws use `seed + 1`, so a [`validate_with`] at
+/// `seed` checks the table on other subnets.
 pub fn calibrate_with(
     lut: &mut LatencyTable,
     space: &Space,
@@ -654,16 +810,16 @@ pub fn calibrate_with(
         ..lut.config.clone()
     };
     let timings = timer.time_archs(space, &archs, &cfg)?;
-    let mut ratios = Vec::with_capacity(n);
+    let mut terms = Vec::with_capacity(n);
+    let mut y = Vec::with_capacity(n);
     for (a, t) in archs.iter().zip(&timings) {
-        let sum = lut.layer_sum(space, a)?;
-        if sum > 0.0 {
-            ratios.push((t.median_ms - lut.base_ms).max(0.0) / sum);
-        }
+        terms.push(lut.composition_terms(space, a)?);
+        y.push((t.median_ms - lut.base_ms).max(1e-9));
     }
-    if !ratios.is_empty() {
-        lut.scale = ratios.iter().sum::<f64>() / ratios.len() as f64;
-        lut.calibration_subnets = ratios.len();
+    let full = loo_error(&terms, &y, true) < loo_error(&terms, &y, false);
+    if let Some(x) = fit_composition(&terms, &y, full) {
+        [lut.scale, lut.per_layer_ms, lut.per_mega_element_ms] = x;
+        lut.calibration_subnets = terms.len();
     }
     Ok(())
 }
@@ -683,6 +839,95 @@ mod tests {
             let a = Arch::sample(&s, &mut rng);
             assert_eq!(flops.cost(&a), a.cost(&s).macs as f64, "{a}");
         }
+    }
+
+    /// Subnets whose times follow `y = 0.8·Σt + 0.05·layers + 0.3·M`
+    /// exactly: the three-term fit recovers the coefficients and
+    /// leave-one-out prefers it; with `y = 1.3·Σt` the factor alone is as
+    /// good and the fit returns it.
+    #[test]
+    fn composition_fit_recovers_known_coefficients() {
+        let terms: Vec<[f64; 3]> = (0..8)
+            .map(|i| {
+                let i = i as f64;
+                [
+                    2.0 + i * 0.7,
+                    20.0 + (i * 3.0) % 7.0,
+                    1.0 + (i * i) % 5.0 * 0.4,
+                ]
+            })
+            .collect();
+        let y: Vec<f64> = terms
+            .iter()
+            .map(|t| 0.8 * t[0] + 0.05 * t[1] + 0.3 * t[2])
+            .collect();
+        let x = fit_composition(&terms, &y, true).unwrap();
+        for (got, want) in x.iter().zip([0.8, 0.05, 0.3]) {
+            assert!((got - want).abs() < 1e-9, "{x:?}");
+        }
+        assert!(loo_error(&terms, &y, true) < 1e-9);
+        assert!(loo_error(&terms, &y, false) > 1e-3);
+        let y: Vec<f64> = terms.iter().map(|t| 1.3 * t[0]).collect();
+        let x = fit_composition(&terms, &y, false).unwrap();
+        assert!((x[0] - 1.3).abs() < 1e-12 && x[1] == 0.0 && x[2] == 0.0);
+        // Too few subnets, or a singular system, give no three-term fit.
+        assert!(fit_composition(&terms[..3], &y[..3], true).is_none());
+        assert!(fit_composition(&vec![[1.0, 2.0, 3.0]; 5], &[1.0; 5], true).is_none());
+    }
+
+    /// The corrected table's prediction is the per-call cost plus, per
+    /// layer, scale·t + per_layer + per_element·elements, computed by hand
+    /// for the tiny space's smallest subnet.
+    #[test]
+    fn layer_ms_adds_the_fitted_terms() {
+        let s = preset("tiny").unwrap();
+        let a = Arch::min(&s);
+        let ls = layers(&s, &a);
+        // Every layer of the space gets a time (the search tabulates them
+        // all); the smallest subnet's layers get 0.1, 0.2, ….
+        let mut entries: BTreeMap<String, Timing> = distinct_layers(&s)
+            .iter()
+            .map(|l| (l.key(), Timing::default()))
+            .collect();
+        for (i, l) in ls.iter().enumerate() {
+            entries.get_mut(&l.key()).unwrap().median_ms = 0.1 * (i + 1) as f64;
+        }
+        let lut = LatencyTable {
+            format: "ofa-lut/1".into(),
+            device: String::new(),
+            backend: String::new(),
+            threads: 1,
+            runtime: "ofa".into(),
+            runtime_version: String::new(),
+            base_ms: 0.5,
+            scale: 2.0,
+            calibration_subnets: 5,
+            per_layer_ms: 0.01,
+            per_mega_element_ms: 3.0,
+            config: ProfileConfig {
+                batch: 2,
+                ..ProfileConfig::default()
+            },
+            space: s.clone(),
+            entries,
+            validation: None,
+        };
+        let mut want = 0.5;
+        for (i, l) in ls.iter().enumerate() {
+            let (input, output) = match l {
+                Layer::Conv(c) => (c.in_res.pow(2) * c.in_ch, c.out_res().pow(2) * c.out_ch),
+                Layer::MbConv(b) => (b.in_res.pow(2) * b.in_ch, b.out_res().pow(2) * b.out_ch),
+                Layer::Pool { in_res, ch } => (in_res * in_res * ch, *ch),
+                Layer::Linear { in_f, out_f } => (*in_f, *out_f),
+            };
+            want += 2.0 * 0.1 * (i + 1) as f64 + 0.01 + 3.0 * (2 * (input + output)) as f64 / 1e6;
+        }
+        assert!((lut.predict(&s, &a).unwrap() - want).abs() < 1e-12);
+        let fast = crate::search::efficiency::Efficiency::new(&s, Some(&lut)).unwrap();
+        let got = fast
+            .value(&a, crate::search::efficiency::Metric::Latency)
+            .unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
     }
 
     #[test]
