@@ -274,6 +274,40 @@ pub trait OfaBackend: Backend {
         unwrap(x * per_sample(wrap(scale), n) + per_sample(wrap(shift), n))
     }
 
+    /// Inference: [`OfaBackend::depthwise_conv2d`], then
+    /// [`OfaBackend::channel_affine`] (a BN with stored statistics), then
+    /// `act`; host backends do it in one pass over the output.
+    fn depthwise_conv2d_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        act: Option<Activation>,
+    ) -> FloatTensor<Self> {
+        let y = Self::channel_affine(Self::depthwise_conv2d(x, weight, stride), scale, shift);
+        match act {
+            Some(a) => Self::activation(y, a),
+            None => y,
+        }
+    }
+
+    /// Inference: [`OfaBackend::pointwise_conv2d`], then
+    /// [`OfaBackend::channel_affine`], then `act`; fused on host backends.
+    fn pointwise_conv2d_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        act: Option<Activation>,
+    ) -> FloatTensor<Self> {
+        let y = Self::channel_affine(Self::pointwise_conv2d(x, weight), scale, shift);
+        match act {
+            Some(a) => Self::activation(y, a),
+            None => y,
+        }
+    }
+
     /// An activation applied elementwise (any shape).
     fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
         let shape = x.shape();
@@ -488,6 +522,52 @@ macro_rules! host_backend {
                 let d = nchw(dims4::<Self>(&x));
                 let y = cpu_kernels::channel_affine(&$view(&x), d, &$view(&scale), &$view(&shift));
                 $make(y, &[d.n, d.c, d.h, d.w])
+            }
+
+            fn depthwise_conv2d_affine(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                stride: usize,
+                scale: FloatTensor<Self>,
+                shift: FloatTensor<Self>,
+                act: Option<Activation>,
+            ) -> FloatTensor<Self> {
+                let (d, k) = (nchw(dims4::<Self>(&x)), dims4::<Self>(&weight)[2]);
+                let (scale, shift) = ($view(&scale), $view(&shift));
+                let e = cpu_kernels::Epilogue {
+                    scale: &scale,
+                    shift: &shift,
+                    act,
+                };
+                let (y, od) = cpu_kernels::depthwise_forward_with(
+                    &$view(&x),
+                    d,
+                    &$view(&weight),
+                    k,
+                    stride,
+                    Some(e),
+                );
+                $make(y, &[od.n, od.c, od.h, od.w])
+            }
+
+            fn pointwise_conv2d_affine(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                scale: FloatTensor<Self>,
+                shift: FloatTensor<Self>,
+                act: Option<Activation>,
+            ) -> FloatTensor<Self> {
+                let d = nchw(dims4::<Self>(&x));
+                let cout = dims4::<Self>(&weight)[0];
+                let (scale, shift) = ($view(&scale), $view(&shift));
+                let e = cpu_kernels::Epilogue {
+                    scale: &scale,
+                    shift: &shift,
+                    act,
+                };
+                let y =
+                    cpu_kernels::pointwise_forward_with(&$view(&x), d, &$view(&weight), cout, e);
+                $make(y, &[d.n, cout, d.h, d.w])
             }
 
             fn activation(x: FloatTensor<Self>, act: Activation) -> FloatTensor<Self> {
@@ -708,6 +788,42 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
+}
+
+/// [`depthwise`] then `· scale[c] + shift[c]` then `act` (inference).
+pub fn depthwise_affine<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    stride: usize,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+    act: Option<Activation>,
+) -> Tensor<B, 4> {
+    wrap(B::depthwise_conv2d_affine(
+        unwrap(x),
+        unwrap(weight),
+        stride,
+        unwrap(scale),
+        unwrap(shift),
+        act,
+    ))
+}
+
+/// [`pointwise`] then `· scale[c] + shift[c]` then `act` (inference).
+pub fn pointwise_affine<B: OfaBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+    act: Option<Activation>,
+) -> Tensor<B, 4> {
+    wrap(B::pointwise_conv2d_affine(
+        unwrap(x),
+        unwrap(weight),
+        unwrap(scale),
+        unwrap(shift),
+        act,
+    ))
 }
 
 /// `x: [N, C, H, W]`, `weight: [C, 1, k, k]` → `[N, C, H', W']` (padding `k / 2`).

@@ -42,6 +42,54 @@ unsafe fn finish(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
 }
 
+/// What an inference-mode BN (stored statistics: a per-channel affine) and
+/// the activation after it do to a convolution's output; the fused kernels
+/// apply it while the output is still in cache instead of in two more
+/// passes over memory, each with its own allocation.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Per output channel.
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Option<Activation>,
+}
+
+/// `v ← act(v·a + b)` over one channel's values.
+#[multiversion::multiversion(targets = "simd")]
+fn epilogue_plane(v: &mut [f32], a: f32, b: f32, act: Option<Activation>) {
+    match act {
+        None => v.iter_mut().for_each(|x| *x = *x * a + b),
+        Some(Activation::Relu) => v.iter_mut().for_each(|x| *x = (*x * a + b).max(0.0)),
+        Some(Activation::Relu6) => v.iter_mut().for_each(|x| *x = (*x * a + b).clamp(0.0, 6.0)),
+        Some(Activation::HSwish) => v.iter_mut().for_each(|x| {
+            let y = *x * a + b;
+            *x = y * (y + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0);
+        }),
+    }
+}
+
+/// `v ← act(v·scale[l] + shift[l])` over a pixel-major `[pixels] × LANES`
+/// block, lane `l` being one channel.
+#[multiversion::multiversion(targets = "simd")]
+fn epilogue_lanes(
+    v: &mut [f32],
+    scale: &[f32; LANES],
+    shift: &[f32; LANES],
+    act: Option<Activation>,
+) {
+    for px in v.chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            let y = px[l] * scale[l] + shift[l];
+            px[l] = match act {
+                None => y,
+                Some(Activation::Relu) => y.max(0.0),
+                Some(Activation::Relu6) => y.clamp(0.0, 6.0),
+                Some(Activation::HSwish) => y * (y + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0),
+            };
+        }
+    }
+}
+
 /// Channels processed together by the depthwise kernels: one pixel of a
 /// block is one 64-byte vector (an AVX-512 register, two AVX2 registers).
 const LANES: usize = 16;
@@ -222,6 +270,20 @@ pub fn depthwise_forward(
     k: usize,
     stride: usize,
 ) -> (Vec<f32>, Nchw) {
+    depthwise_forward_with(x, d, w, k, stride, None)
+}
+
+/// [`depthwise_forward`] followed by `epilogue` (inference: BN with stored
+/// statistics and the activation), applied to each channel block before it
+/// leaves the thread's buffer.
+pub fn depthwise_forward_with(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    k: usize,
+    stride: usize,
+    epilogue: Option<Epilogue<'_>>,
+) -> (Vec<f32>, Nchw) {
     let g = DwShape::new(d.h, d.w, k, stride);
     let od = Nchw {
         h: g.oh,
@@ -250,6 +312,12 @@ pub fn depthwise_forward(
                 pad,
             );
             dw_block_forward(&g, &weights[b], pad, out);
+            if let Some(e) = epilogue {
+                let (mut a, mut t) = ([0f32; LANES], [0f32; LANES]);
+                a[..cn].copy_from_slice(&e.scale[c0..c0 + cn]);
+                t[..cn].copy_from_slice(&e.shift[c0..c0 + cn]);
+                epilogue_lanes(out, &a, &t, e.act);
+            }
             scatter_block(out, od.plane(), cn, dst);
         },
     );
@@ -405,6 +473,65 @@ fn gemm(
             par,
         )
     }
+}
+
+/// [`pointwise_forward`] followed by `epilogue` (inference: BN with stored
+/// statistics and the activation). One parallel region: output channels
+/// are split into one row block per thread (samples, when there are
+/// enough), each block multiplied on its thread and finished while it is
+/// in cache.
+pub fn pointwise_forward_with(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    cout: usize,
+    e: Epilogue<'_>,
+) -> Vec<f32> {
+    let hw = d.plane();
+    let mut y = output(d.n * cout * hw);
+    let threads = rayon::current_num_threads().max(1);
+    // Row blocks of at least 8 channels (a GEMM micro-tile's height).
+    let rows = if d.n >= threads {
+        cout
+    } else {
+        cout.div_ceil(threads * d.n.max(1))
+            .next_multiple_of(8)
+            .min(cout)
+    };
+    let tasks: Vec<(usize, usize, &mut [MaybeUninit<f32>])> = y
+        .chunks_mut(cout * hw)
+        .enumerate()
+        .flat_map(|(n, yn)| {
+            yn.chunks_mut(rows * hw)
+                .enumerate()
+                .map(move |(b, blk)| (n, b * rows, blk))
+        })
+        .collect();
+    tasks.into_par_iter().for_each(|(n, c0, blk)| {
+        let m = blk.len() / hw.max(1);
+        let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
+        gemm(
+            m,
+            hw,
+            d.c,
+            blk,
+            false,
+            &w[c0 * d.c..],
+            d.c,
+            1,
+            xn,
+            hw,
+            1,
+            false,
+        );
+        // SAFETY: gemm wrote all m×hw elements of the block.
+        let blk: &mut [f32] = unsafe { &mut *(blk as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        for (i, plane) in blk.chunks_exact_mut(hw.max(1)).enumerate() {
+            epilogue_plane(plane, e.scale[c0 + i], e.shift[c0 + i], e.act);
+        }
+    });
+    // SAFETY: the tasks partition `y` and gemm wrote each of them.
+    unsafe { finish(y) }
 }
 
 /// 1×1 convolution, stride 1: `w` is `[C_out, C_in]`.
@@ -1203,6 +1330,85 @@ mod tests {
             close(&y, &f(ny), 1e-4);
             close(&dx, &f(ndx), 1e-4);
             close(&dw, &f(ndw), 1e-4);
+        }
+    }
+
+    /// The textbook activations, written out independently of the kernels.
+    fn naive_act(v: f32, act: Option<Activation>) -> f32 {
+        match act {
+            None => v,
+            Some(Activation::Relu) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    0.0
+                }
+            }
+            Some(Activation::Relu6) => v.max(0.0).min(6.0),
+            Some(Activation::HSwish) => v * (v + 3.0).max(0.0).min(6.0) / 6.0,
+        }
+    }
+
+    const ACTS: [Option<Activation>; 4] = [
+        None,
+        Some(Activation::Relu),
+        Some(Activation::Relu6),
+        Some(Activation::HSwish),
+    ];
+
+    /// The fused inference kernels (convolution, then per-channel affine,
+    /// then activation) against the naive convolution followed by the
+    /// affine and activation by hand, on random shapes crossing the lane
+    /// width (channels 1–40), with every activation and thread split.
+    #[test]
+    fn fused_epilogue_kernels_match_naive() {
+        for (i, d) in shapes(44, 36).into_iter().enumerate() {
+            let act = ACTS[i % 4];
+            let scale = rnd(d.c.max(40), 700 + i as u32);
+            let shift: Vec<f32> = rnd(d.c.max(40), 800 + i as u32)
+                .iter()
+                .map(|v| 3.0 * v)
+                .collect();
+            let e = Epilogue {
+                scale: &scale,
+                shift: &shift,
+                act,
+            };
+            // Depthwise.
+            let k = [3, 5, 7][i % 3];
+            let st = 1 + (i / 3) % 2;
+            let x = rnd(d.len(), 900 + i as u32);
+            let w = rnd(d.c * k * k, 1000 + i as u32);
+            let (y, od) = depthwise_forward_with(&x, d, &w, k, st, Some(e));
+            let plane = od.plane();
+            let want: Vec<f32> = naive_dw(&x, d, &w, k, st)
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| {
+                    let c = (j / plane) % d.c;
+                    naive_act(v * scale[c] + shift[c], act)
+                })
+                .collect();
+            close(&y, &want, 1e-5);
+            // Pointwise, with output channels 1–40.
+            let cout = 1 + (i * 11) % 40;
+            let w = rnd(cout * d.c, 1100 + i as u32);
+            let hw = d.plane();
+            let y = pointwise_forward_with(&x, d, &w, cout, e);
+            let mut want = vec![0f32; d.n * cout * hw];
+            for n in 0..d.n {
+                for o in 0..cout {
+                    for p in 0..hw {
+                        let mut acc = 0f64;
+                        for c in 0..d.c {
+                            acc += w[o * d.c + c] as f64 * x[(n * d.c + c) * hw + p] as f64;
+                        }
+                        want[(n * cout + o) * hw + p] =
+                            naive_act(acc as f32 * scale[o] + shift[o], act);
+                    }
+                }
+            }
+            close(&y, &want, 1e-4);
         }
     }
 

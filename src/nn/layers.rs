@@ -190,6 +190,18 @@ pub(super) struct BnRef<'a, B: OfaBackend> {
 }
 
 impl<B: OfaBackend> BnRef<'_, B> {
+    /// With stored statistics BN is `x · scale + shift` per channel:
+    /// `scale = γ / √(var + ε)`, `shift = β − mean · scale`, for the first
+    /// `c` channels.
+    pub fn eval_affine(&self, c: usize) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let (gamma, beta) = (first(self.gamma.val(), c), first(self.beta.val(), c));
+        let mean = first(self.running_mean.value_sync(), c);
+        let var = first(self.running_var.value_sync(), c);
+        let scale = gamma / (var + self.eps).sqrt();
+        let shift = beta - mean * scale.clone();
+        (scale, shift)
+    }
+
     /// `x: [N, C, H, W]` → same shape. Running statistics in `Eval`; batch
     /// statistics otherwise, updating the running ones in training and
     /// recording them (by the layer's weight id) in `Calibrate`.
@@ -198,10 +210,7 @@ impl<B: OfaBackend> BnRef<'_, B> {
         let (gamma, beta) = (first(self.gamma.val(), c), first(self.beta.val(), c));
         match mode {
             Mode::Eval => {
-                let mean = first(self.running_mean.value_sync(), c);
-                let var = first(self.running_var.value_sync(), c);
-                let scale = gamma / (var + self.eps).sqrt();
-                let shift = beta - mean * scale.clone();
+                let (scale, shift) = self.eval_affine(c);
                 backend::channel_affine(x, scale, shift)
             }
             Mode::Train | Mode::TrainNoDropout => {

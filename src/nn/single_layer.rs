@@ -4,7 +4,7 @@
 use super::Mode;
 use super::OfaBackend;
 use super::backend::{self, activate};
-use super::subnet::{SubnetBlock, bn_forward, conv, conv_forward};
+use super::subnet::{SubnetBlock, conv, conv_bn_act, conv_forward};
 use crate::space::{Activation, Layer};
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig};
@@ -94,14 +94,11 @@ impl<B: OfaBackend> LayerModule<B> {
     /// returned, with the batch size of `x`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
-            LayerModule::Conv(c) => {
-                let y = conv_forward(&c.conv, x);
-                let y = match &c.bn {
-                    Some(bn) => bn_forward(bn, y, Mode::Eval),
-                    None => y,
-                };
-                activate(y, c.act)
-            }
+            LayerModule::Conv(c) => match &c.bn {
+                // As a subnet runs it.
+                Some(bn) => conv_bn_act(&c.conv, bn, x, Some(c.act), Mode::Eval),
+                None => activate(conv_forward(&c.conv, x), c.act),
+            },
             LayerModule::Block(b) => b.forward(x, Mode::Eval),
             LayerModule::Pool => backend::global_avg_pool(x),
             LayerModule::Linear(l) => {

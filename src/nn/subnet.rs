@@ -293,6 +293,10 @@ pub(super) fn bn_forward<B: OfaBackend>(
     x: Tensor<B, 4>,
     mode: Mode<'_, B>,
 ) -> Tensor<B, 4> {
+    bn_ref(bn).forward(x, mode)
+}
+
+fn bn_ref<B: OfaBackend>(bn: &BatchNorm<B>) -> BnRef<'_, B> {
     BnRef {
         gamma: &bn.gamma,
         beta: &bn.beta,
@@ -301,7 +305,36 @@ pub(super) fn bn_forward<B: OfaBackend>(
         momentum: bn.momentum,
         eps: bn.epsilon,
     }
-    .forward(x, mode)
+}
+
+/// Convolution, BN, then `act` (none for a linear projection). With stored
+/// statistics (`Eval`, inference) and a depthwise or pointwise convolution,
+/// one fused operation that applies BN and the activation as the
+/// convolution's output is written; otherwise the three in turn.
+pub(super) fn conv_bn_act<B: OfaBackend>(
+    c: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    act: Option<Activation>,
+    mode: Mode<'_, B>,
+) -> Tensor<B, 4> {
+    if matches!(mode, Mode::Eval) {
+        let [out, in_g, k, _] = c.weight.dims();
+        let cin = x.dims()[1];
+        if c.groups == cin && in_g == 1 && out == cin && c.bias.is_none() {
+            let (scale, shift) = bn_ref(bn).eval_affine(out);
+            return backend::depthwise_affine(x, c.weight.val(), c.stride[0], scale, shift, act);
+        }
+        if k == 1 && c.stride == [1, 1] && c.groups == 1 && c.bias.is_none() {
+            let (scale, shift) = bn_ref(bn).eval_affine(out);
+            return backend::pointwise_affine(x, c.weight.val(), scale, shift, act);
+        }
+    }
+    let y = bn_forward(bn, conv_forward(c, x), mode);
+    match act {
+        Some(a) => activate(y, a),
+        None => y,
+    }
 }
 
 impl<B: OfaBackend> SubnetBlock<B> {
@@ -309,22 +342,15 @@ impl<B: OfaBackend> SubnetBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
         let mut h = x.clone();
         if let (Some(c), Some(b)) = (&self.inverted_bottleneck, &self.inverted_bottleneck_bn) {
-            h = activate(bn_forward(b, conv_forward(c, h), mode), self.act);
+            h = conv_bn_act(c, b, h, Some(self.act), mode);
         }
-        h = activate(
-            bn_forward(&self.depth_bn, conv_forward(&self.depth_conv, h), mode),
-            self.act,
-        );
+        h = conv_bn_act(&self.depth_conv, &self.depth_bn, h, Some(self.act), mode);
         if let (Some(r), Some(e)) = (&self.se_reduce, &self.se_expand) {
             let y = backend::global_avg_pool(h.clone());
             let y = h_sigmoid(e.forward(relu(r.forward(y))));
             h = h * y;
         }
-        let h = bn_forward(
-            &self.point_linear_bn,
-            conv_forward(&self.point_linear, h),
-            mode,
-        );
+        let h = conv_bn_act(&self.point_linear, &self.point_linear_bn, h, None, mode);
         if self.residual { h + x } else { h }
     }
 }
@@ -343,15 +369,18 @@ impl<B: OfaBackend> Subnet<B> {
 
     /// Everything before global pooling.
     pub fn features(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
-        let mut x = activate(
-            bn_forward(&self.first_conv_bn, conv_forward(&self.first_conv, x), mode),
-            self.first_conv_act,
+        let mut x = conv_bn_act(
+            &self.first_conv,
+            &self.first_conv_bn,
+            x,
+            Some(self.first_conv_act),
+            mode,
         );
         for b in &self.blocks {
             x = b.forward(x, mode);
         }
         if let (Some(c), Some(b)) = (&self.pre_pool, &self.pre_pool_bn) {
-            x = activate(bn_forward(b, conv_forward(c, x), mode), self.head_act);
+            x = conv_bn_act(c, b, x, Some(self.head_act), mode);
         }
         x
     }
