@@ -9,7 +9,7 @@
 
 use crate::export;
 use crate::nn::{OfaBackend, Supernet, extract, load_supernet};
-use crate::search::latency::{LayerTimer, LutValidation, calibrate_with, validate_with};
+use crate::search::latency::{LayerTimer, LutValidation, TableCheck, calibrate_and_validate};
 use crate::search::report::{MeasuredPoint, write_pareto, write_results};
 use crate::search::{
     EvoConfig, LatencyTable, Measurer, Predictor, ProfileConfig, Scenario, SearchResult,
@@ -196,10 +196,13 @@ fn latency_table<B: OfaBackend>(
         }
     }
     let mut lut = LatencyTable::profile_with(space, &cfg.profile, timer, progress)?;
-    calibrate_with(&mut lut, space, cfg.calibrate, 0, timer)?;
-    if cfg.validate > 0 {
-        lut.validation = Some(validate_with(&lut, space, cfg.validate, 0, timer)?);
-    }
+    let check = TableCheck {
+        calibrate: cfg.calibrate,
+        validate: cfg.validate,
+        seed: 0,
+        at: Vec::new(),
+    };
+    calibrate_and_validate(&mut lut, space, &check, timer)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     lut.save(&path)?;
     let s = source(&lut, path, "profiled", t);

@@ -394,6 +394,10 @@ pub struct ProfileArgs {
     /// Sampled subnets timed end to end to report the table's error.
     #[arg(long, default_value_t = 20)]
     validate: usize,
+    /// Also check the table on the --validate subnets with all of them at
+    /// each of these resolutions (comma-separated), one report each.
+    #[arg(long, value_delimiter = ',')]
+    validate_at: Vec<usize>,
     /// Seeded random subnets timed end to end to fit the table's scale
     /// (other draws than --validate's; 0 keeps the plain layer sums).
     #[arg(long, default_value_t = 10)]
@@ -445,20 +449,21 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
     })?;
     pb.finish_and_clear();
     let layers_s = t.elapsed().as_secs_f64();
-    crate::search::latency::calibrate_with(&mut lut, &space, a.calibrate, a.seed, timer.as_mut())?;
+    let check = crate::search::latency::TableCheck {
+        calibrate: a.calibrate,
+        validate: a.validate,
+        seed: a.seed,
+        at: a.validate_at.clone(),
+    };
+    crate::search::latency::calibrate_and_validate(&mut lut, &space, &check, timer.as_mut())?;
     if let Some(c) = lut.calibration_summary() {
         println!("{c}");
     }
-    if a.validate > 0 {
-        let v = crate::search::latency::validate_with(
-            &lut,
-            &space,
-            a.validate,
-            a.seed,
-            timer.as_mut(),
-        )?;
+    let checks = lut.validation.iter().map(|v| (None, v));
+    for (r, v) in checks.chain(lut.validation_at.iter().map(|(r, v)| (Some(*r), v))) {
+        let at = r.map(|r| format!(" at {r} px")).unwrap_or_default();
         println!(
-            "LUT vs measured on {} subnets: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
+            "LUT vs measured on {} subnets{at}: mean |error| {:.1}%, max {:.1}%, Kendall τ {:.3}; \
              measured/predicted {:.2} ± {:.1}%",
             v.subnets,
             v.mean_abs_error_pct,
@@ -467,7 +472,9 @@ pub fn profile<B: TrainBackend>(device: &B::Device, a: ProfileArgs) -> anyhow::R
             v.scale,
             v.scale_free_error_pct
         );
-        lut.validation = Some(v);
+        if let Some((err, tau)) = v.scale_only {
+            println!("  with the scale alone: mean |error| {err:.1}%, Kendall τ {tau:.3}");
+        }
     }
     lut.save(&a.out)?;
     println!(

@@ -72,17 +72,32 @@ pub struct OrtRuntime {
 
 impl OrtRuntime {
     /// Loads the library once per process (ONNX Runtime allows one).
+    ///
+    /// Every session shares one global intra-op pool of `threads` threads,
+    /// as the one session of a deployed process has one pool: with a pool
+    /// per session, the many sessions a latency table times side by side
+    /// each keep threads spinning after their run, which then compete with
+    /// the next session's run and made end-to-end timings erratic (a 176-px
+    /// subnet timed slower than the 224-px largest one).
     pub fn load(lib: Option<&Path>, threads: usize) -> anyhow::Result<Self> {
         let library = find_library(lib)?;
-        let env = ort::init_from(&library)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load ONNX Runtime: {e}", library.display()))?
+        let threads = threads.max(1);
+        let builder = ort::init_from(&library)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load ONNX Runtime: {e}", library.display()))?;
+        // After init_from: creating the options calls into the library.
+        let pool = ort::environment::GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_inter_threads(1))
+            .map_err(ort_err)?;
+        let env = builder
             .with_name("ofa")
+            .with_global_thread_pool(pool)
             .build()
             .map_err(ort_err)?;
         Ok(OrtRuntime {
             env,
             library,
-            threads: threads.max(1),
+            threads,
         })
     }
 
@@ -97,11 +112,8 @@ impl OrtRuntime {
     }
 
     fn session(&self, model: &[u8]) -> anyhow::Result<Session> {
+        // The thread counts are the environment's global pool's.
         Session::builder(&self.env)
-            .map_err(ort_err)?
-            .with_intra_threads(self.threads)
-            .map_err(ort_err)?
-            .with_inter_threads(1)
             .map_err(ort_err)?
             .commit_from_memory(model)
             .map_err(ort_err)

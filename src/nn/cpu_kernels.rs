@@ -475,6 +475,11 @@ fn gemm(
     }
 }
 
+/// Multiply-adds below which one sample's 1×1 convolution is not split by
+/// output channels: at 28 px, splitting 7×7 and 14×14 layers over two
+/// threads made batch-1 inference of `mbv3-28-lite` slower.
+const SMALL_GEMM_MACS: usize = 1 << 18;
+
 /// [`pointwise_forward`] followed by `epilogue` (inference: BN with stored
 /// statistics and the activation). One parallel region: output channels
 /// are split into one row block per thread (samples, when there are
@@ -490,8 +495,10 @@ pub fn pointwise_forward_with(
     let hw = d.plane();
     let mut y = output(d.n * cout * hw);
     let threads = rayon::current_num_threads().max(1);
-    // Row blocks of at least 8 channels (a GEMM micro-tile's height).
-    let rows = if d.n >= threads {
+    // Row blocks of at least 8 channels (a GEMM micro-tile's height); a
+    // product too small to repay waking a second thread stays whole.
+    let small = cout * hw * d.c < SMALL_GEMM_MACS;
+    let rows = if d.n >= threads || small {
         cout
     } else {
         cout.div_ceil(threads * d.n.max(1))
@@ -507,7 +514,9 @@ pub fn pointwise_forward_with(
                 .map(move |(b, blk)| (n, b * rows, blk))
         })
         .collect();
-    tasks.into_par_iter().for_each(|(n, c0, blk)| {
+    // One task (a small product of one sample): gemm picks its own threads.
+    let one = tasks.len() == 1;
+    let run = |(n, c0, blk): (usize, usize, &mut [MaybeUninit<f32>])| {
         let m = blk.len() / hw.max(1);
         let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
         gemm(
@@ -522,14 +531,19 @@ pub fn pointwise_forward_with(
             xn,
             hw,
             1,
-            false,
+            one,
         );
         // SAFETY: gemm wrote all m×hw elements of the block.
         let blk: &mut [f32] = unsafe { &mut *(blk as *mut [MaybeUninit<f32>] as *mut [f32]) };
         for (i, plane) in blk.chunks_exact_mut(hw.max(1)).enumerate() {
             epilogue_plane(plane, e.scale[c0 + i], e.shift[c0 + i], e.act);
         }
-    });
+    };
+    if one {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().for_each(run);
+    }
     // SAFETY: the tasks partition `y` and gemm wrote each of them.
     unsafe { finish(y) }
 }

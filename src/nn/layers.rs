@@ -281,6 +281,15 @@ impl<B: OfaBackend> ElasticBn<B> {
 
     /// `x: [N, C, H, W]` → same shape, on the first `C` channels.
     pub fn forward(&self, x: Tensor<B, 4>, mode: Mode<'_, B>) -> Tensor<B, 4> {
+        self.as_ref().forward(x, mode)
+    }
+
+    /// [`BnRef::eval_affine`] of the first `c` channels.
+    pub fn eval_affine(&self, c: usize) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        self.as_ref().eval_affine(c)
+    }
+
+    fn as_ref(&self) -> BnRef<'_, B> {
         BnRef {
             gamma: &self.gamma,
             beta: &self.beta,
@@ -289,7 +298,6 @@ impl<B: OfaBackend> ElasticBn<B> {
             momentum: self.momentum,
             eps: self.eps,
         }
-        .forward(x, mode)
     }
 
     /// Overwrites the first `c` running statistics (BN recalibration).

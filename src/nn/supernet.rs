@@ -5,7 +5,7 @@ use super::OfaBackend;
 use super::layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout,
 };
-use super::{Init, Mode};
+use super::{Init, Mode, backend};
 use crate::space::{Activation, Arch, BlockLayout, Space};
 use burn::config::Config;
 use burn::module::Module;
@@ -30,7 +30,29 @@ pub struct ConvBn<B: OfaBackend> {
 impl<B: OfaBackend> ConvBn<B> {
     /// `x: [N, C_in, H, W]` → `[N, out, H', W']`.
     pub fn forward(&self, x: Tensor<B, 4>, out: usize, mode: Mode<'_, B>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x, out), mode)
+        self.forward_act(x, out, None, mode)
+    }
+
+    /// [`ConvBn::forward`] then `act`; with stored statistics (`Eval`) a 1×1
+    /// convolution runs as one fused operation, as in extracted subnets.
+    pub fn forward_act(
+        &self,
+        x: Tensor<B, 4>,
+        out: usize,
+        act: Option<Activation>,
+        mode: Mode<'_, B>,
+    ) -> Tensor<B, 4> {
+        let c = &self.conv;
+        if matches!(mode, Mode::Eval) && c.kernel() == 1 && c.stride == 1 && c.bias.is_none() {
+            let inp = x.dims()[1];
+            let (scale, shift) = self.bn.eval_affine(out);
+            return backend::pointwise_affine(x, c.active_weight(out, inp), scale, shift, act);
+        }
+        let y = self.bn.forward(c.forward(x, out), mode);
+        match act {
+            Some(a) => activate(y, a),
+            None => y,
+        }
     }
 }
 
@@ -84,13 +106,21 @@ impl<B: OfaBackend> MbConv<B> {
         mode: Mode<'_, B>,
     ) -> Tensor<B, 4> {
         let h = match &self.inverted_bottleneck {
-            Some(ib) => activate(ib.forward(x.clone(), mid, mode), self.act),
+            Some(ib) => ib.forward_act(x.clone(), mid, Some(self.act), mode),
             None => x.clone(),
         };
-        let h = activate(
-            self.depth_bn.forward(self.depth_conv.forward(h, k), mode),
-            self.act,
-        );
+        let h = if matches!(mode, Mode::Eval) {
+            // Fused as in extracted subnets.
+            let c = h.dims()[1];
+            let (scale, shift) = self.depth_bn.eval_affine(c);
+            let w = self.depth_conv.active_filter(c, k);
+            backend::depthwise_affine(h, w, self.depth_conv.stride, scale, shift, Some(self.act))
+        } else {
+            activate(
+                self.depth_bn.forward(self.depth_conv.forward(h, k), mode),
+                self.act,
+            )
+        };
         let h = match &self.se {
             Some(se) => se.forward(h),
             None => h,

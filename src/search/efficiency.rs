@@ -230,10 +230,12 @@ mod tests {
             calibration_subnets: 5,
             per_layer_ms: 0.02,
             per_mega_element_ms: 0.7,
+            calibration_fits: None,
             config: ProfileConfig::default(),
             space: s.clone(),
             entries,
             validation: None,
+            validation_at: Default::default(),
         };
         let eff = Efficiency::new(&s, Some(&lut)).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
