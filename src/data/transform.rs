@@ -511,6 +511,24 @@ mod tests {
     use super::*;
     use crate::data::rng::stream_rng;
 
+    /// A JSON array of 8-bit values (the Pillow fixtures).
+    fn fixture_u8(v: &serde_json::Value) -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u8)
+            .collect()
+    }
+
+    /// An RGB image as Pillow stores it: H×W×3 interleaved 8-bit values.
+    fn as_hwc(im: &Image) -> Vec<u8> {
+        let plane = im.height * im.width;
+        (0..plane)
+            .flat_map(|i| (0..3).map(move |c| (c, i)))
+            .map(|(c, i)| (im.data[c * plane + i] * 255.0).round() as u8)
+            .collect()
+    }
+
     /// Pillow's own output (tests/data/pil_resize.json, written by
     /// tests/data/make_pil_fixture.py with Pillow 13): shrinking, growing,
     /// one axis at a time, and torchvision's ImageNet evaluation transform.
@@ -521,41 +539,27 @@ mod tests {
             "/tests/data/pil_resize.json"
         )))
         .unwrap();
-        let ints = |v: &serde_json::Value| -> Vec<u8> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u8)
-                .collect()
-        };
         let (h, w) = (
             fixture["height"].as_u64().unwrap() as usize,
             fixture["width"].as_u64().unwrap() as usize,
         );
         // H×W×3 interleaved, as PIL stores it.
-        let hwc = ints(&fixture["pixels"]);
+        let hwc = fixture_u8(&fixture["pixels"]);
         let rgb = image::RgbImage::from_raw(w as u32, h as u32, hwc).unwrap();
         let img = Image::from_rgb(&rgb);
-        let as_hwc = |im: &Image| -> Vec<u8> {
-            let plane = im.height * im.width;
-            (0..plane)
-                .flat_map(|i| (0..3).map(move |c| (c, i)))
-                .map(|(c, i)| (im.data[c * plane + i] * 255.0).round() as u8)
-                .collect()
-        };
         for case in fixture["resize"].as_array().unwrap() {
             let (oh, ow) = (
                 case["height"].as_u64().unwrap() as usize,
                 case["width"].as_u64().unwrap() as usize,
             );
             let ours = as_hwc(&img.clone().resize_pil(oh, ow));
-            assert_eq!(ours, ints(&case["pixels"]), "{h}x{w} → {oh}x{ow}");
+            assert_eq!(ours, fixture_u8(&case["pixels"]), "{h}x{w} → {oh}x{ow}");
         }
         let r = fixture["eval"]["resolution"].as_u64().unwrap() as usize;
         let ours = as_hwc(&resize_and_centre_crop(img, r, FolderTransforms::Reference));
         assert_eq!(
             ours,
-            ints(&fixture["eval"]["pixels"]),
+            fixture_u8(&fixture["eval"]["pixels"]),
             "eval transform at {r}"
         );
     }
@@ -604,18 +608,11 @@ mod tests {
             "/tests/data/pil_jitter.json"
         )))
         .unwrap();
-        let ints = |v: &serde_json::Value| -> Vec<u8> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u8)
-                .collect()
-        };
         let (h, w) = (
             fixture["height"].as_u64().unwrap() as u32,
             fixture["width"].as_u64().unwrap() as u32,
         );
-        let rgb = image::RgbImage::from_raw(w, h, ints(&fixture["pixels"])).unwrap();
+        let rgb = image::RgbImage::from_raw(w, h, fixture_u8(&fixture["pixels"])).unwrap();
         let cases = fixture["jitter"].as_array().unwrap();
         assert_eq!(cases.len(), 8);
         for case in cases {
@@ -624,14 +621,9 @@ mod tests {
             let saturation_first = case["order"] == "saturation_first";
             let mut img = Image::from_rgb(&rgb);
             img.colour_jitter(b, s, saturation_first);
-            let plane = img.height * img.width;
-            let hwc: Vec<u8> = (0..plane)
-                .flat_map(|i| (0..3).map(move |c| (c, i)))
-                .map(|(c, i)| (img.data[c * plane + i] * 255.0).round() as u8)
-                .collect();
             assert_eq!(
-                hwc,
-                ints(&case["pixels"]),
+                as_hwc(&img),
+                fixture_u8(&case["pixels"]),
                 "b {b}, s {s}, {}",
                 case["order"]
             );

@@ -285,11 +285,10 @@ pub trait OfaBackend: Backend {
         shift: FloatTensor<Self>,
         act: Option<Activation>,
     ) -> FloatTensor<Self> {
-        let y = Self::channel_affine(Self::depthwise_conv2d(x, weight, stride), scale, shift);
-        match act {
-            Some(a) => Self::activation(y, a),
-            None => y,
-        }
+        maybe_activation::<Self>(
+            Self::channel_affine(Self::depthwise_conv2d(x, weight, stride), scale, shift),
+            act,
+        )
     }
 
     /// Inference: [`OfaBackend::pointwise_conv2d`], then
@@ -301,11 +300,10 @@ pub trait OfaBackend: Backend {
         shift: FloatTensor<Self>,
         act: Option<Activation>,
     ) -> FloatTensor<Self> {
-        let y = Self::channel_affine(Self::pointwise_conv2d(x, weight), scale, shift);
-        match act {
-            Some(a) => Self::activation(y, a),
-            None => y,
-        }
+        maybe_activation::<Self>(
+            Self::channel_affine(Self::pointwise_conv2d(x, weight), scale, shift),
+            act,
+        )
     }
 
     /// An activation applied elementwise (any shape).
@@ -876,6 +874,21 @@ pub fn channel_affine<B: OfaBackend>(
 /// One of the space's activations, elementwise.
 pub fn activate<B: OfaBackend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     wrap(B::activation(unwrap(x), act))
+}
+
+/// [`activate`] when there is an activation (`None`: a linear layer).
+pub fn activate_opt<B: OfaBackend, const D: usize>(
+    x: Tensor<B, D>,
+    act: Option<Activation>,
+) -> Tensor<B, D> {
+    wrap(maybe_activation::<B>(unwrap(x), act))
+}
+
+fn maybe_activation<B: OfaBackend>(y: FloatTensor<B>, act: Option<Activation>) -> FloatTensor<B> {
+    match act {
+        Some(a) => B::activation(y, a),
+        None => y,
+    }
 }
 
 /// Global average pooling `[N, C, H, W]` → `[N, C, 1, 1]`, as one mean over

@@ -331,10 +331,7 @@ pub(super) fn conv_bn_act<B: OfaBackend>(
         }
     }
     let y = bn_forward(bn, conv_forward(c, x), mode);
-    match act {
-        Some(a) => activate(y, a),
-        None => y,
-    }
+    backend::activate_opt(y, act)
 }
 
 impl<B: OfaBackend> SubnetBlock<B> {

@@ -49,10 +49,7 @@ impl<B: OfaBackend> ConvBn<B> {
             return backend::pointwise_affine(x, c.active_weight(out, inp), scale, shift, act);
         }
         let y = self.bn.forward(c.forward(x, out), mode);
-        match act {
-            Some(a) => activate(y, a),
-            None => y,
-        }
+        backend::activate_opt(y, act)
     }
 }
 
