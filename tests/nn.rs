@@ -129,6 +129,52 @@ fn check_extraction(space: &Space, archs: &[Arch], batch: usize) {
     }
 }
 
+/// The host engine (BN folded, channels-last, fused epilogues) against the
+/// supernet's own forward, for every preset kind: SE or not, h-swish or
+/// ReLU, 1 and 3 input channels, batch 1 and 3.
+#[test]
+fn engine_matches_supernet() {
+    for (name, r, n) in [
+        ("tiny", None, 3),
+        ("mbv3-32", None, 1),
+        ("mbv3-28-lite", None, 3),
+        ("ofa-mbv3-w1.0", Some(128), 1),
+    ] {
+        let s = preset(name).unwrap();
+        let net: Supernet<B> = random_supernet(&s, 12);
+        let mut g = rng(8);
+        let mut archs: Vec<Arch> = (0..4).map(|_| Arch::sample(&s, &mut g)).collect();
+        archs.push(Arch::max(&s));
+        archs.push(Arch::min(&s));
+        for (i, arch) in archs.into_iter().enumerate() {
+            let arch = match r {
+                Some(r) => arch.with_resolution(r),
+                None => arch,
+            };
+            let x = random_tensor::<B, 4>([n, s.in_channels, arch.r, arch.r], 200 + i as u64);
+            let want = net.forward(x.clone(), &arch, Mode::Eval);
+            let runner = ofa::nn::Runner::new(extract(&net, &arch));
+            assert!(runner.uses_engine(), "the CPU backend runs the host engine");
+            let got = runner.forward(x.clone());
+            let host = runner.forward_host(&to_vec(x), n);
+            let scale = max_abs(want.clone()).max(1.0);
+            let err = max_abs_diff(want.clone(), got) / scale;
+            assert!(err <= 1e-4, "{name} arch {arch}: relative max diff {err}");
+            let w = to_vec(want);
+            let err = w
+                .iter()
+                .zip(&host)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+                / scale;
+            assert!(
+                err <= 1e-4,
+                "{name} arch {arch} (host input): relative max diff {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn extraction_matches_supernet_tiny_and_small_image() {
     for name in ["tiny", "mbv3-32"] {

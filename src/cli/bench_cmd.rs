@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// same networks to another runtime (bench/ort_compare.sh).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Inference: run the backend's own operators instead of the host
+    /// engine (`nn::engine`), to compare the two in one run.
+    #[arg(long)]
+    no_engine: bool,
     #[arg(long)]
     json: bool,
 }
@@ -167,29 +171,51 @@ fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()
             crate::nn::save_subnet(sub, &dir.join(format!("subnet-{i}")), serde_json::json!({}))?;
         }
     }
+    let runners: Vec<_> = subnets
+        .iter()
+        .map(|sub| crate::nn::Runner::new(sub.clone()))
+        .collect();
+    let engine = !a.no_engine && runners.iter().all(|r| r.uses_engine());
     let mut report = serde_json::Map::new();
+    report.insert(
+        "engine".into(),
+        serde_json::json!(if engine { "host" } else { "backend" }),
+    );
     // rates[subnet][batch index], images per second.
     let mut rates = vec![Vec::new(); subnets.len()];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     for (bi, &bs) in a.batch.iter().enumerate() {
-        for (sub, r) in subnets.iter().zip(&mut rates) {
+        for (run, r) in runners.iter().zip(&mut rates) {
+            let sub = run.subnet();
             let arch = &sub.arch;
-            let x = Tensor::<B::InnerBackend, 4>::random(
-                [bs, space.in_channels, arch.r, arch.r],
-                Distribution::Normal(0.0, 1.0),
+            let len = bs * space.in_channels * arch.r * arch.r;
+            let host: Vec<f32> = (0..len)
+                .map(|_| rand::RngExt::random::<f32>(&mut rng) * 2.0 - 1.0)
+                .collect();
+            let x = Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(host.clone(), [bs, space.in_channels, arch.r, arch.r]),
                 device,
             );
-            let _ = sub.forward(x.clone()).into_data();
+            let once = || {
+                if engine {
+                    std::hint::black_box(run.forward_host(&host, bs));
+                } else {
+                    let _ = sub.forward(x.clone()).into_data();
+                }
+            };
+            once();
             let reps = a.steps.max(1) * if bs == 1 { 10 } else { 1 };
             let t = Instant::now();
             for _ in 0..reps {
-                let _ = sub.forward(x.clone()).into_data();
+                once();
             }
             r.push((reps * bs) as f64 / t.elapsed().as_secs_f64());
         }
         let m = median(rates.iter().map(|r| r[bi]).collect());
         println!(
-            "inference, batch {bs:>3}: {m:.0} img/s (median over {} random subnets)",
-            random.len()
+            "inference, batch {bs:>3}: {m:.0} img/s (median over {} random subnets, {} engine)",
+            random.len(),
+            if engine { "host" } else { "backend" }
         );
         report.insert(
             format!("batch_{bs}"),

@@ -118,6 +118,12 @@ pub trait OfaBackend: Backend {
         Self::name(&Default::default())
     }
 
+    /// Whether tensors live in host memory, so that inference of extracted
+    /// subnets can run in the host engine (`nn::engine`).
+    fn host_engine() -> bool {
+        false
+    }
+
     /// What a latency table records as the device: the CPU model, or the
     /// GPU's name.
     fn device_label(device: &Self::Device) -> String {
@@ -352,6 +358,10 @@ macro_rules! host_backend {
         impl OfaBackend for $ty {
             fn backend_label() -> String {
                 "flex (CPU, fused kernels)".into()
+            }
+
+            fn host_engine() -> bool {
+                true
             }
 
             fn device_label(_: &Self::Device) -> String {
@@ -728,6 +738,10 @@ fn activation_backward<B: OfaBackend>(
 }
 
 impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
+    fn host_engine() -> bool {
+        B::host_engine()
+    }
+
     fn depthwise_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -8,6 +8,7 @@
 mod backend;
 mod calib;
 pub(crate) mod cpu_kernels;
+pub mod engine;
 mod init;
 pub mod keys;
 mod layers;
@@ -19,6 +20,7 @@ mod supernet;
 
 pub use backend::{Comm, OfaBackend};
 pub use calib::{CalibrationError, calibrate_bn};
+pub use engine::{Plan, Runner, Workspace};
 pub use init::Init;
 pub use layers::{
     ElasticBn, ElasticConv, ElasticDepthwise, ElasticSe, Linear, activate, dropout, h_sigmoid,

@@ -296,6 +296,14 @@ pub(super) fn bn_forward<B: OfaBackend>(
     bn_ref(bn).forward(x, mode)
 }
 
+/// Inference BN of `bn` as a per-channel affine (first `c` channels).
+pub(super) fn bn_affine<B: OfaBackend>(
+    bn: &BatchNorm<B>,
+    c: usize,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    bn_ref(bn).eval_affine(c)
+}
+
 fn bn_ref<B: OfaBackend>(bn: &BatchNorm<B>) -> BnRef<'_, B> {
     BnRef {
         gamma: &bn.gamma,

@@ -210,6 +210,8 @@ pub fn evaluate_subnet<B: OfaBackend>(
     batch: usize,
     device: &B::Device,
 ) -> anyhow::Result<EvalResult> {
+    // The host engine on CPU backends, as the subnet is deployed.
+    let run = crate::nn::Runner::new(net.clone());
     Ok(measure(
         data,
         net.arch.r,
@@ -217,7 +219,7 @@ pub fn evaluate_subnet<B: OfaBackend>(
         net.space.num_classes,
         device,
         &mut |_, _| {},
-        &|x| net.forward(x),
+        &|x| run.forward(x),
     )?
     .0)
 }

@@ -1,0 +1,1227 @@
+//! The host inference engine for static subnets: what `ofa bench infer`,
+//! `ofa latency --measure` and the latency table time on a CPU backend.
+//!
+//! A subnet is compiled once into a [`Plan`]: every BN (stored statistics)
+//! folded into its convolution's weights and bias, weights laid out for
+//! the kernels below, SE and classifier weights transposed. Activations are
+//! channels-last (`[N, H, W, C]`): a 1×1 convolution over the whole batch is
+//! then one matrix product `[N·H·W, C_in] · [C_in, C_out]` (the bulk of a
+//! MobileNet's work, and batch and pixels fill the same GEMM dimension), and
+//! a depthwise tap is a contiguous vector of channels with no padded copy of
+//! the input. Bias, activation and the residual add are applied to each
+//! output tile while it is in cache; buffers live in a [`Workspace`] that is
+//! reused from call to call, so a steady-state forward allocates nothing.
+//!
+//! The engine reads weights through `into_data`, so it can be built from a
+//! subnet on any backend, but it runs on the host: [`Runner`] uses it when
+//! the backend keeps tensors in host memory ([`OfaBackend::host_engine`])
+//! and the backend's own operators otherwise.
+
+use super::OfaBackend;
+use super::subnet::{Subnet, SubnetBlock, bn_affine};
+use crate::space::{Activation, Layer};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// `clamp(v / 6 + 1/2, 0, 1)`, the SE gate (`h_sigmoid`).
+#[inline(always)]
+fn h_sigmoid(v: f32) -> f32 {
+    (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)
+}
+
+/// A dense k×k convolution (groups 1, padding k/2) with BN folded in:
+/// `w` is `[k, k, C_in, C_out]`, `b` is `[C_out]`. A 1×1 one with stride 1
+/// is a matrix product (also the classifier and the SE-free head convs).
+#[derive(Clone, Debug)]
+pub struct Dense {
+    k: usize,
+    s: usize,
+    cin: usize,
+    cout: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    act: Option<Activation>,
+}
+
+/// A depthwise k×k convolution (padding k/2) with BN folded in: `w` is
+/// `[k·k, C]`, `b` is `[C]`.
+#[derive(Clone, Debug)]
+pub struct Depthwise {
+    k: usize,
+    s: usize,
+    c: usize,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    act: Activation,
+}
+
+/// Squeeze-and-excitation: `gate = h_sigmoid(W2 · relu(W1 · mean + b1) +
+/// b2)`, `w1` `[C, S]`, `w2` `[S, C]`.
+#[derive(Clone, Debug)]
+pub struct Se {
+    c: usize,
+    s: usize,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+/// An inverted-residual block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    expand: Option<Dense>,
+    dw: Depthwise,
+    se: Option<Se>,
+    project: Dense,
+    residual: bool,
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Conv(Dense),
+    Block(Block),
+    /// Global average pooling to `[N, 1, 1, C]`.
+    Pool,
+}
+
+/// `[N, H, W, C]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape {
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn rows(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// Reusable buffers of a plan's forward passes: grown on first use, never
+/// shrunk, so a steady-state call allocates nothing.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    bufs: [Vec<f32>; 3],
+    se: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// A compiled static network (or a single layer of one).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    ops: Vec<Op>,
+    in_channels: usize,
+}
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+impl Dense {
+    /// From `[C_out, C_in, k, k]` weights, an optional bias, and the per
+    /// output channel affine of a BN with stored statistics.
+    fn folded(
+        w: &[f32],
+        [cout, cin, k]: [usize; 3],
+        s: usize,
+        bias: Option<&[f32]>,
+        affine: Option<(&[f32], &[f32])>,
+        act: Option<Activation>,
+    ) -> Dense {
+        let mut out = vec![0f32; k * k * cin * cout];
+        let mut b = vec![0f32; cout];
+        for co in 0..cout {
+            let (a, t) = affine.map_or((1.0, 0.0), |(a, t)| (a[co], t[co]));
+            b[co] = t + bias.map_or(0.0, |v| v[co]) * a;
+            for ci in 0..cin {
+                for tap in 0..k * k {
+                    out[(tap * cin + ci) * cout + co] = w[((co * cin) + ci) * k * k + tap] * a;
+                }
+            }
+        }
+        Dense {
+            k,
+            s,
+            cin,
+            cout,
+            w: out,
+            b,
+            act,
+        }
+    }
+
+    fn from_conv<B: OfaBackend>(
+        c: &Conv2d<B>,
+        bn: Option<&BatchNorm<B>>,
+        act: Option<Activation>,
+    ) -> Dense {
+        let [cout, cin, k, _] = c.weight.dims();
+        let affine = bn.map(|bn| {
+            let (a, t) = bn_affine(bn, cout);
+            (host(a), host(t))
+        });
+        let bias = c.bias.as_ref().map(|b| host(b.val()));
+        Dense::folded(
+            &host(c.weight.val()),
+            [cout, cin, k],
+            c.stride[0],
+            bias.as_deref(),
+            affine.as_ref().map(|(a, t)| (a.as_slice(), t.as_slice())),
+            act,
+        )
+    }
+
+    fn out_shape(&self, x: Shape) -> Shape {
+        let p = self.k / 2;
+        Shape {
+            n: x.n,
+            h: (x.h + 2 * p - self.k) / self.s + 1,
+            w: (x.w + 2 * p - self.k) / self.s + 1,
+            c: self.cout,
+        }
+    }
+}
+
+impl Depthwise {
+    fn from_conv<B: OfaBackend>(c: &Conv2d<B>, bn: &BatchNorm<B>, act: Activation) -> Depthwise {
+        let [ch, _, k, _] = c.weight.dims();
+        let (a, t) = bn_affine(bn, ch);
+        let (a, t, w) = (host(a), host(t), host(c.weight.val()));
+        let mut out = vec![0f32; k * k * ch];
+        for cc in 0..ch {
+            for tap in 0..k * k {
+                out[tap * ch + cc] = w[cc * k * k + tap] * a[cc];
+            }
+        }
+        Depthwise {
+            k,
+            s: c.stride[0],
+            c: ch,
+            w: out,
+            b: t,
+            act,
+        }
+    }
+
+    fn out_shape(&self, x: Shape) -> Shape {
+        let p = self.k / 2;
+        Shape {
+            n: x.n,
+            h: (x.h + 2 * p - self.k) / self.s + 1,
+            w: (x.w + 2 * p - self.k) / self.s + 1,
+            c: self.c,
+        }
+    }
+}
+
+/// `[out, in, 1, 1]` weights and bias of a 1×1 convolution, transposed to
+/// `[in, out]`.
+fn transposed_1x1<B: OfaBackend>(c: &Conv2d<B>) -> (Vec<f32>, Vec<f32>, usize, usize) {
+    let [out, inp, _, _] = c.weight.dims();
+    let w = host(c.weight.val());
+    let mut t = vec![0f32; out * inp];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = w[o * inp + i];
+        }
+    }
+    let b = c
+        .bias
+        .as_ref()
+        .map_or_else(|| vec![0.0; out], |b| host(b.val()));
+    (t, b, inp, out)
+}
+
+impl Block {
+    fn from_subnet<B: OfaBackend>(b: &SubnetBlock<B>) -> Block {
+        let expand = match (&b.inverted_bottleneck, &b.inverted_bottleneck_bn) {
+            (Some(c), Some(bn)) => Some(Dense::from_conv(c, Some(bn), Some(b.act))),
+            _ => None,
+        };
+        let se = match (&b.se_reduce, &b.se_expand) {
+            (Some(r), Some(e)) => {
+                let (w1, b1, c, s) = transposed_1x1(r);
+                let (w2, b2, _, _) = transposed_1x1(e);
+                Some(Se {
+                    c,
+                    s,
+                    w1,
+                    b1,
+                    w2,
+                    b2,
+                })
+            }
+            _ => None,
+        };
+        Block {
+            expand,
+            dw: Depthwise::from_conv(&b.depth_conv, &b.depth_bn, b.act),
+            se,
+            project: Dense::from_conv(&b.point_linear, Some(&b.point_linear_bn), None),
+            residual: b.residual,
+        }
+    }
+}
+
+impl Plan {
+    /// Compiles an extracted subnet (its stored BN statistics folded in).
+    pub fn from_subnet<B: OfaBackend>(net: &Subnet<B>) -> Plan {
+        let mut ops = vec![Op::Conv(Dense::from_conv(
+            &net.first_conv,
+            Some(&net.first_conv_bn),
+            Some(net.first_conv_act),
+        ))];
+        ops.extend(net.blocks.iter().map(|b| Op::Block(Block::from_subnet(b))));
+        if let (Some(c), Some(bn)) = (&net.pre_pool, &net.pre_pool_bn) {
+            ops.push(Op::Conv(Dense::from_conv(c, Some(bn), Some(net.head_act))));
+        }
+        ops.push(Op::Pool);
+        if let Some(c) = &net.post_pool {
+            ops.push(Op::Conv(Dense::from_conv(c, None, Some(net.head_act))));
+        }
+        // burn's Linear stores `[in, out]`: already the layout of a 1×1 conv here.
+        let [inp, out] = net.classifier.weight.dims();
+        let b = net
+            .classifier
+            .bias
+            .as_ref()
+            .map_or_else(|| vec![0.0; out], |b| host(b.val()));
+        ops.push(Op::Conv(Dense {
+            k: 1,
+            s: 1,
+            cin: inp,
+            cout: out,
+            w: host(net.classifier.weight.val()),
+            b,
+            act: None,
+        }));
+        Plan {
+            ops,
+            in_channels: net.space.in_channels,
+        }
+    }
+
+    /// One layer of a subnet with random weights (what the latency table
+    /// times), and the channels-last input shape it takes at batch `n`.
+    pub fn for_layer(layer: &Layer, n: usize, seed: u64) -> (Plan, Shape) {
+        let mut rng = Lcg(seed.wrapping_mul(2).wrapping_add(1));
+        let mut dense =
+            |cin: usize, cout: usize, k: usize, s: usize, a: Option<Activation>| Dense {
+                k,
+                s,
+                cin,
+                cout,
+                w: rng.fill(k * k * cin * cout),
+                b: rng.fill(cout),
+                act: a,
+            };
+        let (op, shape) = match *layer {
+            Layer::Conv(c) => (
+                Op::Conv(dense(c.in_ch, c.out_ch, c.kernel, c.stride, Some(c.act))),
+                (c.in_res, c.in_ch),
+            ),
+            Layer::MbConv(b) => {
+                let expand = b.expand.then(|| dense(b.in_ch, b.mid, 1, 1, Some(b.act)));
+                let project = dense(b.mid, b.out_ch, 1, 1, None);
+                let mut rng = Lcg(seed.wrapping_add(7));
+                let dw = Depthwise {
+                    k: b.kernel,
+                    s: b.stride,
+                    c: b.mid,
+                    w: rng.fill(b.kernel * b.kernel * b.mid),
+                    b: rng.fill(b.mid),
+                    act: b.act,
+                };
+                let se = b.se_mid.map(|s| Se {
+                    c: b.mid,
+                    s,
+                    w1: rng.fill(b.mid * s),
+                    b1: rng.fill(s),
+                    w2: rng.fill(s * b.mid),
+                    b2: rng.fill(b.mid),
+                });
+                (
+                    Op::Block(Block {
+                        expand,
+                        dw,
+                        se,
+                        project,
+                        residual: b.residual,
+                    }),
+                    (b.in_res, b.in_ch),
+                )
+            }
+            Layer::Pool { in_res, ch } => (Op::Pool, (in_res, ch)),
+            Layer::Linear { in_f, out_f } => (Op::Conv(dense(in_f, out_f, 1, 1, None)), (1, in_f)),
+        };
+        let (r, c) = shape;
+        (
+            Plan {
+                ops: vec![op],
+                in_channels: c,
+            },
+            Shape { n, h: r, w: r, c },
+        )
+    }
+
+    /// Logits `[N, classes]` of an NCHW input `[N, C, R, R]` (row-major).
+    pub fn forward<'w>(&self, ws: &'w mut Workspace, x: &[f32], n: usize, r: usize) -> &'w [f32] {
+        let c = self.in_channels;
+        assert_eq!(x.len(), n * c * r * r, "input of {n}×{c}×{r}×{r}");
+        let shape = Shape { n, h: r, w: r, c };
+        let dst = grow(&mut ws.bufs[0], shape.len());
+        // NCHW → NHWC.
+        for ni in 0..n {
+            for ci in 0..c {
+                let plane = &x[(ni * c + ci) * r * r..][..r * r];
+                for (p, &v) in plane.iter().enumerate() {
+                    dst[(ni * r * r + p) * c + ci] = v;
+                }
+            }
+        }
+        let (at, out) = self.run_from(ws, 0, shape);
+        &ws.bufs[at][..out.len()]
+    }
+
+    /// Runs the plan on the channels-last input already in `ws` (see
+    /// [`Plan::load`]); returns the output shape.
+    pub fn run(&self, ws: &mut Workspace, shape: Shape) -> Shape {
+        self.run_from(ws, 0, shape).1
+    }
+
+    /// Puts a channels-last input of `shape` into `ws` for [`Plan::run`].
+    pub fn load(ws: &mut Workspace, x: &[f32], shape: Shape) {
+        grow(&mut ws.bufs[0], shape.len()).copy_from_slice(&x[..shape.len()]);
+    }
+
+    fn run_from(&self, ws: &mut Workspace, mut at: usize, mut shape: Shape) -> (usize, Shape) {
+        for op in &self.ops {
+            (at, shape) = op.run(ws, at, shape);
+        }
+        (at, shape)
+    }
+}
+
+/// Splits the three workspace buffers into (the one at `at`, the other two).
+fn split3(bufs: &mut [Vec<f32>; 3], at: usize) -> (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>) {
+    let [a, b, c] = bufs;
+    match at {
+        0 => (a, b, c),
+        1 => (b, c, a),
+        _ => (c, a, b),
+    }
+}
+
+impl Op {
+    /// Reads `ws.bufs[at]`, returns where its output is.
+    fn run(&self, ws: &mut Workspace, at: usize, x: Shape) -> (usize, Shape) {
+        let (src, t1, t2) = split3(&mut ws.bufs, at);
+        let next1 = (at + 1) % 3;
+        match self {
+            Op::Conv(d) => {
+                let o = d.out_shape(x);
+                dense(&src[..x.len()], x, d, None, grow(t1, o.len()));
+                (next1, o)
+            }
+            Op::Pool => {
+                let o = Shape { h: 1, w: 1, ..x };
+                pool(&src[..x.len()], x, grow(t1, o.len()));
+                (next1, o)
+            }
+            Op::Block(b) => {
+                let input = &src[..x.len()];
+                // expand → t1, depthwise → t2, project → t1 (the input
+                // stays for the residual).
+                let (expanded, e_shape) = match &b.expand {
+                    Some(e) => {
+                        let o = e.out_shape(x);
+                        dense(input, x, e, None, grow(t1, o.len()));
+                        (true, o)
+                    }
+                    None => (false, x),
+                };
+                let e_out: &[f32] = if expanded {
+                    &t1[..e_shape.len()]
+                } else {
+                    input
+                };
+                let d_shape = b.dw.out_shape(e_shape);
+                let d_out = grow(t2, d_shape.len());
+                depthwise(e_out, e_shape, &b.dw, d_out);
+                if let Some(se) = &b.se {
+                    squeeze_excite(d_out, d_shape, se, &mut ws.se);
+                }
+                let p_shape = b.project.out_shape(d_shape);
+                let residual = (b.residual && p_shape == x).then_some(input);
+                dense(
+                    d_out,
+                    d_shape,
+                    &b.project,
+                    residual,
+                    grow(t1, p_shape.len()),
+                );
+                (next1, p_shape)
+            }
+        }
+    }
+}
+
+/// A small seeded generator for the random weights of a timed layer (their
+/// values do not matter, only that they are finite and not all zero).
+struct Lcg(u64);
+
+impl Lcg {
+    fn fill(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect()
+    }
+}
+
+/// A raw pointer that may cross threads: the tasks that use it write
+/// disjoint tiles of one output.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Multiply-adds below which a product runs on one thread: waking a second
+/// one costs more than it saves (measured on `mbv3-28-lite` at batch 1).
+const SMALL_GEMM_MACS: usize = 1 << 18;
+
+/// A dense convolution, channels-last: `y = act(conv(x) + b) [+ residual]`.
+fn dense(x: &[f32], xs: Shape, d: &Dense, residual: Option<&[f32]>, y: &mut [f32]) {
+    if d.k == 1 && d.s == 1 {
+        pointwise(x, xs.rows(), d, residual, y);
+    } else {
+        assert!(residual.is_none(), "a residual after a k×k dense conv");
+        direct_conv(x, xs, d, y);
+    }
+}
+
+/// `y[rows, C_out] = epilogue(x[rows, C_in] · w[C_in, C_out])`, split into
+/// one tile per thread — by rows when there are many, by output channels
+/// when there are few (a 7×7 map at batch 1 has 49) — each multiplied and
+/// finished on its thread.
+fn pointwise(x: &[f32], rows: usize, d: &Dense, residual: Option<&[f32]>, y: &mut [f32]) {
+    let (cin, cout) = (d.cin, d.cout);
+    let threads = rayon::current_num_threads().max(1);
+    let macs = rows * cin * cout;
+    let tiles: Vec<(usize, usize, usize, usize)> = if threads == 1 || macs < SMALL_GEMM_MACS {
+        vec![(0, rows, 0, cout)]
+    } else if rows >= 32 * threads {
+        let step = rows.div_ceil(threads);
+        (0..rows)
+            .step_by(step)
+            .map(|r| (r, (r + step).min(rows), 0, cout))
+            .collect()
+    } else {
+        let step = cout.div_ceil(threads).next_multiple_of(16).min(cout);
+        (0..cout)
+            .step_by(step)
+            .map(|c| (0, rows, c, (c + step).min(cout)))
+            .collect()
+    };
+    let out = Out(y.as_mut_ptr());
+    assert!(y.len() >= rows * cout && x.len() >= rows * cin);
+    if let Some(r) = residual {
+        assert!(r.len() >= rows * cout);
+    }
+    let run = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
+        let out = out;
+        // SAFETY: the tiles are disjoint and within `y` (checked above);
+        // gemm reads x and w only within the stated shapes.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                c1 - c0,
+                cin,
+                out.0.add(r0 * cout + c0),
+                1,
+                cout as isize,
+                false,
+                x.as_ptr().add(r0 * cin),
+                1,
+                cin as isize,
+                d.w.as_ptr().add(c0),
+                1,
+                cout as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for r in r0..r1 {
+            // SAFETY: row r, columns c0..c1 belong to this tile only.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cout + c0), c1 - c0) };
+            let res = residual.map(|v| &v[r * cout + c0..r * cout + c1]);
+            epilogue(row, &d.b[c0..c1], d.act, res);
+        }
+    };
+    if tiles.len() == 1 {
+        run(&tiles[0]);
+    } else {
+        tiles.par_iter().for_each(run);
+    }
+}
+
+/// `v ← act(v + b) [+ res]` over one row of output channels.
+#[multiversion::multiversion(targets = "simd")]
+fn epilogue(v: &mut [f32], b: &[f32], a: Option<Activation>, res: Option<&[f32]>) {
+    match a {
+        None => v.iter_mut().zip(b).for_each(|(x, b)| *x += b),
+        Some(Activation::Relu) => v
+            .iter_mut()
+            .zip(b)
+            .for_each(|(x, b)| *x = (*x + b).max(0.0)),
+        Some(Activation::Relu6) => v
+            .iter_mut()
+            .zip(b)
+            .for_each(|(x, b)| *x = (*x + b).clamp(0.0, 6.0)),
+        Some(Activation::HSwish) => v.iter_mut().zip(b).for_each(|(x, b)| {
+            let y = *x + b;
+            *x = y * (y + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0);
+        }),
+    }
+    if let Some(r) = res {
+        v.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+    }
+}
+
+/// Output rows (of one sample) per parallel task of the spatial kernels.
+fn rows_per_task(total_rows: usize, work_per_row: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    // At least ~64k multiply-adds per task, at most ~4 tasks per thread.
+    let by_work = (1usize << 16).div_ceil(work_per_row.max(1));
+    by_work.max(total_rows.div_ceil(4 * threads)).max(1)
+}
+
+/// Range of taps `t` in `0..k` with `o·s + t − p` inside `0..len`.
+#[inline(always)]
+fn taps(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = (o * s) as isize - p as isize;
+    let t0 = (-start).max(0) as usize;
+    let t1 = ((len as isize - start).min(k as isize)).max(0) as usize;
+    (t0, t1.max(t0))
+}
+
+/// A k×k dense convolution (the stem), channels-last, one output row per
+/// call of the vectorised row kernel.
+fn direct_conv(x: &[f32], xs: Shape, d: &Dense, y: &mut [f32]) {
+    let o = d.out_shape(xs);
+    let row_len = o.w * d.cout;
+    let per = rows_per_task(o.n * o.h, row_len * d.k * d.k * d.cin);
+    y[..o.len()]
+        .par_chunks_mut(row_len * per)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            for (i, row) in rows.chunks_mut(row_len).enumerate() {
+                let g = t * per + i;
+                direct_row(x, xs, d, g / o.h, g % o.h, row);
+            }
+        });
+}
+
+/// One output row of [`direct_conv`]: per output pixel, the `C_out`
+/// accumulators take `x[tap, ci] · w[tap, ci, ..]` for the taps inside the
+/// input.
+#[multiversion::multiversion(targets = "simd")]
+fn direct_row(x: &[f32], xs: Shape, d: &Dense, ni: usize, oy: usize, row: &mut [f32]) {
+    let (k, s, p, cin, cout) = (d.k, d.s, d.k / 2, d.cin, d.cout);
+    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
+    for (ox, acc) in row.chunks_exact_mut(cout).enumerate() {
+        acc.copy_from_slice(&d.b);
+        let (kx0, kx1) = taps(ox, s, p, k, xs.w);
+        for ky in ky0..ky1 {
+            let iy = oy * s + ky - p;
+            for kx in kx0..kx1 {
+                let ix = ox * s + kx - p;
+                let px = &x[((ni * xs.h + iy) * xs.w + ix) * cin..][..cin];
+                let wt = &d.w[(ky * k + kx) * cin * cout..][..cin * cout];
+                for (&v, wr) in px.iter().zip(wt.chunks_exact(cout)) {
+                    acc.iter_mut().zip(wr).for_each(|(a, w)| *a += v * w);
+                }
+            }
+        }
+    }
+    if let Some(a) = d.act {
+        activate_row(row, a);
+    }
+}
+
+/// `v ← act(v)` with the match outside the loop (so that each arm
+/// vectorises).
+#[inline(always)]
+fn activate_row(v: &mut [f32], a: Activation) {
+    match a {
+        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        Activation::HSwish => v
+            .iter_mut()
+            .for_each(|x| *x = *x * (*x + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)),
+    }
+}
+
+/// `acc += Σ_i px[i] · w[i, ..]` (`w` is `[px.len(), acc.len()]`).
+#[multiversion::multiversion(targets = "simd")]
+fn axpy_rows(acc: &mut [f32], px: &[f32], w: &[f32]) {
+    let n = acc.len();
+    for (i, &v) in px.iter().enumerate() {
+        let wr = &w[i * n..][..n];
+        acc.iter_mut().zip(wr).for_each(|(a, w)| *a += v * w);
+    }
+}
+
+/// Channels processed in registers together by the depthwise kernel (one
+/// AVX-512 register, two AVX2 ones); a remainder of 8 (channel counts are
+/// multiples of 8 in these spaces) or fewer takes a narrower block.
+const LANES: usize = 16;
+
+/// Depthwise convolution, channels-last, with the folded bias and the
+/// activation: blocks of output channels accumulated in registers over the
+/// taps inside the input (no padded copy of it: at batch 16 the copy cost
+/// more than the bounds arithmetic it saves).
+fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32]) {
+    let o = d.out_shape(xs);
+    let c = d.c;
+    let row_len = o.w * c;
+    let per = rows_per_task(o.n * o.h, row_len * d.k * d.k);
+    y[..o.len()]
+        .par_chunks_mut(row_len * per)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            for (i, row) in rows.chunks_mut(row_len).enumerate() {
+                let g = t * per + i;
+                depthwise_row(x, xs, d, g / o.h, g % o.h, row);
+            }
+        });
+}
+
+/// Output pixels accumulated together by the depthwise kernel: one chain
+/// of additions per pixel would wait on the previous addition's latency
+/// at every tap; [`DW_TILE`] independent chains keep the vector units busy.
+const DW_TILE: usize = 4;
+
+/// Where one output row's channel block reads: the sample's first value of
+/// the block, the output row and its taps `ky0..ky1` inside the input.
+#[derive(Clone, Copy)]
+struct RowAt {
+    base: usize,
+    oy: usize,
+    ky0: usize,
+    ky1: usize,
+    c0: usize,
+}
+
+/// Output pixels `ox..ox + T` (taps `kx0..kx1`, the same for all `T`) of
+/// one channel block, `W` lanes × `T` pixels in registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_tile<const W: usize, const T: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    at: RowAt,
+    ox: usize,
+    (kx0, kx1): (usize, usize),
+    row: &mut [f32],
+) {
+    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
+    let bias: [f32; W] = d.b[at.c0..at.c0 + W].try_into().expect("block");
+    let mut acc = [bias; T];
+    for ky in at.ky0..at.ky1 {
+        let xrow = at.base + (at.oy * s + ky - p) * xs.w * c;
+        let wrow = ky * k * c + at.c0;
+        for kx in kx0..kx1 {
+            let wv: &[f32; W] = d.w[wrow + kx * c..][..W].try_into().expect("block");
+            for (t, a) in acc.iter_mut().enumerate() {
+                let ix = (ox + t) * s + kx - p;
+                let xv: &[f32; W] = x[xrow + ix * c..][..W].try_into().expect("block");
+                for l in 0..W {
+                    a[l] += xv[l] * wv[l];
+                }
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        row[(ox + t) * c + at.c0..][..W].copy_from_slice(a);
+    }
+}
+
+/// Channels `c0..c0 + W` of one output row: the interior pixels (every tap
+/// inside the input) [`DW_TILE`] at a time, the border ones singly with
+/// the outside taps skipped.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dw_block<const W: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    ni: usize,
+    oy: usize,
+    c0: usize,
+    row: &mut [f32],
+) {
+    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
+    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
+    let at = RowAt {
+        base: ni * xs.h * xs.w * c + c0,
+        oy,
+        ky0,
+        ky1,
+        c0,
+    };
+    let ow = row.len() / c;
+    // Interior: ox·s − p ≥ 0 and ox·s − p + k − 1 ≤ w − 1.
+    let lo = p.div_ceil(s).min(ow);
+    let hi = if xs.w + p >= k {
+        ((xs.w + p - k) / s + 1).min(ow)
+    } else {
+        0
+    }
+    .max(lo);
+    for ox in 0..lo {
+        dw_tile::<W, 1>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+    }
+    let mut ox = lo;
+    while ox + DW_TILE <= hi {
+        dw_tile::<W, DW_TILE>(x, xs, d, at, ox, (0, k), row);
+        ox += DW_TILE;
+    }
+    for ox in ox..ow {
+        dw_tile::<W, 1>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+    }
+}
+
+#[multiversion::multiversion(targets = "simd")]
+fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row: &mut [f32]) {
+    let c = d.c;
+    let mut c0 = 0;
+    while c0 + LANES <= c {
+        dw_block::<LANES>(x, xs, d, ni, oy, c0, row);
+        c0 += LANES;
+    }
+    if c0 + 8 <= c {
+        dw_block::<8>(x, xs, d, ni, oy, c0, row);
+        c0 += 8;
+    }
+    while c0 < c {
+        dw_block::<1>(x, xs, d, ni, oy, c0, row);
+        c0 += 1;
+    }
+    activate_row(row, d.act);
+}
+
+/// Per-sample channel means of a channels-last map, into `out` `[N, C]`.
+fn channel_means(x: &[f32], xs: Shape, out: &mut [f32]) {
+    let plane = xs.h * xs.w;
+    let inv = 1.0 / plane as f32;
+    for (ni, o) in out.chunks_mut(xs.c).take(xs.n).enumerate() {
+        o.iter_mut().for_each(|v| *v = 0.0);
+        for px in x[ni * plane * xs.c..][..plane * xs.c].chunks_exact(xs.c) {
+            o.iter_mut().zip(px).for_each(|(a, v)| *a += v);
+        }
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Global average pooling: `[N, H, W, C]` → `[N, C]`.
+fn pool(x: &[f32], xs: Shape, y: &mut [f32]) {
+    channel_means(x, xs, y);
+}
+
+/// Scales each sample's channels by its SE gate, in place.
+fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>) {
+    let (c, s) = (se.c, se.s);
+    let buf = grow(scratch, xs.n * (2 * c + s));
+    let (means, rest) = buf.split_at_mut(xs.n * c);
+    let (hidden, gates) = rest.split_at_mut(xs.n * s);
+    channel_means(x, xs, means);
+    for ni in 0..xs.n {
+        let m = &means[ni * c..][..c];
+        let h = &mut hidden[ni * s..][..s];
+        h.copy_from_slice(&se.b1);
+        axpy_rows(h, m, &se.w1);
+        h.iter_mut().for_each(|v| *v = v.max(0.0));
+        let g = &mut gates[ni * c..][..c];
+        g.copy_from_slice(&se.b2);
+        axpy_rows(g, h, &se.w2);
+        g.iter_mut().for_each(|v| *v = h_sigmoid(*v));
+    }
+    let plane = xs.h * xs.w;
+    let gates = &*gates;
+    x[..xs.len()]
+        .par_chunks_mut(plane * c)
+        .enumerate()
+        .for_each(|(ni, sample)| {
+            let g = &gates[ni * c..][..c];
+            for px in sample.chunks_exact_mut(c) {
+                px.iter_mut().zip(g).for_each(|(v, g)| *v *= g);
+            }
+        });
+}
+
+/// An extracted subnet run by the fastest engine its backend allows: the
+/// compiled [`Plan`] on host backends, the backend's own operators
+/// otherwise. Same logits either way (up to rounding).
+pub struct Runner<B: OfaBackend> {
+    net: Subnet<B>,
+    plan: Option<(Plan, Mutex<Workspace>)>,
+}
+
+impl<B: OfaBackend> Runner<B> {
+    pub fn new(net: Subnet<B>) -> Self {
+        let plan = B::host_engine().then(|| (Plan::from_subnet(&net), Mutex::default()));
+        Runner { net, plan }
+    }
+
+    /// Whether the host engine runs it (else the backend's operators).
+    pub fn uses_engine(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    pub fn subnet(&self) -> &Subnet<B> {
+        &self.net
+    }
+
+    /// `x: [N, C, R, R]` → logits `[N, classes]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        match &self.plan {
+            Some((plan, ws)) => {
+                let [n, _, r, _] = x.dims();
+                let device = x.device();
+                let data = host(x);
+                let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+                let logits = plan.forward(&mut ws, &data, n, r).to_vec();
+                let classes = logits.len() / n.max(1);
+                Tensor::from_data(TensorData::new(logits, [n, classes]), &device)
+            }
+            None => self.net.forward(x),
+        }
+    }
+
+    /// Logits of a host input `[N, C, R, R]` (timing: no tensor conversion).
+    pub fn forward_host(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let r = self.net.arch.r;
+        match &self.plan {
+            Some((plan, ws)) => {
+                let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+                plan.forward(&mut ws, x, n, r).to_vec()
+            }
+            None => {
+                let c = self.net.space.in_channels;
+                let device = self.net.classifier.weight.device();
+                let t =
+                    Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), [n, c, r, r]), &device);
+                host(self.net.forward(t))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random(n: usize, r: &mut ChaCha8Rng) -> Vec<f32> {
+        (0..n).map(|_| r.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * scale,
+                "{what}: element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Channels-last value at (n, y, x, c) of a zero-padded input.
+    fn at(x: &[f32], s: Shape, n: usize, y: isize, xx: isize, c: usize) -> f32 {
+        if y < 0 || xx < 0 || y >= s.h as isize || xx >= s.w as isize {
+            return 0.0;
+        }
+        x[((n * s.h + y as usize) * s.w + xx as usize) * s.c + c]
+    }
+
+    fn act_opt(v: f32, a: Option<Activation>) -> f32 {
+        match a {
+            None => v,
+            Some(Activation::Relu) => v.max(0.0),
+            Some(Activation::Relu6) => v.min(6.0).max(0.0),
+            Some(Activation::HSwish) => v * ((v + 3.0).min(6.0).max(0.0)) / 6.0,
+        }
+    }
+
+    const ACTS: [Option<Activation>; 4] = [
+        None,
+        Some(Activation::Relu),
+        Some(Activation::Relu6),
+        Some(Activation::HSwish),
+    ];
+
+    /// The kernels on a pool of `threads`: with more than one, every way of
+    /// splitting the work (rows, output channels, tasks) is exercised.
+    fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn depthwise_matches_naive_convolution() {
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        for case in 0..40 {
+            let c = r.random_range(1..=40);
+            let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
+            let k = [3, 5, 7][case % 3];
+            let s = [1, 2][(case / 3) % 2];
+            let n = [1, 3][(case / 6) % 2];
+            let a = [Activation::Relu, Activation::Relu6, Activation::HSwish][case % 3];
+            let xs = Shape { n, h, w, c };
+            let x = random(xs.len(), &mut r);
+            let d = Depthwise {
+                k,
+                s,
+                c,
+                w: random(k * k * c, &mut r),
+                b: random(c, &mut r),
+                act: a,
+            };
+            let o = d.out_shape(xs);
+            let mut y = vec![f32::NAN; o.len()];
+            on_threads(1 + case % 3, || depthwise(&x, xs, &d, &mut y));
+            let p = (k / 2) as isize;
+            let mut want = vec![0f32; o.len()];
+            for ni in 0..n {
+                for oy in 0..o.h {
+                    for ox in 0..o.w {
+                        for cc in 0..c {
+                            let mut v = d.b[cc];
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - p;
+                                    let ix = (ox * s + kx) as isize - p;
+                                    v += at(&x, xs, ni, iy, ix, cc) * d.w[(ky * k + kx) * c + cc];
+                                }
+                            }
+                            want[((ni * o.h + oy) * o.w + ox) * c + cc] = act_opt(v, Some(a));
+                        }
+                    }
+                }
+            }
+            close(&y, &want, &format!("depthwise {xs:?} k{k} s{s}"));
+        }
+    }
+
+    #[test]
+    fn dense_conv_matches_naive_convolution() {
+        let mut r = ChaCha8Rng::seed_from_u64(4);
+        for case in 0..24 {
+            let (cin, cout) = (r.random_range(1..=5), r.random_range(1..=40));
+            let (h, w) = (r.random_range(1..=11), r.random_range(1..=11));
+            let k = [1, 3, 5, 7][case % 4];
+            let s = [1, 2][(case / 4) % 2];
+            let n = [1, 3][(case / 8) % 2];
+            let xs = Shape { n, h, w, c: cin };
+            let x = random(xs.len(), &mut r);
+            let d = Dense {
+                k,
+                s,
+                cin,
+                cout,
+                w: random(k * k * cin * cout, &mut r),
+                b: random(cout, &mut r),
+                act: ACTS[case % 4],
+            };
+            let o = d.out_shape(xs);
+            let mut y = vec![f32::NAN; o.len()];
+            on_threads(1 + case % 2, || dense(&x, xs, &d, None, &mut y));
+            let p = (k / 2) as isize;
+            let mut want = vec![0f32; o.len()];
+            for ni in 0..n {
+                for oy in 0..o.h {
+                    for ox in 0..o.w {
+                        for co in 0..cout {
+                            let mut v = d.b[co];
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    for ci in 0..cin {
+                                        let iy = (oy * s + ky) as isize - p;
+                                        let ix = (ox * s + kx) as isize - p;
+                                        v += at(&x, xs, ni, iy, ix, ci)
+                                            * d.w[((ky * k + kx) * cin + ci) * cout + co];
+                                    }
+                                }
+                            }
+                            want[((ni * o.h + oy) * o.w + ox) * cout + co] = act_opt(v, d.act);
+                        }
+                    }
+                }
+            }
+            close(&y, &want, &format!("dense {xs:?} → {cout} k{k} s{s}"));
+        }
+    }
+
+    #[test]
+    fn pointwise_tiles_match_naive_product_with_residual() {
+        let mut r = ChaCha8Rng::seed_from_u64(5);
+        // (rows, cin, cout): one tile (small), row tiles, channel tiles
+        // (few rows, many outputs, not a multiple of the 16-channel step).
+        for (case, &(rows, cin, cout)) in [
+            (7, 5, 9),
+            (600, 40, 24),
+            (997, 17, 33),
+            (49, 96, 1000),
+            (13, 200, 203),
+            (1, 1280, 1000),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = random(rows * cin, &mut r);
+            let res = random(rows * cout, &mut r);
+            let d = Dense {
+                k: 1,
+                s: 1,
+                cin,
+                cout,
+                w: random(cin * cout, &mut r),
+                b: random(cout, &mut r),
+                act: ACTS[case % 4],
+            };
+            for residual in [false, true] {
+                for threads in [1, 2, 3] {
+                    let mut y = vec![f32::NAN; rows * cout];
+                    on_threads(threads, || {
+                        pointwise(&x, rows, &d, residual.then_some(&res[..]), &mut y)
+                    });
+                    let mut want = vec![0f32; rows * cout];
+                    for i in 0..rows {
+                        for o in 0..cout {
+                            let v: f32 = (0..cin).map(|c| x[i * cin + c] * d.w[c * cout + o]).sum();
+                            let v = act_opt(v + d.b[o], d.act);
+                            want[i * cout + o] = v + if residual { res[i * cout + o] } else { 0.0 };
+                        }
+                    }
+                    close(
+                        &y,
+                        &want,
+                        &format!("pointwise {rows}×{cin}→{cout}, {threads} threads"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn squeeze_excite_matches_hand_computation() {
+        let mut r = ChaCha8Rng::seed_from_u64(6);
+        let (n, h, w, c, s) = (2, 3, 5, 20, 6);
+        let xs = Shape { n, h, w, c };
+        let x = random(xs.len(), &mut r);
+        let se = Se {
+            c,
+            s,
+            w1: random(c * s, &mut r),
+            b1: random(s, &mut r),
+            w2: random(s * c, &mut r),
+            b2: random(c, &mut r),
+        };
+        let mut y = x.clone();
+        squeeze_excite(&mut y, xs, &se, &mut Vec::new());
+        for ni in 0..n {
+            let mean: Vec<f32> = (0..c)
+                .map(|cc| {
+                    (0..h * w)
+                        .map(|p| x[(ni * h * w + p) * c + cc])
+                        .sum::<f32>()
+                        / (h * w) as f32
+                })
+                .collect();
+            let hidden: Vec<f32> = (0..s)
+                .map(|j| {
+                    (se.b1[j] + (0..c).map(|cc| mean[cc] * se.w1[cc * s + j]).sum::<f32>()).max(0.0)
+                })
+                .collect();
+            for cc in 0..c {
+                let z = se.b2[cc] + (0..s).map(|j| hidden[j] * se.w2[j * c + cc]).sum::<f32>();
+                let g = (z + 3.0).min(6.0).max(0.0) / 6.0;
+                for p in 0..h * w {
+                    let i = (ni * h * w + p) * c + cc;
+                    assert!((y[i] - x[i] * g).abs() <= 1e-5, "sample {ni} channel {cc}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn workspace_is_reused_across_calls() {
+        let mut r = ChaCha8Rng::seed_from_u64(7);
+        let layer = Layer::MbConv(crate::space::MbConvLayer {
+            in_res: 9,
+            in_ch: 8,
+            out_ch: 8,
+            mid: 24,
+            expand: true,
+            kernel: 5,
+            stride: 1,
+            se_mid: Some(8),
+            act: Activation::HSwish,
+            residual: true,
+        });
+        let (plan, shape) = Plan::for_layer(&layer, 2, 1);
+        let x = random(shape.len(), &mut r);
+        let mut ws = Workspace::default();
+        Plan::load(&mut ws, &x, shape);
+        let o1 = plan.run(&mut ws, shape);
+        let first: Vec<f32> = ws.bufs[1][..o1.len()].to_vec();
+        let ptrs: Vec<*const f32> = ws.bufs.iter().map(|b| b.as_ptr()).collect();
+        let o2 = plan.run(&mut ws, shape);
+        assert_eq!(o1, o2);
+        assert_eq!(
+            first,
+            ws.bufs[1][..o2.len()].to_vec(),
+            "same input, same output"
+        );
+        let again: Vec<*const f32> = ws.bufs.iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(ptrs, again, "no buffer reallocated");
+    }
+}
