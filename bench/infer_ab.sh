@@ -5,6 +5,9 @@
 # and batch over rounds and the ratio B / A.
 #
 #   A=old/ofa B=new/ofa SPACE=ofa-mbv3-w1.0 CHANNELS=3 BATCH=1,16 bash bench/infer_ab.sh
+#
+# A_ARGS / B_ARGS: extra `bench infer` arguments per side, e.g. one binary
+# with and without its host engine: A=ofa B=ofa A_ARGS=--no-engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?path of binary A}; B=${B:?path of binary B}
@@ -13,9 +16,10 @@ THREADS=${THREADS:-2}; ROUNDS=${ROUNDS:-3}; STEPS=${STEPS:-10}
 OUT=${OUT:-runs/infer-ab}; mkdir -p "$OUT"
 for i in $(seq "$ROUNDS"); do
   for which in A B; do
-    bin=${!which}
+    bin=${!which}; extra=${which}_ARGS
+    # shellcheck disable=SC2086  # the extra arguments are words
     "$bin" --threads "$THREADS" bench infer --space "$SPACE" --channels "$CHANNELS" \
-      --batch "$BATCH" --steps "$STEPS" --json > "$OUT/$which-$i.json"
+      --batch "$BATCH" --steps "$STEPS" ${!extra:-} --json > "$OUT/$which-$i.json"
   done
 done
 python3 - "$OUT" "$ROUNDS" <<'PY'

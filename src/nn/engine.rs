@@ -41,9 +41,15 @@ pub struct Dense {
     s: usize,
     cin: usize,
     cout: usize,
-    w: Vec<f32>,
-    b: Vec<f32>,
     act: Option<Activation>,
+    /// The weights as a `[k·k·C_in, C_out]` matrix in panels of [`PANEL`] output
+    /// channels, `[⌈C_out/PANEL⌉, k·k·C_in, PANEL]`, zero beyond `C_out` —
+    /// packed once here instead of by a GEMM on every call.
+    panels: Vec<f32>,
+    /// `b` zero-padded to whole panels.
+    panel_bias: Vec<f32>,
+    /// The GEMM's inner dimension, `k·k·C_in`.
+    kdim: usize,
 }
 
 /// A depthwise k×k convolution (padding k/2) with BN folded in: `w` is
@@ -116,6 +122,8 @@ impl Shape {
 pub struct Workspace {
     bufs: [Vec<f32>; 3],
     se: Vec<f32>,
+    /// The patch matrix of a k×k dense convolution.
+    cols: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -140,6 +148,30 @@ fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> V
 }
 
 impl Dense {
+    fn new(
+        [k, s, cin, cout]: [usize; 4],
+        w: Vec<f32>,
+        b: Vec<f32>,
+        act: Option<Activation>,
+    ) -> Dense {
+        assert_eq!(w.len(), k * k * cin * cout);
+        assert_eq!(b.len(), cout);
+        let kdim = k * k * cin;
+        let panels = pack_panels(&w, kdim, cout);
+        let mut panel_bias = b;
+        panel_bias.resize(cout.div_ceil(PANEL) * PANEL, 0.0);
+        Dense {
+            k,
+            s,
+            cin,
+            cout,
+            act,
+            panels,
+            panel_bias,
+            kdim,
+        }
+    }
+
     /// From `[C_out, C_in, k, k]` weights, an optional bias, and the per
     /// output channel affine of a BN with stored statistics.
     fn folded(
@@ -161,15 +193,7 @@ impl Dense {
                 }
             }
         }
-        Dense {
-            k,
-            s,
-            cin,
-            cout,
-            w: out,
-            b,
-            act,
-        }
+        Dense::new([k, s, cin, cout], out, b, act)
     }
 
     fn from_conv<B: OfaBackend>(
@@ -308,15 +332,12 @@ impl Plan {
             .bias
             .as_ref()
             .map_or_else(|| vec![0.0; out], |b| host(b.val()));
-        ops.push(Op::Conv(Dense {
-            k: 1,
-            s: 1,
-            cin: inp,
-            cout: out,
-            w: host(net.classifier.weight.val()),
+        ops.push(Op::Conv(Dense::new(
+            [1, 1, inp, out],
+            host(net.classifier.weight.val()),
             b,
-            act: None,
-        }));
+            None,
+        )));
         Plan {
             ops,
             in_channels: net.space.in_channels,
@@ -327,16 +348,14 @@ impl Plan {
     /// times), and the channels-last input shape it takes at batch `n`.
     pub fn for_layer(layer: &Layer, n: usize, seed: u64) -> (Plan, Shape) {
         let mut rng = Lcg(seed.wrapping_mul(2).wrapping_add(1));
-        let mut dense =
-            |cin: usize, cout: usize, k: usize, s: usize, a: Option<Activation>| Dense {
-                k,
-                s,
-                cin,
-                cout,
-                w: rng.fill(k * k * cin * cout),
-                b: rng.fill(cout),
-                act: a,
-            };
+        let mut dense = |cin: usize, cout: usize, k: usize, s: usize, a: Option<Activation>| {
+            Dense::new(
+                [k, s, cin, cout],
+                rng.fill(k * k * cin * cout),
+                rng.fill(cout),
+                a,
+            )
+        };
         let (op, shape) = match *layer {
             Layer::Conv(c) => (
                 Op::Conv(dense(c.in_ch, c.out_ch, c.kernel, c.stride, Some(c.act))),
@@ -442,7 +461,7 @@ impl Op {
         match self {
             Op::Conv(d) => {
                 let o = d.out_shape(x);
-                dense(&src[..x.len()], x, d, None, grow(t1, o.len()));
+                dense(&src[..x.len()], x, d, None, grow(t1, o.len()), &mut ws.cols);
                 (next1, o)
             }
             Op::Pool => {
@@ -457,7 +476,7 @@ impl Op {
                 let (expanded, e_shape) = match &b.expand {
                     Some(e) => {
                         let o = e.out_shape(x);
-                        dense(input, x, e, None, grow(t1, o.len()));
+                        dense(input, x, e, None, grow(t1, o.len()), &mut ws.cols);
                         (true, o)
                     }
                     None => (false, x),
@@ -481,6 +500,7 @@ impl Op {
                     &b.project,
                     residual,
                     grow(t1, p_shape.len()),
+                    &mut ws.cols,
                 );
                 (next1, p_shape)
             }
@@ -517,77 +537,117 @@ unsafe impl Sync for Out {}
 /// one costs more than it saves (measured on `mbv3-28-lite` at batch 1).
 const SMALL_GEMM_MACS: usize = 1 << 18;
 
-/// A dense convolution, channels-last: `y = act(conv(x) + b) [+ residual]`.
-fn dense(x: &[f32], xs: Shape, d: &Dense, residual: Option<&[f32]>, y: &mut [f32]) {
+/// A dense convolution, channels-last: `y = act(conv(x) + b) [+ residual]`;
+/// a 1×1 stride-1 one is a GEMM on `x` itself, a k×k one a GEMM on its
+/// patch matrix (built in `cols`).
+fn dense(
+    x: &[f32],
+    xs: Shape,
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    cols: &mut Vec<f32>,
+) {
     if d.k == 1 && d.s == 1 {
         pointwise(x, xs.rows(), d, residual, y);
     } else {
         assert!(residual.is_none(), "a residual after a k×k dense conv");
-        direct_conv(x, xs, d, y);
+        let o = d.out_shape(xs);
+        let m = grow(cols, o.rows() * d.kdim);
+        im2col(x, xs, d, m);
+        pointwise(m, o.rows(), d, None, y);
     }
 }
 
-/// `y[rows, C_out] = epilogue(x[rows, C_in] · w[C_in, C_out])`, split into
-/// one tile per thread — by rows when there are many, by output channels
-/// when there are few (a 7×7 map at batch 1 has 49) — each multiplied and
-/// finished on its thread.
+/// The patch matrix `[N·H'·W', k·k·C_in]` of a k×k convolution (padding
+/// k/2), zeros for taps outside the input: the stem's 3 input channels
+/// make its direct form a chain of tiny vectors, its GEMM form the
+/// register-blocked kernel.
+fn im2col(x: &[f32], xs: Shape, d: &Dense, m: &mut [f32]) {
+    let o = d.out_shape(xs);
+    let (k, s, p, cin) = (d.k, d.s, d.k / 2, d.cin);
+    let row_len = o.w * d.kdim;
+    let per = rows_per_task(o.n * o.h, row_len);
+    m.par_chunks_mut(row_len * per)
+        .enumerate()
+        .for_each(|(t, rows)| {
+            for (i, row) in rows.chunks_mut(row_len).enumerate() {
+                let g = t * per + i;
+                let (ni, oy) = (g / o.h, g % o.h);
+                for (ox, patch) in row.chunks_exact_mut(d.kdim).enumerate() {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let dst = &mut patch[(ky * k + kx) * cin..][..cin];
+                            let (iy, ix) = (
+                                (oy * s + ky) as isize - p as isize,
+                                (ox * s + kx) as isize - p as isize,
+                            );
+                            if iy < 0 || ix < 0 || iy >= xs.h as isize || ix >= xs.w as isize {
+                                dst.fill(0.0);
+                            } else {
+                                let at = ((ni * xs.h + iy as usize) * xs.w + ix as usize) * cin;
+                                dst.copy_from_slice(&x[at..at + cin]);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Output channels per packed weight panel (one AVX-512 register).
+const PANEL: usize = 16;
+
+/// `w` (`[C_in, C_out]`) as `[⌈C_out/PANEL⌉, C_in, PANEL]`, zero-padded.
+fn pack_panels(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let np = cout.div_ceil(PANEL);
+    let mut out = vec![0f32; np * cin * PANEL];
+    for pi in 0..np {
+        for ci in 0..cin {
+            for l in 0..PANEL.min(cout - pi * PANEL) {
+                out[(pi * cin + ci) * PANEL + l] = w[ci * cout + pi * PANEL + l];
+            }
+        }
+    }
+    out
+}
+
+/// `y[rows, C_out] = epilogue(x[rows, K] · w[K, C_out])` (K = `kdim`) on the
+/// packed panels, split into one tile per thread — by rows when there are
+/// many, by panels of output channels when there are few (a 7×7 map at
+/// batch 1 has 49 rows) — each multiplied and finished on its thread.
 fn pointwise(x: &[f32], rows: usize, d: &Dense, residual: Option<&[f32]>, y: &mut [f32]) {
-    let (cin, cout) = (d.cin, d.cout);
+    let (cin, cout) = (d.kdim, d.cout);
+    let np = cout.div_ceil(PANEL);
     let threads = rayon::current_num_threads().max(1);
     let macs = rows * cin * cout;
+    // (first row, end row, first panel, end panel)
     let tiles: Vec<(usize, usize, usize, usize)> = if threads == 1 || macs < SMALL_GEMM_MACS {
-        vec![(0, rows, 0, cout)]
-    } else if rows >= 32 * threads {
+        vec![(0, rows, 0, np)]
+    } else if rows >= 32 * threads || np < 2 * threads {
         let step = rows.div_ceil(threads);
         (0..rows)
             .step_by(step)
-            .map(|r| (r, (r + step).min(rows), 0, cout))
+            .map(|r| (r, (r + step).min(rows), 0, np))
             .collect()
     } else {
-        let step = cout.div_ceil(threads).next_multiple_of(16).min(cout);
-        (0..cout)
+        let step = np.div_ceil(threads);
+        (0..np)
             .step_by(step)
-            .map(|c| (0, rows, c, (c + step).min(cout)))
+            .map(|p| (0, rows, p, (p + step).min(np)))
             .collect()
     };
-    let out = Out(y.as_mut_ptr());
     assert!(y.len() >= rows * cout && x.len() >= rows * cin);
+    assert_eq!(d.panels.len(), np * cin * PANEL, "packed 1×1 weights");
     if let Some(r) = residual {
         assert!(r.len() >= rows * cout);
     }
-    let run = |&(r0, r1, c0, c1): &(usize, usize, usize, usize)| {
+    let out = Out(y.as_mut_ptr());
+    let run = |&(r0, r1, p0, p1): &(usize, usize, usize, usize)| {
         let out = out;
-        // SAFETY: the tiles are disjoint and within `y` (checked above);
-        // gemm reads x and w only within the stated shapes.
-        unsafe {
-            gemm::gemm(
-                r1 - r0,
-                c1 - c0,
-                cin,
-                out.0.add(r0 * cout + c0),
-                1,
-                cout as isize,
-                false,
-                x.as_ptr().add(r0 * cin),
-                1,
-                cin as isize,
-                d.w.as_ptr().add(c0),
-                1,
-                cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for r in r0..r1 {
-            // SAFETY: row r, columns c0..c1 belong to this tile only.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * cout + c0), c1 - c0) };
-            let res = residual.map(|v| &v[r * cout + c0..r * cout + c1]);
-            epilogue(row, &d.b[c0..c1], d.act, res);
-        }
+        // SAFETY: the tiles are disjoint, and within `y`, `x` and the
+        // panels (checked above).
+        unsafe { gemm_tile(x, d, residual, out, (r0, r1), (p0, p1)) };
     };
     if tiles.len() == 1 {
         run(&tiles[0]);
@@ -596,26 +656,238 @@ fn pointwise(x: &[f32], rows: usize, d: &Dense, residual: Option<&[f32]>, y: &mu
     }
 }
 
-/// `v ← act(v + b) [+ res]` over one row of output channels.
+/// One tile of [`pointwise`], with the register blocking of the CPU it
+/// runs on: `MR` rows × 2 panels where two remain, else `MR1` rows × 1.
+///
+/// # Safety
+/// As [`gemm_tile_impl`].
 #[multiversion::multiversion(targets = "simd")]
-fn epilogue(v: &mut [f32], b: &[f32], a: Option<Activation>, res: Option<&[f32]>) {
-    match a {
-        None => v.iter_mut().zip(b).for_each(|(x, b)| *x += b),
-        Some(Activation::Relu) => v
-            .iter_mut()
-            .zip(b)
-            .for_each(|(x, b)| *x = (*x + b).max(0.0)),
-        Some(Activation::Relu6) => v
-            .iter_mut()
-            .zip(b)
-            .for_each(|(x, b)| *x = (*x + b).clamp(0.0, 6.0)),
-        Some(Activation::HSwish) => v.iter_mut().zip(b).for_each(|(x, b)| {
-            let y = *x + b;
-            *x = y * (y + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0);
-        }),
+unsafe fn gemm_tile(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    rows: (usize, usize),
+    panels: (usize, usize),
+) {
+    use multiversion::target::target_cfg_f;
+    // SAFETY: forwarded.
+    unsafe {
+        if target_cfg_f!(all(target_feature = "avx512f", target_feature = "fma")) {
+            // 32 vector registers: 12 × 2 accumulators.
+            gemm_tile_impl::<12, 12, true>(x, d, residual, y, rows, panels)
+        } else if target_cfg_f!(all(target_feature = "avx2", target_feature = "fma")) {
+            // 16 registers of 8 lanes: 3 × 2 × 2 and 6 × 2 accumulators.
+            gemm_tile_impl::<3, 6, true>(x, d, residual, y, rows, panels)
+        } else {
+            gemm_tile_impl::<2, 4, false>(x, d, residual, y, rows, panels)
+        }
     }
-    if let Some(r) = res {
-        v.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+}
+
+/// # Safety
+/// `x` holds `rows.1` rows of `C_in`, `y` (and `residual`) `rows.1` rows of
+/// `C_out`, `panels.1 ≤ ⌈C_out/PANEL⌉`, and no other thread touches this
+/// tile of `y`.
+#[inline(always)]
+unsafe fn gemm_tile_impl<const MR: usize, const MR1: usize, const F: bool>(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    rows: (usize, usize),
+    panels: (usize, usize),
+) {
+    // The activation as a constant of the kernel: a runtime match inside
+    // the register tile made the compiler keep the tile in memory.
+    // SAFETY (all arms): forwarded.
+    unsafe {
+        match d.act {
+            None => gemm_tile_act::<MR, MR1, F, 0>(x, d, residual, y, rows, panels),
+            Some(Activation::Relu) => {
+                gemm_tile_act::<MR, MR1, F, 1>(x, d, residual, y, rows, panels)
+            }
+            Some(Activation::Relu6) => {
+                gemm_tile_act::<MR, MR1, F, 2>(x, d, residual, y, rows, panels)
+            }
+            Some(Activation::HSwish) => {
+                gemm_tile_act::<MR, MR1, F, 3>(x, d, residual, y, rows, panels)
+            }
+        }
+    }
+}
+
+/// The activation numbered `A` (0: none, 1: ReLU, 2: ReLU6, 3: h-swish).
+#[inline(always)]
+fn act_n<const A: u8>(v: f32) -> f32 {
+    match A {
+        0 => v,
+        1 => v.max(0.0),
+        2 => v.max(0.0).min(6.0),
+        _ => v * (v + 3.0).max(0.0).min(6.0) * (1.0 / 6.0),
+    }
+}
+
+/// # Safety
+/// As [`gemm_tile_impl`].
+#[inline(always)]
+unsafe fn gemm_tile_act<const MR: usize, const MR1: usize, const F: bool, const A: u8>(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+) {
+    // Rows per block: the block's inputs stay in L2 while every panel
+    // passes over them.
+    let rb = 8 * MR;
+    let mut b0 = r0;
+    while b0 < r1 {
+        let b1 = (b0 + rb).min(r1);
+        let mut p = p0;
+        while p < p1 {
+            // SAFETY (all calls): the caller's contract.
+            if p + 2 <= p1 {
+                let mut r = b0;
+                while r + MR <= b1 {
+                    unsafe { micro::<MR, 2, F, A>(x, d, residual, y, r, p) };
+                    r += MR;
+                }
+                unsafe { rest::<2, F, A>(x, d, residual, y, (r, b1), p) };
+                p += 2;
+            } else {
+                let mut r = b0;
+                while r + MR1 <= b1 {
+                    unsafe { micro::<MR1, 1, F, A>(x, d, residual, y, r, p) };
+                    r += MR1;
+                }
+                unsafe { rest::<1, F, A>(x, d, residual, y, (r, b1), p) };
+                p += 1;
+            }
+        }
+        b0 = b1;
+    }
+}
+
+/// The rows left after the full register tiles, in tiles of 4, 2 and 1.
+///
+/// # Safety
+/// As [`gemm_tile_impl`], for these rows and panels.
+#[inline(always)]
+unsafe fn rest<const P: usize, const F: bool, const A: u8>(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    (mut r, end): (usize, usize),
+    p: usize,
+) {
+    // SAFETY (all calls): the caller's contract.
+    while r + 4 <= end {
+        unsafe { micro::<4, P, F, A>(x, d, residual, y, r, p) };
+        r += 4;
+    }
+    if r + 2 <= end {
+        unsafe { micro::<2, P, F, A>(x, d, residual, y, r, p) };
+        r += 2;
+    }
+    if r < end {
+        unsafe { micro::<1, P, F, A>(x, d, residual, y, r, p) };
+    }
+}
+
+/// Rows `r..r + M` × panels `p..p + P` of a 1×1 convolution: `M·P`
+/// vectors of [`PANEL`] accumulators in registers over all of `C_in`, then
+/// bias, activation and residual on the way out.
+///
+/// # Safety
+/// As [`gemm_tile_impl`], for these rows and panels.
+#[inline(always)]
+unsafe fn micro<const M: usize, const P: usize, const F: bool, const A: u8>(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    r: usize,
+    p: usize,
+) {
+    let (kd, cout) = (d.kdim, d.cout);
+    let mut acc = [[[0f32; PANEL]; P]; M];
+    let xp = x.as_ptr();
+    let wp = d.panels.as_ptr();
+    // A single row has only P chains of dependent additions: split K over
+    // four partial sums (a GEMV, e.g. the classifier at batch 1).
+    let split = if M == 1 { kd / 4 * 4 } else { 0 };
+    if M == 1 && split > 0 {
+        let mut part = [[[0f32; PANEL]; P]; 4];
+        for k4 in (0..split).step_by(4) {
+            for (j, pj) in part.iter_mut().enumerate() {
+                let kk = k4 + j;
+                // SAFETY: row r < rows, kk < K, panel p + q < ⌈C_out/PANEL⌉.
+                let xv = unsafe { *xp.add(r * kd + kk) };
+                for (q, aq) in pj.iter_mut().enumerate() {
+                    let wq = unsafe {
+                        (wp.add(((p + q) * kd + kk) * PANEL) as *const [f32; PANEL])
+                            .read_unaligned()
+                    };
+                    for l in 0..PANEL {
+                        aq[l] = madd::<F>(xv, wq[l], aq[l]);
+                    }
+                }
+            }
+        }
+        for q in 0..P {
+            for l in 0..PANEL {
+                acc[0][q][l] = (part[0][q][l] + part[1][q][l]) + (part[2][q][l] + part[3][q][l]);
+            }
+        }
+    }
+    for kk in split..kd {
+        let mut w = [[0f32; PANEL]; P];
+        for (q, wq) in w.iter_mut().enumerate() {
+            // SAFETY: panel p + q < ⌈C_out/PANEL⌉, kk < K.
+            *wq = unsafe {
+                (wp.add(((p + q) * kd + kk) * PANEL) as *const [f32; PANEL]).read_unaligned()
+            };
+        }
+        for (m, am) in acc.iter_mut().enumerate() {
+            // SAFETY: row r + m < rows, kk < K.
+            let xv = unsafe { *xp.add((r + m) * kd + kk) };
+            for (aq, wq) in am.iter_mut().zip(&w) {
+                for l in 0..PANEL {
+                    aq[l] = madd::<F>(xv, wq[l], aq[l]);
+                }
+            }
+        }
+    }
+    for (m, am) in acc.iter().enumerate() {
+        for (q, aq) in am.iter().enumerate() {
+            let c0 = (p + q) * PANEL;
+            let n = PANEL.min(cout - c0);
+            let at = (r + m) * cout + c0;
+            let bias: &[f32; PANEL] = d.panel_bias[c0..c0 + PANEL].try_into().expect("panel");
+            let mut v = [0f32; PANEL];
+            for l in 0..PANEL {
+                v[l] = act_n::<A>(aq[l] + bias[l]);
+            }
+            if n == PANEL {
+                if let Some(res) = residual {
+                    let rv: &[f32; PANEL] = res[at..at + PANEL].try_into().expect("panel");
+                    for l in 0..PANEL {
+                        v[l] += rv[l];
+                    }
+                }
+                // SAFETY: this tile's row r + m, columns c0..c0 + PANEL.
+                unsafe { (y.0.add(at) as *mut [f32; PANEL]).write_unaligned(v) };
+            } else {
+                for (l, &vl) in v.iter().enumerate().take(n) {
+                    let r = residual.map_or(0.0, |res| res[at + l]);
+                    // SAFETY: this tile's row r + m, column c0 + l < C_out.
+                    unsafe { *y.0.add(at + l) = vl + r };
+                }
+            }
+        }
     }
 }
 
@@ -636,60 +908,18 @@ fn taps(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
     (t0, t1.max(t0))
 }
 
-/// A k×k dense convolution (the stem), channels-last, one output row per
-/// call of the vectorised row kernel.
-fn direct_conv(x: &[f32], xs: Shape, d: &Dense, y: &mut [f32]) {
-    let o = d.out_shape(xs);
-    let row_len = o.w * d.cout;
-    let per = rows_per_task(o.n * o.h, row_len * d.k * d.k * d.cin);
-    y[..o.len()]
-        .par_chunks_mut(row_len * per)
-        .enumerate()
-        .for_each(|(t, rows)| {
-            for (i, row) in rows.chunks_mut(row_len).enumerate() {
-                let g = t * per + i;
-                direct_row(x, xs, d, g / o.h, g % o.h, row);
-            }
-        });
-}
-
-/// One output row of [`direct_conv`]: per output pixel, the `C_out`
-/// accumulators take `x[tap, ci] · w[tap, ci, ..]` for the taps inside the
-/// input.
-#[multiversion::multiversion(targets = "simd")]
-fn direct_row(x: &[f32], xs: Shape, d: &Dense, ni: usize, oy: usize, row: &mut [f32]) {
-    let (k, s, p, cin, cout) = (d.k, d.s, d.k / 2, d.cin, d.cout);
-    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
-    for (ox, acc) in row.chunks_exact_mut(cout).enumerate() {
-        acc.copy_from_slice(&d.b);
-        let (kx0, kx1) = taps(ox, s, p, k, xs.w);
-        for ky in ky0..ky1 {
-            let iy = oy * s + ky - p;
-            for kx in kx0..kx1 {
-                let ix = ox * s + kx - p;
-                let px = &x[((ni * xs.h + iy) * xs.w + ix) * cin..][..cin];
-                let wt = &d.w[(ky * k + kx) * cin * cout..][..cin * cout];
-                for (&v, wr) in px.iter().zip(wt.chunks_exact(cout)) {
-                    acc.iter_mut().zip(wr).for_each(|(a, w)| *a += v * w);
-                }
-            }
-        }
-    }
-    if let Some(a) = d.act {
-        activate_row(row, a);
-    }
-}
-
 /// `v ← act(v)` with the match outside the loop (so that each arm
-/// vectorises).
+/// vectorises). `max`/`min` rather than `clamp`: `clamp`'s compare-and-
+/// select lowered to lane-by-lane code on an accumulator tile, spilling it
+/// through the stack.
 #[inline(always)]
 fn activate_row(v: &mut [f32], a: Activation) {
     match a {
         Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-        Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        Activation::Relu6 => v.iter_mut().for_each(|x| *x = x.max(0.0).min(6.0)),
         Activation::HSwish => v
             .iter_mut()
-            .for_each(|x| *x = *x * (*x + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)),
+            .for_each(|x| *x = *x * (*x + 3.0).max(0.0).min(6.0) * (1.0 / 6.0)),
     }
 }
 
@@ -744,11 +974,34 @@ struct RowAt {
     c0: usize,
 }
 
+/// `W` consecutive values of `v` from `at`.
+///
+/// # Safety
+/// `at + W <= v.len()`.
+#[inline(always)]
+unsafe fn load<const W: usize>(v: &[f32], at: usize) -> [f32; W] {
+    debug_assert!(at + W <= v.len());
+    // SAFETY: in bounds per the caller's contract; unaligned read of f32s.
+    unsafe { (v.as_ptr().add(at) as *const [f32; W]).read_unaligned() }
+}
+
+/// `a · b + c`, one fused instruction where the CPU has FMA (`F`), else
+/// a multiply and an add (a fused call without hardware FMA is a slow
+/// library routine).
+#[inline(always)]
+fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// Output pixels `ox..ox + T` (taps `kx0..kx1`, the same for all `T`) of
 /// one channel block, `W` lanes × `T` pixels in registers.
+///
+/// # Safety
+/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
+/// pixels and taps lie inside them (as [`dw_block`] computes them).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dw_tile<const W: usize, const T: usize>(
+unsafe fn dw_tile<const W: usize, const T: usize, const F: bool>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -758,18 +1011,19 @@ fn dw_tile<const W: usize, const T: usize>(
     row: &mut [f32],
 ) {
     let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
-    let bias: [f32; W] = d.b[at.c0..at.c0 + W].try_into().expect("block");
+    // SAFETY (all loads): the caller's contract; `w` is `[k·k, C]`.
+    let bias: [f32; W] = unsafe { load(&d.b, at.c0) };
     let mut acc = [bias; T];
     for ky in at.ky0..at.ky1 {
         let xrow = at.base + (at.oy * s + ky - p) * xs.w * c;
         let wrow = ky * k * c + at.c0;
         for kx in kx0..kx1 {
-            let wv: &[f32; W] = d.w[wrow + kx * c..][..W].try_into().expect("block");
+            let wv: [f32; W] = unsafe { load(&d.w, wrow + kx * c) };
             for (t, a) in acc.iter_mut().enumerate() {
                 let ix = (ox + t) * s + kx - p;
-                let xv: &[f32; W] = x[xrow + ix * c..][..W].try_into().expect("block");
+                let xv: [f32; W] = unsafe { load(x, xrow + ix * c) };
                 for l in 0..W {
-                    a[l] += xv[l] * wv[l];
+                    a[l] = madd::<F>(xv[l], wv[l], a[l]);
                 }
             }
         }
@@ -784,7 +1038,7 @@ fn dw_tile<const W: usize, const T: usize>(
 /// the outside taps skipped.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dw_block<const W: usize>(
+fn dw_block<const W: usize, const F: bool>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -811,36 +1065,59 @@ fn dw_block<const W: usize>(
         0
     }
     .max(lo);
-    for ox in 0..lo {
-        dw_tile::<W, 1>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+    // SAFETY: `taps` keeps every tap inside the input, the interior range
+    // has all k taps inside it, and depthwise_row checked the sizes.
+    unsafe {
+        for ox in 0..lo {
+            dw_tile::<W, 1, F>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+        }
+        let mut ox = lo;
+        while ox + DW_TILE <= hi {
+            dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row);
+            ox += DW_TILE;
+        }
+        for ox in ox..ow {
+            dw_tile::<W, 1, F>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+        }
     }
-    let mut ox = lo;
-    while ox + DW_TILE <= hi {
-        dw_tile::<W, DW_TILE>(x, xs, d, at, ox, (0, k), row);
-        ox += DW_TILE;
+}
+
+#[inline(always)]
+fn depthwise_row_impl<const F: bool>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    ni: usize,
+    oy: usize,
+    row: &mut [f32],
+) {
+    let c = d.c;
+    // What the unchecked loads rely on.
+    assert!(ni < xs.n && xs.c == c && x.len() >= xs.len() && row.len() % c.max(1) == 0);
+    assert!(d.w.len() == d.k * d.k * c && d.b.len() == c);
+    let mut c0 = 0;
+    while c0 + LANES <= c {
+        dw_block::<LANES, F>(x, xs, d, ni, oy, c0, row);
+        c0 += LANES;
     }
-    for ox in ox..ow {
-        dw_tile::<W, 1>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+    if c0 + 8 <= c {
+        dw_block::<8, F>(x, xs, d, ni, oy, c0, row);
+        c0 += 8;
     }
+    while c0 < c {
+        dw_block::<1, F>(x, xs, d, ni, oy, c0, row);
+        c0 += 1;
+    }
+    activate_row(row, d.act);
 }
 
 #[multiversion::multiversion(targets = "simd")]
 fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row: &mut [f32]) {
-    let c = d.c;
-    let mut c0 = 0;
-    while c0 + LANES <= c {
-        dw_block::<LANES>(x, xs, d, ni, oy, c0, row);
-        c0 += LANES;
+    if multiversion::target::target_cfg_f!(target_feature = "fma") {
+        depthwise_row_impl::<true>(x, xs, d, ni, oy, row)
+    } else {
+        depthwise_row_impl::<false>(x, xs, d, ni, oy, row)
     }
-    if c0 + 8 <= c {
-        dw_block::<8>(x, xs, d, ni, oy, c0, row);
-        c0 += 8;
-    }
-    while c0 < c {
-        dw_block::<1>(x, xs, d, ni, oy, c0, row);
-        c0 += 1;
-    }
-    activate_row(row, d.act);
 }
 
 /// Per-sample channel means of a channels-last map, into `out` `[N, C]`.
@@ -1062,32 +1339,27 @@ mod tests {
             let n = [1, 3][(case / 8) % 2];
             let xs = Shape { n, h, w, c: cin };
             let x = random(xs.len(), &mut r);
-            let d = Dense {
-                k,
-                s,
-                cin,
-                cout,
-                w: random(k * k * cin * cout, &mut r),
-                b: random(cout, &mut r),
-                act: ACTS[case % 4],
-            };
+            let (wt, bias) = (random(k * k * cin * cout, &mut r), random(cout, &mut r));
+            let d = Dense::new([k, s, cin, cout], wt.clone(), bias.clone(), ACTS[case % 4]);
             let o = d.out_shape(xs);
             let mut y = vec![f32::NAN; o.len()];
-            on_threads(1 + case % 2, || dense(&x, xs, &d, None, &mut y));
+            on_threads(1 + case % 2, || {
+                dense(&x, xs, &d, None, &mut y, &mut Vec::new())
+            });
             let p = (k / 2) as isize;
             let mut want = vec![0f32; o.len()];
             for ni in 0..n {
                 for oy in 0..o.h {
                     for ox in 0..o.w {
                         for co in 0..cout {
-                            let mut v = d.b[co];
+                            let mut v = bias[co];
                             for ky in 0..k {
                                 for kx in 0..k {
                                     for ci in 0..cin {
                                         let iy = (oy * s + ky) as isize - p;
                                         let ix = (ox * s + kx) as isize - p;
                                         v += at(&x, xs, ni, iy, ix, ci)
-                                            * d.w[((ky * k + kx) * cin + ci) * cout + co];
+                                            * wt[((ky * k + kx) * cin + ci) * cout + co];
                                     }
                                 }
                             }
@@ -1118,15 +1390,8 @@ mod tests {
         {
             let x = random(rows * cin, &mut r);
             let res = random(rows * cout, &mut r);
-            let d = Dense {
-                k: 1,
-                s: 1,
-                cin,
-                cout,
-                w: random(cin * cout, &mut r),
-                b: random(cout, &mut r),
-                act: ACTS[case % 4],
-            };
+            let (wt, bias) = (random(cin * cout, &mut r), random(cout, &mut r));
+            let d = Dense::new([1, 1, cin, cout], wt.clone(), bias.clone(), ACTS[case % 4]);
             for residual in [false, true] {
                 for threads in [1, 2, 3] {
                     let mut y = vec![f32::NAN; rows * cout];
@@ -1136,8 +1401,8 @@ mod tests {
                     let mut want = vec![0f32; rows * cout];
                     for i in 0..rows {
                         for o in 0..cout {
-                            let v: f32 = (0..cin).map(|c| x[i * cin + c] * d.w[c * cout + o]).sum();
-                            let v = act_opt(v + d.b[o], d.act);
+                            let v: f32 = (0..cin).map(|c| x[i * cin + c] * wt[c * cout + o]).sum();
+                            let v = act_opt(v + bias[o], d.act);
                             want[i * cout + o] = v + if residual { res[i * cout + o] } else { 0.0 };
                         }
                     }
