@@ -188,6 +188,11 @@ pub fn evaluate_with_hits<B: OfaBackend>(
     if !data.calib.is_empty() {
         recalibrate(net, arch, data, cfg.calib_batch, device)?;
     }
+    // The recalibrated subnet as it will be deployed: extracted (BN
+    // statistics copied) and, on CPU backends, run by the host engine —
+    // the same outputs as the supernet's Eval pass up to rounding
+    // (tests/nn.rs), at the engine's speed.
+    let run = crate::nn::Runner::new(crate::nn::extract(net, arch));
     let r = measure(
         data,
         arch.r,
@@ -195,7 +200,7 @@ pub fn evaluate_with_hits<B: OfaBackend>(
         net.space.num_classes,
         device,
         progress,
-        &|x| net.forward(x, arch, crate::nn::Mode::Eval),
+        &|x| run.forward(x),
     )?;
     if !r.0.loss.is_finite() {
         anyhow::bail!("evaluation of {arch} produced a non-finite loss");
