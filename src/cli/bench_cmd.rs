@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// engine (`nn::engine`), to compare the two in one run.
     #[arg(long)]
     no_engine: bool,
+    /// Inference: print where the host engine's time went (seconds and
+    /// multiply-adds per kind of step, over all timed runs).
+    #[arg(long)]
+    breakdown: bool,
     #[arg(long)]
     json: bool,
 }
@@ -204,12 +208,31 @@ fn infer<B: TrainBackend>(device: &B::Device, a: BenchArgs) -> anyhow::Result<()
                 }
             };
             once();
+            if a.breakdown {
+                run.record_breakdown();
+            }
             let reps = a.steps.max(1) * if bs == 1 { 10 } else { 1 };
             let t = Instant::now();
             for _ in 0..reps {
                 once();
             }
             r.push((reps * bs) as f64 / t.elapsed().as_secs_f64());
+            if let Some(b) = run.breakdown().filter(|_| a.breakdown) {
+                let total: f64 = b.steps.values().map(|v| v.0).sum();
+                let parts: Vec<String> = b
+                    .steps
+                    .iter()
+                    .map(|(k, (t, m))| {
+                        let g = if *t > 0.0 { *m as f64 / t / 1e9 } else { 0.0 };
+                        format!("{k} {:.0}% ({g:.1} GMAC/s)", 100.0 * t / total)
+                    })
+                    .collect();
+                println!(
+                    "  {:.1} MFLOPs, batch {bs}: {}",
+                    arch.cost(&space).mflops(),
+                    parts.join(", ")
+                );
+            }
         }
         let m = median(rates.iter().map(|r| r[bi]).collect());
         println!(

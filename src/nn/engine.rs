@@ -124,6 +124,29 @@ pub struct Workspace {
     se: Vec<f32>,
     /// The patch matrix of a k×k dense convolution.
     cols: Vec<f32>,
+    /// Seconds per kind of step, when [`Workspace::with_breakdown`] asked.
+    breakdown: Option<Breakdown>,
+}
+
+/// Where a plan's forward passes spent their time (`ofa bench infer
+/// --breakdown`): seconds and multiply-adds per kind of step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Breakdown {
+    pub steps: std::collections::BTreeMap<&'static str, (f64, u64)>,
+}
+
+impl Workspace {
+    /// A workspace that records a [`Breakdown`] of every forward pass.
+    pub fn with_breakdown() -> Self {
+        Workspace {
+            breakdown: Some(Breakdown::default()),
+            ..Default::default()
+        }
+    }
+
+    pub fn breakdown(&self) -> Option<&Breakdown> {
+        self.breakdown.as_ref()
+    }
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -458,14 +481,26 @@ impl Op {
     fn run(&self, ws: &mut Workspace, at: usize, x: Shape) -> (usize, Shape) {
         let (src, t1, t2) = split3(&mut ws.bufs, at);
         let next1 = (at + 1) % 3;
-        match self {
+        let timed = ws.breakdown.is_some();
+        let mut steps: Vec<(&'static str, std::time::Instant, usize)> = Vec::new();
+        let mut mark = |kind: &'static str, macs: usize| {
+            if timed {
+                steps.push((kind, std::time::Instant::now(), macs));
+            }
+        };
+        let out = match self {
             Op::Conv(d) => {
                 let o = d.out_shape(x);
+                mark(
+                    if d.k == 1 { "1x1 conv" } else { "kxk conv" },
+                    o.rows() * d.kdim * d.cout,
+                );
                 dense(&src[..x.len()], x, d, None, grow(t1, o.len()), &mut ws.cols);
                 (next1, o)
             }
             Op::Pool => {
                 let o = Shape { h: 1, w: 1, ..x };
+                mark("pool", 0);
                 pool(&src[..x.len()], x, grow(t1, o.len()));
                 (next1, o)
             }
@@ -476,6 +511,7 @@ impl Op {
                 let (expanded, e_shape) = match &b.expand {
                     Some(e) => {
                         let o = e.out_shape(x);
+                        mark("1x1 conv", o.rows() * e.kdim * e.cout);
                         dense(input, x, e, None, grow(t1, o.len()), &mut ws.cols);
                         (true, o)
                     }
@@ -488,12 +524,15 @@ impl Op {
                 };
                 let d_shape = b.dw.out_shape(e_shape);
                 let d_out = grow(t2, d_shape.len());
+                mark("depthwise", d_shape.len() * b.dw.k * b.dw.k);
                 depthwise(e_out, e_shape, &b.dw, d_out);
                 if let Some(se) = &b.se {
+                    mark("squeeze-excite", 0);
                     squeeze_excite(d_out, d_shape, se, &mut ws.se);
                 }
                 let p_shape = b.project.out_shape(d_shape);
                 let residual = (b.residual && p_shape == x).then_some(input);
+                mark("1x1 conv", d_shape.rows() * b.project.kdim * b.project.cout);
                 dense(
                     d_out,
                     d_shape,
@@ -504,7 +543,17 @@ impl Op {
                 );
                 (next1, p_shape)
             }
+        };
+        if let Some(br) = &mut ws.breakdown {
+            let end = std::time::Instant::now();
+            for (i, &(kind, t, macs)) in steps.iter().enumerate() {
+                let until = steps.get(i + 1).map_or(end, |n| n.1);
+                let e = br.steps.entry(kind).or_default();
+                e.0 += until.duration_since(t).as_secs_f64();
+                e.1 += macs as u64;
+            }
         }
+        out
     }
 }
 
@@ -565,7 +614,6 @@ fn dense(
 /// register-blocked kernel.
 fn im2col(x: &[f32], xs: Shape, d: &Dense, m: &mut [f32]) {
     let o = d.out_shape(xs);
-    let (k, s, p, cin) = (d.k, d.s, d.k / 2, d.cin);
     let row_len = o.w * d.kdim;
     let per = rows_per_task(o.n * o.h, row_len);
     m.par_chunks_mut(row_len * per)
@@ -573,26 +621,48 @@ fn im2col(x: &[f32], xs: Shape, d: &Dense, m: &mut [f32]) {
         .for_each(|(t, rows)| {
             for (i, row) in rows.chunks_mut(row_len).enumerate() {
                 let g = t * per + i;
-                let (ni, oy) = (g / o.h, g % o.h);
-                for (ox, patch) in row.chunks_exact_mut(d.kdim).enumerate() {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let dst = &mut patch[(ky * k + kx) * cin..][..cin];
-                            let (iy, ix) = (
-                                (oy * s + ky) as isize - p as isize,
-                                (ox * s + kx) as isize - p as isize,
-                            );
-                            if iy < 0 || ix < 0 || iy >= xs.h as isize || ix >= xs.w as isize {
-                                dst.fill(0.0);
-                            } else {
-                                let at = ((ni * xs.h + iy as usize) * xs.w + ix as usize) * cin;
-                                dst.copy_from_slice(&x[at..at + cin]);
-                            }
-                        }
-                    }
+                // The stem's 1 or 3 channels as constants: a copy of a
+                // runtime length that small is a library call per tap.
+                match d.cin {
+                    1 => im2col_row::<1>(x, xs, d, g / o.h, g % o.h, row),
+                    3 => im2col_row::<3>(x, xs, d, g / o.h, g % o.h, row),
+                    _ => im2col_row::<0>(x, xs, d, g / o.h, g % o.h, row),
                 }
             }
         });
+}
+
+/// One output row's patches; `C` is the channel count when known at
+/// compile time (0: `d.cin`).
+#[inline(always)]
+fn im2col_row<const C: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Dense,
+    ni: usize,
+    oy: usize,
+    row: &mut [f32],
+) {
+    let (k, s, p) = (d.k, d.s, d.k / 2);
+    let cin = if C == 0 { d.cin } else { C };
+    for (ox, patch) in row.chunks_exact_mut(d.kdim).enumerate() {
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - p as isize;
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - p as isize;
+                let dst = &mut patch[(ky * k + kx) * cin..][..cin];
+                if iy < 0 || ix < 0 || iy >= xs.h as isize || ix >= xs.w as isize {
+                    dst.iter_mut().for_each(|v| *v = 0.0);
+                } else {
+                    let at = ((ni * xs.h + iy as usize) * xs.w + ix as usize) * cin;
+                    let src = &x[at..at + cin];
+                    for i in 0..cin {
+                        dst[i] = src[i];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Output channels per packed weight panel (one AVX-512 register).
@@ -1033,9 +1103,23 @@ unsafe fn dw_tile<const W: usize, const T: usize, const F: bool>(
     }
 }
 
-/// Channels `c0..c0 + W` of one output row: the interior pixels (every tap
-/// inside the input) [`DW_TILE`] at a time, the border ones singly with
-/// the outside taps skipped.
+/// The pixels of an output row whose taps all lie inside the input:
+/// `lo..hi` (ox·s − p ≥ 0 and ox·s − p + k − 1 ≤ w − 1), and `hi` cut down
+/// to whole [`DW_TILE`]s.
+fn interior(xs: Shape, d: &Depthwise, ow: usize) -> (usize, usize) {
+    let (k, s, p) = (d.k, d.s, d.k / 2);
+    let lo = p.div_ceil(s).min(ow);
+    let hi = if xs.w + p >= k {
+        ((xs.w + p - k) / s + 1).min(ow)
+    } else {
+        0
+    }
+    .max(lo);
+    (lo, lo + (hi - lo) / DW_TILE * DW_TILE)
+}
+
+/// Channels `c0..c0 + W` of the interior pixels of one output row,
+/// [`DW_TILE`] pixels at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn dw_block<const W: usize, const F: bool>(
@@ -1045,6 +1129,7 @@ fn dw_block<const W: usize, const F: bool>(
     ni: usize,
     oy: usize,
     c0: usize,
+    (lo, hi): (usize, usize),
     row: &mut [f32],
 ) {
     let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
@@ -1056,28 +1141,96 @@ fn dw_block<const W: usize, const F: bool>(
         ky1,
         c0,
     };
-    let ow = row.len() / c;
-    // Interior: ox·s − p ≥ 0 and ox·s − p + k − 1 ≤ w − 1.
-    let lo = p.div_ceil(s).min(ow);
-    let hi = if xs.w + p >= k {
-        ((xs.w + p - k) / s + 1).min(ow)
-    } else {
-        0
+    let mut ox = lo;
+    while ox + DW_TILE <= hi {
+        // SAFETY: interior pixels have all k taps inside the input, and
+        // depthwise_row checked the sizes.
+        unsafe { dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row) };
+        ox += DW_TILE;
     }
-    .max(lo);
-    // SAFETY: `taps` keeps every tap inside the input, the interior range
-    // has all k taps inside it, and depthwise_row checked the sizes.
+}
+
+/// One pixel `ox` (taps `kx0..kx1`), channels `at.c0..at.c0 + B·W`: `B`
+/// blocks of `W` lanes, `B` independent chains — a border pixel has no
+/// neighbours to tile with (at 7×7 and k = 7 every pixel is one).
+///
+/// # Safety
+/// As [`dw_tile`].
+#[inline(always)]
+unsafe fn dw_pixel<const W: usize, const B: usize, const F: bool>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    at: RowAt,
+    ox: usize,
+    (kx0, kx1): (usize, usize),
+    row: &mut [f32],
+) {
+    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
+    let mut acc = [[0f32; W]; B];
+    for (b, a) in acc.iter_mut().enumerate() {
+        // SAFETY (all loads): the caller's contract.
+        *a = unsafe { load(&d.b, at.c0 + b * W) };
+    }
+    for ky in at.ky0..at.ky1 {
+        let xrow = at.base + (at.oy * s + ky - p) * xs.w * c;
+        let wrow = ky * k * c + at.c0;
+        for kx in kx0..kx1 {
+            let ix = ox * s + kx - p;
+            for (b, a) in acc.iter_mut().enumerate() {
+                let wv: [f32; W] = unsafe { load(&d.w, wrow + kx * c + b * W) };
+                let xv: [f32; W] = unsafe { load(x, xrow + ix * c + b * W) };
+                for l in 0..W {
+                    a[l] = madd::<F>(xv[l], wv[l], a[l]);
+                }
+            }
+        }
+    }
+    for (b, a) in acc.iter().enumerate() {
+        row[ox * c + at.c0 + b * W..][..W].copy_from_slice(a);
+    }
+}
+
+/// Every channel of the border pixel `ox`, four blocks at a time.
+#[inline(always)]
+fn dw_border_pixel<const F: bool>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    ni: usize,
+    oy: usize,
+    ox: usize,
+    row: &mut [f32],
+) {
+    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
+    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
+    let kx = taps(ox, s, p, k, xs.w);
+    let at = |c0: usize| RowAt {
+        base: ni * xs.h * xs.w * c + c0,
+        oy,
+        ky0,
+        ky1,
+        c0,
+    };
+    let mut c0 = 0;
+    // SAFETY: `taps` keeps every tap inside the input; depthwise_row
+    // checked the sizes.
     unsafe {
-        for ox in 0..lo {
-            dw_tile::<W, 1, F>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+        while c0 + 4 * LANES <= c {
+            dw_pixel::<LANES, 4, F>(x, xs, d, at(c0), ox, kx, row);
+            c0 += 4 * LANES;
         }
-        let mut ox = lo;
-        while ox + DW_TILE <= hi {
-            dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row);
-            ox += DW_TILE;
+        while c0 + LANES <= c {
+            dw_pixel::<LANES, 1, F>(x, xs, d, at(c0), ox, kx, row);
+            c0 += LANES;
         }
-        for ox in ox..ow {
-            dw_tile::<W, 1, F>(x, xs, d, at, ox, taps(ox, s, p, k, xs.w), row);
+        if c0 + 8 <= c {
+            dw_pixel::<8, 1, F>(x, xs, d, at(c0), ox, kx, row);
+            c0 += 8;
+        }
+        while c0 < c {
+            dw_pixel::<1, 1, F>(x, xs, d, at(c0), ox, kx, row);
+            c0 += 1;
         }
     }
 }
@@ -1095,18 +1248,23 @@ fn depthwise_row_impl<const F: bool>(
     // What the unchecked loads rely on.
     assert!(ni < xs.n && xs.c == c && x.len() >= xs.len() && row.len() % c.max(1) == 0);
     assert!(d.w.len() == d.k * d.k * c && d.b.len() == c);
+    let ow = row.len() / c.max(1);
+    let (lo, hi) = interior(xs, d, ow);
     let mut c0 = 0;
     while c0 + LANES <= c {
-        dw_block::<LANES, F>(x, xs, d, ni, oy, c0, row);
+        dw_block::<LANES, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += LANES;
     }
     if c0 + 8 <= c {
-        dw_block::<8, F>(x, xs, d, ni, oy, c0, row);
+        dw_block::<8, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 8;
     }
     while c0 < c {
-        dw_block::<1, F>(x, xs, d, ni, oy, c0, row);
+        dw_block::<1, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 1;
+    }
+    for ox in (0..lo).chain(hi..ow) {
+        dw_border_pixel::<F>(x, xs, d, ni, oy, ox, row);
     }
     activate_row(row, d.act);
 }
@@ -1120,16 +1278,36 @@ fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row:
     }
 }
 
-/// Per-sample channel means of a channels-last map, into `out` `[N, C]`.
+/// Per-sample channel means of a channels-last map, into `out` `[N, C]`
+/// (one thread: splitting one sample's pooling cost more in wake-ups
+/// than it saved, measured at batch 1).
 fn channel_means(x: &[f32], xs: Shape, out: &mut [f32]) {
-    let plane = xs.h * xs.w;
-    let inv = 1.0 / plane as f32;
-    for (ni, o) in out.chunks_mut(xs.c).take(xs.n).enumerate() {
-        o.iter_mut().for_each(|v| *v = 0.0);
-        for px in x[ni * plane * xs.c..][..plane * xs.c].chunks_exact(xs.c) {
-            o.iter_mut().zip(px).for_each(|(a, v)| *a += v);
-        }
-        o.iter_mut().for_each(|v| *v *= inv);
+    let (plane, c) = (xs.h * xs.w, xs.c);
+    for (ni, o) in out[..xs.n * c].chunks_mut(c.max(1)).enumerate() {
+        channel_block_mean(&x[ni * plane * c..][..plane * c], c, 0, o);
+    }
+}
+
+/// Means over pixels of channels `c0..c0 + out.len()` of one sample.
+#[multiversion::multiversion(targets = "simd")]
+fn channel_block_mean(sample: &[f32], c: usize, c0: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let n = out.len();
+    let pixels = sample.len() / c.max(1);
+    for px in sample.chunks_exact(c) {
+        out.iter_mut()
+            .zip(&px[c0..c0 + n])
+            .for_each(|(a, v)| *a += v);
+    }
+    let inv = 1.0 / pixels.max(1) as f32;
+    out.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `x[p, c] *= g[c]` over a run of pixels.
+#[multiversion::multiversion(targets = "simd")]
+fn scale_pixels(x: &mut [f32], g: &[f32]) {
+    for px in x.chunks_exact_mut(g.len()) {
+        px.iter_mut().zip(g).for_each(|(v, g)| *v *= g);
     }
 }
 
@@ -1158,13 +1336,21 @@ fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>) {
     }
     let plane = xs.h * xs.w;
     let gates = &*gates;
+    let per = rows_per_task(xs.n * plane, c);
     x[..xs.len()]
-        .par_chunks_mut(plane * c)
+        .par_chunks_mut(per * c)
         .enumerate()
-        .for_each(|(ni, sample)| {
-            let g = &gates[ni * c..][..c];
-            for px in sample.chunks_exact_mut(c) {
-                px.iter_mut().zip(g).for_each(|(v, g)| *v *= g);
+        .for_each(|(t, chunk)| {
+            // A chunk may straddle samples: scale each sample's part by its gates.
+            let mut p0 = t * per;
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let ni = p0 / plane;
+                let take = ((ni + 1) * plane - p0).min(rest.len() / c);
+                let (now, later) = rest.split_at_mut(take * c);
+                scale_pixels(now, &gates[ni * c..][..c]);
+                rest = later;
+                p0 += take;
             }
         });
 }
@@ -1206,6 +1392,21 @@ impl<B: OfaBackend> Runner<B> {
             }
             None => self.net.forward(x),
         }
+    }
+
+    /// Records a [`Breakdown`] of the host engine's passes from now on.
+    pub fn record_breakdown(&self) {
+        if let Some((_, ws)) = &self.plan {
+            let mut ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+            ws.breakdown = Some(Breakdown::default());
+        }
+    }
+
+    /// What [`Runner::record_breakdown`] recorded.
+    pub fn breakdown(&self) -> Option<Breakdown> {
+        let (_, ws) = self.plan.as_ref()?;
+        let ws = ws.lock().unwrap_or_else(|e| e.into_inner());
+        ws.breakdown.clone()
     }
 
     /// Logits of a host input `[N, C, R, R]` (timing: no tensor conversion).
