@@ -1145,8 +1145,74 @@ fn dw_block<const W: usize, const F: bool>(
     while ox + DW_TILE <= hi {
         // SAFETY: interior pixels have all k taps inside the input, and
         // depthwise_row checked the sizes.
-        unsafe { dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row) };
+        unsafe {
+            match k {
+                3 => dw_tile_k::<W, F, 3>(x, xs, d, at, ox, row),
+                5 => dw_tile_k::<W, F, 5>(x, xs, d, at, ox, row),
+                7 => dw_tile_k::<W, F, 7>(x, xs, d, at, ox, row),
+                _ => dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row),
+            }
+        }
         ox += DW_TILE;
+    }
+}
+
+/// [`DW_TILE`] interior pixels from `ox` for a kernel size `K` known at
+/// compile time: the tap loops unroll, the row's `K` weight vectors stay
+/// in registers, and at stride 1 each input vector is loaded once for the
+/// `K` taps and pixels that share it (a sliding window of `DW_TILE + K − 1`
+/// vectors instead of `DW_TILE · K` loads).
+///
+/// # Safety
+/// As [`dw_tile`], for interior pixels (all `K` taps inside the input).
+#[inline(always)]
+unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    at: RowAt,
+    ox: usize,
+    row: &mut [f32],
+) {
+    const T: usize = DW_TILE;
+    // The window's longest length, DW_TILE + 7 − 1.
+    const WIN: usize = DW_TILE + 6;
+    let (s, p, c) = (d.s, K / 2, d.c);
+    // SAFETY (all loads): the caller's contract; `w` is `[K·K, C]`.
+    let bias: [f32; W] = unsafe { load(&d.b, at.c0) };
+    let mut acc = [bias; T];
+    for ky in at.ky0..at.ky1 {
+        let xrow = at.base + (at.oy * s + ky - p) * xs.w * c;
+        let wrow = ky * K * c + at.c0;
+        let mut wv = [[0f32; W]; K];
+        for (kx, w) in wv.iter_mut().enumerate() {
+            *w = unsafe { load(&d.w, wrow + kx * c) };
+        }
+        if s == 1 {
+            let mut win = [[0f32; W]; WIN];
+            for (j, v) in win.iter_mut().enumerate().take(T + K - 1) {
+                *v = unsafe { load(x, xrow + (ox + j - p) * c) };
+            }
+            for (kx, w) in wv.iter().enumerate() {
+                for (t, a) in acc.iter_mut().enumerate() {
+                    for l in 0..W {
+                        a[l] = madd::<F>(win[t + kx][l], w[l], a[l]);
+                    }
+                }
+            }
+        } else {
+            for (kx, w) in wv.iter().enumerate() {
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let xv: [f32; W] = unsafe { load(x, xrow + ((ox + t) * s + kx - p) * c) };
+                    for l in 0..W {
+                        a[l] = madd::<F>(xv[l], w[l], a[l]);
+                    }
+                }
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        row[(ox + t) * c + at.c0..][..W].copy_from_slice(a);
     }
 }
 
