@@ -9,7 +9,7 @@
 #   THREADS=2 bash bench/latency_tables.sh [OUT]
 #
 # OFA: an ofa binary built with `--features onnxruntime` (default
-# target/release/ofa). Writes bench/results/lut-<runtime>-ofa-mbv3-w1.0.json.
+# target/release/ofa); RUNTIMES="ofa" times only our engine (any build). Writes bench/results/lut-<runtime>-ofa-mbv3-w1.0.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/latency-tables}
@@ -19,7 +19,7 @@ RESULTS=${RESULTS:-bench/results}
 SPACE=${SPACE:-ofa-mbv3-w1.0}
 mkdir -p "$OUT" "$RESULTS"
 python3 -c "import onnxruntime" 2>/dev/null || python3 -m pip install --quiet onnxruntime
-for runtime in ofa onnxruntime; do
+for runtime in ${RUNTIMES:-ofa onnxruntime}; do
   start=$(date +%s.%N)
   "$OFA" --threads "$THREADS" profile --space "$SPACE" --runtime "$runtime" \
     --validate 20 --validate-at 160,224 --out "$OUT/$runtime.lut.json" | tee "$OUT/$runtime.log"
