@@ -111,6 +111,15 @@ impl Shape {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The output of a k×k convolution with padding k/2 and `c` channels.
+    fn conv_out(&self, k: usize, s: usize, c: usize) -> Shape {
+        Shape {
+            n: self.n,
+            h: crate::space::conv_out(self.h, k, s),
+            w: crate::space::conv_out(self.w, k, s),
+            c,
+        }
+    }
     fn rows(&self) -> usize {
         self.n * self.h * self.w
     }
@@ -124,7 +133,7 @@ pub struct Workspace {
     se: Vec<f32>,
     /// The patch matrix of a k×k dense convolution.
     cols: Vec<f32>,
-    /// Seconds per kind of step, when [`Workspace::with_breakdown`] asked.
+    /// Seconds per kind of step, when [`Runner::record_breakdown`] asked.
     breakdown: Option<Breakdown>,
 }
 
@@ -133,20 +142,6 @@ pub struct Workspace {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Breakdown {
     pub steps: std::collections::BTreeMap<&'static str, (f64, u64)>,
-}
-
-impl Workspace {
-    /// A workspace that records a [`Breakdown`] of every forward pass.
-    pub fn with_breakdown() -> Self {
-        Workspace {
-            breakdown: Some(Breakdown::default()),
-            ..Default::default()
-        }
-    }
-
-    pub fn breakdown(&self) -> Option<&Breakdown> {
-        self.breakdown.as_ref()
-    }
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -241,13 +236,7 @@ impl Dense {
     }
 
     fn out_shape(&self, x: Shape) -> Shape {
-        let p = self.k / 2;
-        Shape {
-            n: x.n,
-            h: (x.h + 2 * p - self.k) / self.s + 1,
-            w: (x.w + 2 * p - self.k) / self.s + 1,
-            c: self.cout,
-        }
+        x.conv_out(self.k, self.s, self.cout)
     }
 }
 
@@ -273,13 +262,7 @@ impl Depthwise {
     }
 
     fn out_shape(&self, x: Shape) -> Shape {
-        let p = self.k / 2;
-        Shape {
-            n: x.n,
-            h: (x.h + 2 * p - self.k) / self.s + 1,
-            w: (x.w + 2 * p - self.k) / self.s + 1,
-            c: self.c,
-        }
+        x.conv_out(self.k, self.s, self.c)
     }
 }
 
@@ -1350,22 +1333,19 @@ fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row:
 fn channel_means(x: &[f32], xs: Shape, out: &mut [f32]) {
     let (plane, c) = (xs.h * xs.w, xs.c);
     for (ni, o) in out[..xs.n * c].chunks_mut(c.max(1)).enumerate() {
-        channel_block_mean(&x[ni * plane * c..][..plane * c], c, 0, o);
+        channel_mean(&x[ni * plane * c..][..plane * c], o);
     }
 }
 
-/// Means over pixels of channels `c0..c0 + out.len()` of one sample.
+/// Means over the pixels of one channels-last sample, `out` `[C]`.
 #[multiversion::multiversion(targets = "simd")]
-fn channel_block_mean(sample: &[f32], c: usize, c0: usize, out: &mut [f32]) {
+fn channel_mean(sample: &[f32], out: &mut [f32]) {
     out.fill(0.0);
-    let n = out.len();
-    let pixels = sample.len() / c.max(1);
+    let c = out.len().max(1);
     for px in sample.chunks_exact(c) {
-        out.iter_mut()
-            .zip(&px[c0..c0 + n])
-            .for_each(|(a, v)| *a += v);
+        out.iter_mut().zip(px).for_each(|(a, v)| *a += v);
     }
-    let inv = 1.0 / pixels.max(1) as f32;
+    let inv = 1.0 / (sample.len() / c).max(1) as f32;
     out.iter_mut().for_each(|v| *v *= inv);
 }
 
