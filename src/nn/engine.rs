@@ -1046,51 +1046,16 @@ fn madd<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// Output pixels `ox..ox + T` (taps `kx0..kx1`, the same for all `T`) of
-/// one channel block, `W` lanes × `T` pixels in registers.
-///
-/// # Safety
-/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
-/// pixels and taps lie inside them (as [`dw_block`] computes them).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_tile<const W: usize, const T: usize, const F: bool>(
-    x: &[f32],
-    xs: Shape,
-    d: &Depthwise,
-    at: RowAt,
-    ox: usize,
-    (kx0, kx1): (usize, usize),
-    row: &mut [f32],
-) {
-    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
-    // SAFETY (all loads): the caller's contract; `w` is `[k·k, C]`.
-    let bias: [f32; W] = unsafe { load(&d.b, at.c0) };
-    let mut acc = [bias; T];
-    for ky in at.ky0..at.ky1 {
-        let xrow = at.base + (at.oy * s + ky - p) * xs.w * c;
-        let wrow = ky * k * c + at.c0;
-        for kx in kx0..kx1 {
-            let wv: [f32; W] = unsafe { load(&d.w, wrow + kx * c) };
-            for (t, a) in acc.iter_mut().enumerate() {
-                let ix = (ox + t) * s + kx - p;
-                let xv: [f32; W] = unsafe { load(x, xrow + ix * c) };
-                for l in 0..W {
-                    a[l] = madd::<F>(xv[l], wv[l], a[l]);
-                }
-            }
-        }
-    }
-    for (t, a) in acc.iter().enumerate() {
-        row[(ox + t) * c + at.c0..][..W].copy_from_slice(a);
-    }
-}
-
 /// The pixels of an output row whose taps all lie inside the input:
 /// `lo..hi` (ox·s − p ≥ 0 and ox·s − p + k − 1 ≤ w − 1), and `hi` cut down
 /// to whole [`DW_TILE`]s.
 fn interior(xs: Shape, d: &Depthwise, ow: usize) -> (usize, usize) {
     let (k, s, p) = (d.k, d.s, d.k / 2);
+    if !matches!(k, 3 | 5 | 7) {
+        // No tile kernel for other sizes: every pixel takes the per-pixel
+        // path (exact, slower).
+        return (0, 0);
+    }
     let lo = p.div_ceil(s).min(ow);
     let hi = if xs.w + p >= k {
         ((xs.w + p - k) / s + 1).min(ow)
@@ -1133,7 +1098,7 @@ fn dw_block<const W: usize, const F: bool>(
                 3 => dw_tile_k::<W, F, 3>(x, xs, d, at, ox, row),
                 5 => dw_tile_k::<W, F, 5>(x, xs, d, at, ox, row),
                 7 => dw_tile_k::<W, F, 7>(x, xs, d, at, ox, row),
-                _ => dw_tile::<W, DW_TILE, F>(x, xs, d, at, ox, (0, k), row),
+                _ => unreachable!("interior() is empty for kernel size {k}"),
             }
         }
         ox += DW_TILE;
@@ -1147,7 +1112,8 @@ fn dw_block<const W: usize, const F: bool>(
 /// vectors instead of `DW_TILE · K` loads).
 ///
 /// # Safety
-/// As [`dw_tile`], for interior pixels (all `K` taps inside the input).
+/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
+/// pixels `ox..ox + DW_TILE` are interior (all `K` taps inside the input).
 #[inline(always)]
 unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
     x: &[f32],
@@ -1204,7 +1170,8 @@ unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
 /// neighbours to tile with (at 7×7 and k = 7 every pixel is one).
 ///
 /// # Safety
-/// As [`dw_tile`].
+/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
+/// taps `kx0..kx1` (and `at.ky0..at.ky1`) lie inside the input.
 #[inline(always)]
 unsafe fn dw_pixel<const W: usize, const B: usize, const F: bool>(
     x: &[f32],
