@@ -126,6 +126,12 @@ impl DwShape {
     }
 }
 
+/// Pixels transposed together between channel-major planes and
+/// pixel-major blocks: each plane is read (or written) in contiguous runs
+/// while the block's 16 × [`LANES`] tile stays in L1, instead of touching
+/// every plane once per pixel.
+const TRANSPOSE_RUN: usize = 16;
+
 /// Copies channels `c0..c0+cn` of one sample (`[C, h, w]`) into a zero-padded
 /// pixel-major block `[(h+2p) × (w+2p)] × LANES`.
 fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f32>) {
@@ -135,12 +141,16 @@ fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f
     let planes: Vec<&[f32]> = (0..cn).map(|l| &src[(c0 + l) * plane..][..plane]).collect();
     for y in 0..g.h {
         let row = (y + g.p) * g.pw + g.p;
-        for x in 0..g.w {
-            let px = &mut dst[(row + x) * LANES..][..cn];
-            let i = y * g.w + x;
-            for (v, p) in px.iter_mut().zip(&planes) {
-                *v = p[i];
+        let mut x0 = 0;
+        while x0 < g.w {
+            let n = TRANSPOSE_RUN.min(g.w - x0);
+            let tile = &mut dst[(row + x0) * LANES..][..n * LANES];
+            for (l, p) in planes.iter().enumerate() {
+                for (i, v) in p[y * g.w + x0..][..n].iter().enumerate() {
+                    tile[i * LANES + l] = *v;
+                }
             }
+            x0 += n;
         }
     }
 }
@@ -149,11 +159,16 @@ fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f
 /// (`[cn, oh, ow]`, already offset to channel `c0`).
 fn scatter_block(src: &[f32], pixels: usize, cn: usize, dst: &mut [MaybeUninit<f32>]) {
     let mut planes: Vec<&mut [MaybeUninit<f32>]> = dst.chunks_mut(pixels).take(cn).collect();
-    for i in 0..pixels {
-        let px = &src[i * LANES..][..cn];
-        for (p, v) in planes.iter_mut().zip(px) {
-            p[i].write(*v);
+    let mut i0 = 0;
+    while i0 < pixels {
+        let n = TRANSPOSE_RUN.min(pixels - i0);
+        let tile = &src[i0 * LANES..][..n * LANES];
+        for (l, p) in planes.iter_mut().enumerate() {
+            for (i, v) in p[i0..][..n].iter_mut().enumerate() {
+                v.write(tile[i * LANES + l]);
+            }
         }
+        i0 += n;
     }
 }
 
@@ -175,18 +190,55 @@ fn lanes(v: &[f32], at: usize) -> &[f32; LANES] {
         .expect("LANES-wide slice")
 }
 
+/// Output pixels per register tile of the depthwise kernels: four
+/// independent accumulator chains hide the add latency and share each
+/// tap's weight vector (one chain per pixel left the forward pass
+/// latency-bound).
+const DW_TILE: usize = 4;
+
 /// Forward of one channel block: every output pixel accumulates its k²
-/// taps in a register-resident vector.
+/// taps in a register-resident vector, [`DW_TILE`] pixels at a time.
 #[multiversion::multiversion(targets = "simd")]
 fn dw_block_forward(g: &DwShape, wb: &[f32], pad: &[f32], out: &mut [f32]) {
+    // A constant kernel size lets the compiler unroll the taps.
+    match g.k {
+        3 => dw_forward_body(g, 3, wb, pad, out),
+        5 => dw_forward_body(g, 5, wb, pad, out),
+        7 => dw_forward_body(g, 7, wb, pad, out),
+        k => dw_forward_body(g, k, wb, pad, out),
+    }
+}
+
+#[inline(always)]
+fn dw_forward_body(g: &DwShape, k: usize, wb: &[f32], pad: &[f32], out: &mut [f32]) {
     for oy in 0..g.oh {
-        for ox in 0..g.ow {
-            let mut acc = [0f32; LANES];
-            for ky in 0..g.k {
+        let mut ox = 0;
+        while ox + DW_TILE <= g.ow {
+            let mut acc = [[0f32; LANES]; DW_TILE];
+            for ky in 0..k {
                 let row = (oy * g.s + ky) * g.pw + ox * g.s;
-                for kx in 0..g.k {
+                for kx in 0..k {
+                    let wv = lanes(wb, ky * k + kx);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let px = lanes(pad, row + j * g.s + kx);
+                        for l in 0..LANES {
+                            a[l] += wv[l] * px[l];
+                        }
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                out[(oy * g.ow + ox + j) * LANES..][..LANES].copy_from_slice(a);
+            }
+            ox += DW_TILE;
+        }
+        for ox in ox..g.ow {
+            let mut acc = [0f32; LANES];
+            for ky in 0..k {
+                let row = (oy * g.s + ky) * g.pw + ox * g.s;
+                for kx in 0..k {
                     let px = lanes(pad, row + kx);
-                    let wv = lanes(wb, ky * g.k + kx);
+                    let wv = lanes(wb, ky * k + kx);
                     for l in 0..LANES {
                         acc[l] += wv[l] * px[l];
                     }
@@ -217,8 +269,9 @@ fn dw_block_backward_input(g: &DwShape, wb: &[f32], dy: &[f32], dpad: &mut [f32]
     }
 }
 
-/// Weight gradient of one block: per tap, a register-resident sum over
-/// all output pixels.
+/// Weight gradient of one block: per output row and tap, a sum over the
+/// row's pixels in [`DW_TILE`] register-resident partial sums (the rows it
+/// reads stay in L1 across the k² taps).
 #[multiversion::multiversion(targets = "simd")]
 fn dw_block_backward_weight(
     g: &DwShape,
@@ -228,22 +281,52 @@ fn dw_block_backward_weight(
     dy_off: usize,
     dwb: &mut [f32],
 ) {
-    for ky in 0..g.k {
-        for kx in 0..g.k {
-            let mut acc = [0f32; LANES];
-            for oy in 0..g.oh {
-                let row = (oy * g.s + ky) * g.pw + kx;
-                for ox in 0..g.ow {
-                    let px = lanes(pad, row + ox * g.s);
-                    let gv = lanes(dy, dy_off + oy * dy_pw + ox);
+    match g.k {
+        3 => dw_weight_body(g, 3, pad, dy, dy_pw, dy_off, dwb),
+        5 => dw_weight_body(g, 5, pad, dy, dy_pw, dy_off, dwb),
+        7 => dw_weight_body(g, 7, pad, dy, dy_pw, dy_off, dwb),
+        k => dw_weight_body(g, k, pad, dy, dy_pw, dy_off, dwb),
+    }
+}
+
+#[inline(always)]
+fn dw_weight_body(
+    g: &DwShape,
+    k: usize,
+    pad: &[f32],
+    dy: &[f32],
+    dy_pw: usize,
+    dy_off: usize,
+    dwb: &mut [f32],
+) {
+    for oy in 0..g.oh {
+        let grow = dy_off + oy * dy_pw;
+        for ky in 0..k {
+            let row = (oy * g.s + ky) * g.pw;
+            for kx in 0..k {
+                let mut acc = [[0f32; LANES]; DW_TILE];
+                let mut ox = 0;
+                while ox + DW_TILE <= g.ow {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let px = lanes(pad, row + kx + (ox + j) * g.s);
+                        let gv = lanes(dy, grow + ox + j);
+                        for l in 0..LANES {
+                            a[l] += gv[l] * px[l];
+                        }
+                    }
+                    ox += DW_TILE;
+                }
+                for ox in ox..g.ow {
+                    let px = lanes(pad, row + kx + ox * g.s);
+                    let gv = lanes(dy, grow + ox);
                     for l in 0..LANES {
-                        acc[l] += gv[l] * px[l];
+                        acc[0][l] += gv[l] * px[l];
                     }
                 }
-            }
-            let t = &mut dwb[(ky * g.k + kx) * LANES..][..LANES];
-            for l in 0..LANES {
-                t[l] += acc[l];
+                let t = &mut dwb[(ky * k + kx) * LANES..][..LANES];
+                for l in 0..LANES {
+                    t[l] += (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+                }
             }
         }
     }
