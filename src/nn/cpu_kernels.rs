@@ -212,40 +212,43 @@ fn dw_block_forward(g: &DwShape, wb: &[f32], pad: &[f32], out: &mut [f32]) {
 #[inline(always)]
 fn dw_forward_body(g: &DwShape, k: usize, wb: &[f32], pad: &[f32], out: &mut [f32]) {
     for oy in 0..g.oh {
-        let mut ox = 0;
-        while ox + DW_TILE <= g.ow {
-            let mut acc = [[0f32; LANES]; DW_TILE];
-            for ky in 0..k {
-                let row = (oy * g.s + ky) * g.pw + ox * g.s;
-                for kx in 0..k {
-                    let wv = lanes(wb, ky * k + kx);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let px = lanes(pad, row + j * g.s + kx);
-                        for l in 0..LANES {
-                            a[l] += wv[l] * px[l];
-                        }
-                    }
+        let tiles = g.ow / DW_TILE * DW_TILE;
+        for ox in (0..tiles).step_by(DW_TILE) {
+            dw_forward_pixels::<DW_TILE>(g, k, wb, pad, out, oy, ox);
+        }
+        for ox in tiles..g.ow {
+            dw_forward_pixels::<1>(g, k, wb, pad, out, oy, ox);
+        }
+    }
+}
+
+/// `T` adjacent output pixels of row `oy` from `ox` on, each accumulating
+/// its k² taps in order.
+#[inline(always)]
+fn dw_forward_pixels<const T: usize>(
+    g: &DwShape,
+    k: usize,
+    wb: &[f32],
+    pad: &[f32],
+    out: &mut [f32],
+    oy: usize,
+    ox: usize,
+) {
+    let mut acc = [[0f32; LANES]; T];
+    for ky in 0..k {
+        let row = (oy * g.s + ky) * g.pw + ox * g.s;
+        for kx in 0..k {
+            let wv = lanes(wb, ky * k + kx);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let px = lanes(pad, row + j * g.s + kx);
+                for l in 0..LANES {
+                    a[l] += wv[l] * px[l];
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                out[(oy * g.ow + ox + j) * LANES..][..LANES].copy_from_slice(a);
-            }
-            ox += DW_TILE;
         }
-        for ox in ox..g.ow {
-            let mut acc = [0f32; LANES];
-            for ky in 0..k {
-                let row = (oy * g.s + ky) * g.pw + ox * g.s;
-                for kx in 0..k {
-                    let px = lanes(pad, row + kx);
-                    let wv = lanes(wb, ky * k + kx);
-                    for l in 0..LANES {
-                        acc[l] += wv[l] * px[l];
-                    }
-                }
-            }
-            out[(oy * g.ow + ox) * LANES..][..LANES].copy_from_slice(&acc);
-        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        out[(oy * g.ow + ox + j) * LANES..][..LANES].copy_from_slice(a);
     }
 }
 
