@@ -1,5 +1,5 @@
 //! The operators the supernet spends its time in, as a backend extension
-//! trait: depthwise and pointwise convolution, training-mode batch norm,
+//! trait: dense (the stem), depthwise and pointwise convolution, training-mode batch norm,
 //! per-channel affine and activations.
 //!
 //! Every method has a default built from burn's own tensor ops, so any burn
@@ -158,6 +158,40 @@ pub trait OfaBackend: Backend {
         let k = dims4::<Self>(&weight)[2];
         let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], c);
         let dx = Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        (dx, Self::conv2d_weight_backward(x, weight, grad, options))
+    }
+
+    /// Dense `k×k` convolution, padding `k / 2`, no bias (the stem):
+    /// `x: [N, C_in, H, W]`, `weight: [C_out, C_in, k, k]` → `[N, C_out, H', W']`.
+    fn dense_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let k = dims4::<Self>(&weight)[2];
+        Self::conv2d(
+            x,
+            weight,
+            None,
+            ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1),
+        )
+    }
+
+    /// Gradients of [`OfaBackend::dense_conv2d`]: `(dx, dweight)`, `dx`
+    /// only when `need_dx` (the stem's input is the image: nobody reads
+    /// its gradient).
+    fn dense_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+        need_dx: bool,
+    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+        let k = dims4::<Self>(&weight)[2];
+        let options = ConvOptions::new([stride; 2], [k / 2; 2], [1, 1], 1);
+        let dx = need_dx.then(|| {
+            Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
+        });
         (dx, Self::conv2d_weight_backward(x, weight, grad, options))
     }
 
@@ -397,6 +431,42 @@ macro_rules! host_backend {
                     od,
                 );
                 ($make(dx, &[d.n, d.c, d.h, d.w]), $make(dw, &wd))
+            }
+
+            fn dense_conv2d(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                stride: usize,
+            ) -> FloatTensor<Self> {
+                let (d, wd) = (nchw(dims4::<Self>(&x)), dims4::<Self>(&weight));
+                let (y, od) =
+                    cpu_kernels::conv_forward(&$view(&x), d, &$view(&weight), wd[0], wd[2], stride);
+                $make(y, &[od.n, od.c, od.h, od.w])
+            }
+
+            fn dense_conv2d_backward(
+                x: FloatTensor<Self>,
+                weight: FloatTensor<Self>,
+                grad: FloatTensor<Self>,
+                stride: usize,
+                need_dx: bool,
+            ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+                let (d, od) = (nchw(dims4::<Self>(&x)), nchw(dims4::<Self>(&grad)));
+                let wd = dims4::<Self>(&weight);
+                let (dx, dw) = cpu_kernels::conv_backward(
+                    &$view(&x),
+                    d,
+                    &$view(&weight),
+                    wd[2],
+                    stride,
+                    &$view(&grad),
+                    od,
+                    need_dx,
+                );
+                (
+                    dx.map(|dx| $make(dx, &[d.n, d.c, d.h, d.w])),
+                    $make(dw, &wd),
+                )
             }
 
             fn pointwise_conv2d(
@@ -663,6 +733,28 @@ fn depthwise_backward<B: OfaBackend>(
     [dx, dw]
 }
 
+/// The backward pass of [`OfaBackend::dense_conv2d`]: unlike [`Fused`], it
+/// asks for the input's gradient only when the input is tracked.
+#[derive(Debug)]
+struct DenseConvBackward;
+
+impl<B: OfaBackend> Backward<B, 2> for DenseConvBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [px, pw] = ops.parents;
+        let (x, w, stride) = ops.state;
+        let (dx, dw) = B::dense_conv2d_backward(x, w, grad, stride, px.is_some());
+        if let (Some(p), Some(dx)) = (px, dx) {
+            grads.register::<B>(p.id, dx);
+        }
+        if let Some(p) = pw {
+            grads.register::<B>(p.id, dw);
+        }
+    }
+}
+
 fn pointwise_backward<B: OfaBackend>(
     (x, w): (FloatTensor<B>, FloatTensor<B>),
     grad: FloatTensor<B>,
@@ -749,6 +841,22 @@ impl<B: OfaBackend, C: CheckpointStrategy> OfaBackend for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let out = B::depthwise_conv2d(x.primitive.clone(), weight.primitive.clone(), stride);
         match Fused::<B, _, 2>(depthwise_backward::<B>)
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, stride), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn dense_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let out = B::dense_conv2d(x.primitive.clone(), weight.primitive.clone(), stride);
+        match DenseConvBackward
             .prepare::<C>([x.node.clone(), weight.node.clone()])
             .compute_bound()
             .stateful()
@@ -845,6 +953,12 @@ pub fn depthwise<B: OfaBackend>(
     stride: usize,
 ) -> Tensor<B, 4> {
     wrap(B::depthwise_conv2d(unwrap(x), unwrap(weight), stride))
+}
+
+/// `x: [N, C_in, H, W]`, `weight: [C_out, C_in, k, k]` → `[N, C_out, H', W']`
+/// (padding `k / 2`, no bias).
+pub fn dense<B: OfaBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+    wrap(B::dense_conv2d(unwrap(x), unwrap(weight), stride))
 }
 
 /// `x: [N, C_in, H, W]`, `weight: [C_out, C_in, 1, 1]` → `[N, C_out, H, W]`.

@@ -126,50 +126,145 @@ impl DwShape {
     }
 }
 
-/// Pixels transposed together between channel-major planes and
-/// pixel-major blocks: each plane is read (or written) in contiguous runs
-/// while the block's 16 × [`LANES`] tile stays in L1, instead of touching
-/// every plane once per pixel.
-const TRANSPOSE_RUN: usize = 16;
+/// `dst[i·ds + l] = src[l·ss + i]` for `l < rows`, `i < cols`: the
+/// transposes between channel-major planes and the depthwise kernels'
+/// pixel-major blocks. 8×8 tiles go through AVX registers where the CPU
+/// has them (one by one, 64 scalar moves each, these transposes were a
+/// tenth of a training step); the edges are moved one by one.
+fn transpose(
+    src: &[f32],
+    ss: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [MaybeUninit<f32>],
+    ds: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        src.len() >= (rows - 1) * ss + cols,
+        "transpose: source too short"
+    );
+    assert!(
+        dst.len() >= (cols - 1) * ds + rows,
+        "transpose: destination too short"
+    );
+    let (r8, c8) = if avx() {
+        (rows / 8 * 8, cols / 8 * 8)
+    } else {
+        (0, 0)
+    };
+    for l0 in (0..r8).step_by(8) {
+        for i0 in (0..c8).step_by(8) {
+            // SAFETY: AVX is present (avx() checked it); the tile reads
+            // src[(l0+l)·ss + i0 + i] and writes dst[(i0+i)·ds + l0 + l]
+            // for l, i < 8, inside the lengths asserted above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                transpose8_avx(
+                    src.as_ptr().add(l0 * ss + i0),
+                    ss,
+                    dst.as_mut_ptr().add(i0 * ds + l0) as *mut f32,
+                    ds,
+                )
+            }
+        }
+    }
+    for l in 0..rows {
+        let from = if l < r8 { c8 } else { 0 };
+        for i in from..cols {
+            dst[i * ds + l].write(src[l * ss + i]);
+        }
+    }
+}
+
+/// Whether the 8×8 AVX transpose can run (the standard library caches
+/// the CPU check).
+fn avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One 8×8 tile of [`transpose`]: the classic unpack / shuffle / lane
+/// permute sequence (rows → pairs → quads → halves).
+///
+/// # Safety
+/// AVX is available; `src + l·ss + i` and `dst + i·ds + l` are valid for
+/// `l, i < 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the eight rows of eight are readable.
+    let r: [__m256; 8] = std::array::from_fn(|l| unsafe { _mm256_loadu_ps(src.add(l * ss)) });
+    // Pairs: t0 = [r0₀ r1₀ r0₁ r1₁ | r0₄ r1₄ r0₅ r1₅], …
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // Quads: u0 = [r0₀ r1₀ r2₀ r3₀ | r0₄ r1₄ r2₄ r3₄], u1 columns 1 | 5, …
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    // Halves: column i of the tile.
+    let cols = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (i, v) in cols.into_iter().enumerate() {
+        // SAFETY: the caller guarantees the eight rows of eight are writable.
+        unsafe { _mm256_storeu_ps(dst.add(i * ds), v) };
+    }
+}
 
 /// Copies channels `c0..c0+cn` of one sample (`[C, h, w]`) into a zero-padded
-/// pixel-major block `[(h+2p) × (w+2p)] × LANES`.
+/// pixel-major block `[(h+2p) × (w+2p)] × LANES`, one input row (all `cn`
+/// planes) at a time.
 fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f32>) {
     dst.clear();
     dst.resize(g.ph * g.pw * LANES, 0.0);
     let plane = g.h * g.w;
-    let planes: Vec<&[f32]> = (0..cn).map(|l| &src[(c0 + l) * plane..][..plane]).collect();
+    // SAFETY: MaybeUninit<f32> has f32's layout, and only f32s are written.
+    let out = unsafe { &mut *(dst.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
     for y in 0..g.h {
         let row = (y + g.p) * g.pw + g.p;
-        let mut x0 = 0;
-        while x0 < g.w {
-            let n = TRANSPOSE_RUN.min(g.w - x0);
-            let tile = &mut dst[(row + x0) * LANES..][..n * LANES];
-            for (l, p) in planes.iter().enumerate() {
-                for (i, v) in p[y * g.w + x0..][..n].iter().enumerate() {
-                    tile[i * LANES + l] = *v;
-                }
-            }
-            x0 += n;
-        }
+        transpose(
+            &src[c0 * plane + y * g.w..],
+            plane,
+            cn,
+            g.w,
+            &mut out[row * LANES..],
+            LANES,
+        );
     }
 }
 
 /// Copies an `[oh × ow] × LANES` block into channels `c0..c0+cn` of `dst`
 /// (`[cn, oh, ow]`, already offset to channel `c0`).
 fn scatter_block(src: &[f32], pixels: usize, cn: usize, dst: &mut [MaybeUninit<f32>]) {
-    let mut planes: Vec<&mut [MaybeUninit<f32>]> = dst.chunks_mut(pixels).take(cn).collect();
-    let mut i0 = 0;
-    while i0 < pixels {
-        let n = TRANSPOSE_RUN.min(pixels - i0);
-        let tile = &src[i0 * LANES..][..n * LANES];
-        for (l, p) in planes.iter_mut().enumerate() {
-            for (i, v) in p[i0..][..n].iter_mut().enumerate() {
-                v.write(tile[i * LANES + l]);
-            }
-        }
-        i0 += n;
-    }
+    transpose(src, LANES, pixels, cn, dst, pixels);
 }
 
 /// Weights of channels `c0..c0+cn` as `[k·k] × LANES` (zero lanes beyond cn).
@@ -526,16 +621,43 @@ fn gemm(
     rhs_cs: usize,
     parallel: bool,
 ) {
-    assert!(dst.len() >= m * n);
+    gemm_rows(
+        m, n, k, dst, n, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
+    )
+}
+
+/// [`gemm`] into the first `n` columns of rows `dst_rs` apart (a column
+/// block of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n && dst.len() >= (m - 1) * dst_rs + n);
+    assert!(k == 0 || (lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs));
+    assert!(k == 0 || (rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs));
     let par = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the slices cover every index the strides reach: dst is m×n
-    // row-major (checked above) and callers pass lhs/rhs of the stated
-    // shapes; gemm reads/writes only within m×k, k×n and m×n, and reads dst
-    // only when `accumulate` (then the caller initialised it).
+    // SAFETY: the asserts above check that every index the strides reach
+    // lies inside dst (m rows of n, dst_rs apart), lhs (m×k) and rhs (k×n);
+    // gemm reads dst only when `accumulate` (then the caller initialised it).
     unsafe {
         gemm::gemm(
             m,
@@ -543,7 +665,7 @@ fn gemm(
             k,
             dst.as_mut_ptr() as *mut f32,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
@@ -702,6 +824,267 @@ pub fn pointwise_backward(
     (dx, dw)
 }
 
+/// Output columns (pixels) of one patch-matrix tile of a dense
+/// convolution: `C_in·k²` rows of this many columns stay in L2 while the
+/// GEMM reads them (27 × 2048 floats for the 3-channel 3×3 stem).
+const PATCH_COLS: usize = 2048;
+
+/// Output rows of one tile: whole rows, about [`PATCH_COLS`] pixels.
+fn tile_rows(g: &DwShape) -> usize {
+    (PATCH_COLS / g.ow.max(1)).clamp(1, g.oh.max(1))
+}
+
+/// Range of output columns `ox` whose tap `kx` falls inside the input row
+/// (the rest read the zero padding).
+fn valid_cols(g: &DwShape, kx: usize) -> (usize, usize) {
+    // ix = ox·s + kx − p ≥ 0  ⇔  ox ≥ ⌈(p − kx) / s⌉
+    let lo = if kx < g.p {
+        (g.p - kx).div_ceil(g.s)
+    } else {
+        0
+    };
+    // ix ≤ w − 1  ⇔  ox ≤ ⌊(w − 1 + p − kx) / s⌋
+    let hi = if g.w + g.p > kx {
+        ((g.w - 1 + g.p - kx) / g.s + 1).min(g.ow)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Input row of tap `ky` for output row `oy`, `None` in the padding.
+fn input_row(g: &DwShape, oy: usize, ky: usize) -> Option<usize> {
+    (oy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.h)
+}
+
+/// The patch matrix of output rows `oy0..oy1` of one sample `[C_in, h, w]`:
+/// row `(ci·k + ky)·k + kx`, column `(oy − oy0)·ow + ox` holds the input
+/// value that tap multiplies (0 in the padding). `dst` has
+/// `C_in·k² × (oy1 − oy0)·ow` elements.
+fn im2col(x: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dst: &mut [f32]) {
+    let (k, ow, cols) = (g.k, g.ow, (oy1 - oy0) * g.ow);
+    for ci in 0..cin {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut dst[((ci * k + ky) * k + kx) * cols..][..cols];
+                let (lo, hi) = valid_cols(g, kx);
+                for oy in oy0..oy1 {
+                    let out = &mut row[(oy - oy0) * ow..][..ow];
+                    let Some(iy) = input_row(g, oy, ky) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    if lo == hi {
+                        continue;
+                    }
+                    let first = lo * g.s + kx - g.p;
+                    if g.s == 1 {
+                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        for (o, v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(g.s)) {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds a patch-matrix gradient (the layout of [`im2col`]) back onto the
+/// input pixels each entry was read from.
+fn col2im_add(dcol: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dx: &mut [f32]) {
+    let (k, ow, cols) = (g.k, g.ow, (oy1 - oy0) * g.ow);
+    for ci in 0..cin {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &dcol[((ci * k + ky) * k + kx) * cols..][..cols];
+                let (lo, hi) = valid_cols(g, kx);
+                for oy in oy0..oy1 {
+                    let Some(iy) = input_row(g, oy, ky).filter(|_| lo < hi) else {
+                        continue;
+                    };
+                    let src = &row[(oy - oy0) * ow + lo..(oy - oy0) * ow + hi];
+                    let first = lo * g.s + kx - g.p;
+                    let dst = &mut plane[iy * g.w + first..(iy + 1) * g.w];
+                    for (d, v) in dst.iter_mut().step_by(g.s).zip(src) {
+                        *d += *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dense `k×k` convolution, padding `k / 2`, no bias (the network's stem):
+/// `x: [N, C_in, h, w]`, `w: [C_out, C_in, k, k]` → `[N, C_out, h', w']`.
+/// Per sample, tiles of whole output rows: the tile's patch matrix is
+/// built once and multiplied by the weights into the output's columns.
+pub fn conv_forward(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    cout: usize,
+    k: usize,
+    s: usize,
+) -> (Vec<f32>, Nchw) {
+    let g = DwShape::new(d.h, d.w, k, s);
+    let od = Nchw {
+        n: d.n,
+        c: cout,
+        h: g.oh,
+        w: g.ow,
+    };
+    let (ohw, taps) = (od.plane(), d.c * k * k);
+    let mut y = output(od.len());
+    if ohw == 0 || cout == 0 {
+        // SAFETY: the buffer is empty.
+        return (unsafe { finish(y) }, od);
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let per_sample = |(n, yn): (usize, &mut [MaybeUninit<f32>]), parallel: bool| {
+        let xn = &x[n * d.c * d.plane()..(n + 1) * d.c * d.plane()];
+        let rows = tile_rows(&g);
+        let mut col = vec![0f32; taps * rows * g.ow];
+        for oy0 in (0..g.oh).step_by(rows) {
+            let oy1 = (oy0 + rows).min(g.oh);
+            let cols = (oy1 - oy0) * g.ow;
+            im2col(xn, &g, d.c, oy0, oy1, &mut col[..taps * cols]);
+            gemm_rows(
+                cout,
+                cols,
+                taps,
+                &mut yn[oy0 * g.ow..],
+                ohw,
+                false,
+                w,
+                taps,
+                1,
+                &col,
+                cols,
+                1,
+                parallel,
+            );
+        }
+    };
+    if d.n >= threads {
+        y.par_chunks_mut(cout * ohw)
+            .enumerate()
+            .for_each(|a| per_sample(a, false));
+    } else {
+        y.chunks_mut(cout * ohw)
+            .enumerate()
+            .for_each(|a| per_sample(a, true));
+    }
+    // SAFETY: the tiles' GEMMs wrote every column of every output row.
+    (unsafe { finish(y) }, od)
+}
+
+/// Gradients of [`conv_forward`]: `(dx, dw)`, `dx` only when `need_dx`
+/// (the stem's input is the image, whose gradient nobody reads).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward(
+    x: &[f32],
+    d: Nchw,
+    w: &[f32],
+    k: usize,
+    s: usize,
+    dy: &[f32],
+    od: Nchw,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let g = DwShape::new(d.h, d.w, k, s);
+    let (cout, ohw, taps, hw) = (od.c, od.plane(), d.c * k * k, d.plane());
+    let rows = tile_rows(&g);
+    // dW = Σₙ dYₙ · Pₙᵀ, one partial sum per thread over its samples.
+    let threads = rayon::current_num_threads().max(1);
+    let per = d.n.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..d.n)
+        .collect::<Vec<_>>()
+        .par_chunks(per)
+        .map(|ns| {
+            let mut acc = vec![0f32; cout * taps];
+            let mut col = vec![0f32; taps * rows * g.ow];
+            for &n in ns {
+                let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
+                let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
+                for oy0 in (0..g.oh).step_by(rows) {
+                    let oy1 = (oy0 + rows).min(g.oh);
+                    let cols = (oy1 - oy0) * g.ow;
+                    im2col(xn, &g, d.c, oy0, oy1, &mut col[..taps * cols]);
+                    // SAFETY: MaybeUninit<f32> has f32's layout; acc is initialised.
+                    let dst = unsafe {
+                        &mut *(acc.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
+                    };
+                    // Pᵀ: element (i, j) = col[j·cols + i].
+                    gemm(
+                        cout,
+                        taps,
+                        cols,
+                        dst,
+                        true,
+                        &gn[oy0 * g.ow..],
+                        ohw,
+                        1,
+                        &col,
+                        1,
+                        cols,
+                        false,
+                    );
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0f32; cout * taps];
+    for p in partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    if !need_dx {
+        return (None, dw);
+    }
+    // dPₙ = Wᵀ · dYₙ, then each entry added back to the pixel it read.
+    let mut dx = vec![0f32; d.len()];
+    dx.par_chunks_mut((d.c * hw).max(1))
+        .enumerate()
+        .for_each(|(n, dxn)| {
+            let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
+            let mut dcol = output(taps * rows * g.ow);
+            for oy0 in (0..g.oh).step_by(rows) {
+                let oy1 = (oy0 + rows).min(g.oh);
+                let cols = (oy1 - oy0) * g.ow;
+                // Wᵀ: element (i, j) = w[j·taps + i].
+                gemm(
+                    taps,
+                    cols,
+                    cout,
+                    &mut dcol,
+                    false,
+                    w,
+                    1,
+                    taps,
+                    &gn[oy0 * g.ow..],
+                    ohw,
+                    1,
+                    false,
+                );
+                // SAFETY: the GEMM wrote the first taps × cols elements.
+                let done = unsafe {
+                    &*(&dcol[..taps * cols] as *const [MaybeUninit<f32>] as *const [f32])
+                };
+                col2im_add(done, &g, d.c, oy0, oy1, dxn);
+            }
+        });
+    (Some(dx), dw)
+}
+
 /// Elements a parallel task should cover at least: with 2×2 or 7×7
 /// planes, one task per plane would cost more to schedule than to run.
 const MIN_TASK: usize = 8192;
@@ -717,10 +1100,10 @@ fn small_rows(d: Nchw) -> bool {
     d.c * d.plane() <= 1 << 16
 }
 
-/// Per-channel `(Σa, Σ(a − μ)·(b − μ))` over (N, H, W), with `μ` the
-/// per-channel `centre` (0 without one) subtracted from `b` — and from `a`
-/// in the second sum when there is no `b` (`b = a`): `(Σx, Σ(x − μ)²)`,
-/// or `(Σg, Σg·(x − μ))` with `a = g`, `b = x`. Centring first, not
+/// Per-channel `(Σ(a − μₐ), Σ(a − μₐ)·(b − μ))` over (N, H, W), with `μ`
+/// the per-channel `centre` (0 without one) subtracted from `b`, and from
+/// `a` too (`μₐ = μ`) when there is no `b` (`b = a`): `(Σ(x − μ), Σ(x − μ)²)`,
+/// or `(Σg, Σg·(x − μ))` with `a = g`, `b = x` (`μₐ = 0`). Centring first, not
 /// `Σx² − mμ²`: in f32 that difference of two large, nearly equal numbers
 /// loses the variance of activations whose mean is large, and with it the
 /// result's independence of how the sums were split (threads, processes).
@@ -782,37 +1165,59 @@ fn channel_sums(a: &[f32], b: Option<&[f32]>, d: Nchw, centre: Option<&[f32]>) -
         .collect()
 }
 
-/// `s += x`, `q += (x − cx) · (y − cy)`, elementwise.
+/// `s += x − cx`, `q += (x − cx) · (y − cy)`, elementwise.
 #[multiversion::multiversion(targets = "simd")]
 fn accumulate_row(s: &mut [f32], q: &mut [f32], x: &[f32], cx: &[f32], y: &[f32], cy: &[f32]) {
     for (i, (s, q)) in s.iter_mut().zip(q.iter_mut()).enumerate() {
-        *s += x[i];
+        *s += x[i] - cx[i];
         *q += (x[i] - cx[i]) * (y[i] - cy[i]);
     }
 }
 
-/// Per-channel batch mean and biased variance, two passes: the mean, then
-/// the mean squared deviation from it. `reduce` sums each pass's buffer
-/// (`[Σx per channel, count]`, then `[Σ(x − μ)² per channel]`) with the
-/// other processes of a data-parallel batch (the identity for one
-/// process), so that every process gets the statistics of the whole batch.
+/// Per-channel batch mean and biased variance in one pass over `x`:
+/// `Σx` and `Σ(x − c)²` about a shift `c` close to the mean (each channel's
+/// mean over the first sample's plane), so that, unlike `E[x²] − μ²`, no
+/// difference of two large, nearly equal numbers loses the variance of
+/// activations with a large mean (a second pass about the mean cost a
+/// whole read of every BN input). `reduce` sums each buffer (`[Σx per
+/// channel, count]`, then `[Σ(x − μ)² per channel]`) with the other
+/// processes of a data-parallel batch (the identity for one process), so
+/// that every process gets the statistics of the whole batch; each
+/// process's second moment is moved from its own shift to the common mean
+/// before the sum.
 fn channel_stats(x: &[f32], d: Nchw, reduce: Reduce<'_>) -> (Vec<f32>, Vec<f32>) {
-    // Σx² comes along unused: the shared path vectorises small planes.
-    let mut sums: Vec<f64> = channel_sums(x, None, d, None)
-        .into_iter()
-        .map(|(s, _)| s)
+    let plane = d.plane();
+    // (An empty slice of a sharded batch has no first sample: shift 0.)
+    let shift: Vec<f32> = (0..d.c)
+        .map(|c| {
+            let p = if d.n == 0 {
+                &[][..]
+            } else {
+                &x[c * plane..][..plane]
+            };
+            (p.iter().map(|&v| v as f64).sum::<f64>() / plane.max(1) as f64) as f32
+        })
         .collect();
-    sums.push((d.n * d.plane()) as f64);
+    // (Σ(x − c), Σ(x − c)²): deviations from the shift, small numbers
+    // whose f32 partial sums keep their precision.
+    let local = channel_sums(x, None, d, Some(&shift));
+    let n = (d.n * plane) as f64;
+    let mut sums: Vec<f64> = (0..d.c).map(|c| local[c].0 + n * shift[c] as f64).collect();
+    sums.push(n);
     reduce(&mut sums);
     let m = sums[d.c];
-    let mean: Vec<f32> = sums[..d.c].iter().map(|s| (s / m) as f32).collect();
-    let mut sq: Vec<f64> = channel_sums(x, None, d, Some(&mean))
-        .into_iter()
-        .map(|(_, q)| q)
+    let mean: Vec<f64> = sums[..d.c].iter().map(|s| s / m).collect();
+    // Σ(x − μ)² = Σ(x − c)² + 2(c − μ)·Σ(x − c) + n·(c − μ)²
+    let mut sq: Vec<f64> = (0..d.c)
+        .map(|c| {
+            let (s, q) = local[c];
+            let delta = shift[c] as f64 - mean[c];
+            q + 2.0 * delta * s + n * delta * delta
+        })
         .collect();
     reduce(&mut sq);
     let var = sq.iter().map(|q| (q / m).max(0.0) as f32).collect();
-    (mean, var)
+    (mean.into_iter().map(|v| v as f32).collect(), var)
 }
 
 /// Sums a buffer of per-channel statistics across the processes of a
@@ -835,7 +1240,7 @@ fn affine_plane(out: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32) {
     }
 }
 
-/// Σx and Σx² of channel `c` over all samples (f64 across planes).
+/// Σ(x − μ) and Σ(x − μ)² of channel `c` over all samples (f64 across planes).
 #[multiversion::multiversion(targets = "simd")]
 fn channel_sum_and_squares(x: &[f32], d: Nchw, c: usize, mu: f32) -> (f64, f64) {
     let (mut s, mut sq) = (0f64, 0f64);
@@ -869,13 +1274,13 @@ fn sum_and_squares(x: &[f32], mu: f32) -> (f32, f32) {
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..8 {
-            s[i] += c[i];
+            s[i] += c[i] - mu;
             q[i] += (c[i] - mu) * (c[i] - mu);
         }
     }
     let (mut a, mut b) = (s.iter().sum::<f32>(), q.iter().sum::<f32>());
     for v in rest {
-        a += v;
+        a += v - mu;
         b += (v - mu) * (v - mu);
     }
     (a, b)
@@ -1433,6 +1838,135 @@ mod tests {
         }
     }
 
+    /// Naive dense convolution (padding k/2) and both gradients of
+    /// `Σ y·dy`, in f64, straight from the definition.
+    #[allow(clippy::type_complexity)]
+    fn naive_conv(
+        x: &[f32],
+        d: Nchw,
+        w: &[f32],
+        cout: usize,
+        k: usize,
+        s: usize,
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let p = k as isize / 2;
+        let oh = (d.h + 2 * (k / 2) - k) / s + 1;
+        let ow = (d.w + 2 * (k / 2) - k) / s + 1;
+        let mut y = vec![0f64; d.n * cout * oh * ow];
+        let (mut dx, mut dw) = (vec![0f64; x.len()], vec![0f64; w.len()]);
+        for n in 0..d.n {
+            for o in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let yi = ((n * cout + o) * oh + oy) * ow + ox;
+                        for c in 0..d.c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - p;
+                                    let ix = (ox * s + kx) as isize - p;
+                                    if iy < 0 || ix < 0 || iy as usize >= d.h || ix as usize >= d.w
+                                    {
+                                        continue;
+                                    }
+                                    let xi =
+                                        ((n * d.c + c) * d.h + iy as usize) * d.w + ix as usize;
+                                    let wi = ((o * d.c + c) * k + ky) * k + kx;
+                                    y[yi] += w[wi] as f64 * x[xi] as f64;
+                                    dx[xi] += w[wi] as f64 * dy[yi] as f64;
+                                    dw[wi] += x[xi] as f64 * dy[yi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+        (f(y), f(dx), f(dw))
+    }
+
+    #[test]
+    fn dense_conv_property_random_shapes() {
+        let mut cases: Vec<(Nchw, usize, usize, usize)> = shapes(43, 30)
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (d, 1 + (i * 11) % 40, [3, 5, 7][i % 3], 1 + (i / 3) % 2))
+            .collect();
+        // The stem's shape, and planes of more than one patch tile
+        // (PATCH_COLS output pixels), stride 1 and 2.
+        cases.push((
+            Nchw {
+                n: 3,
+                c: 3,
+                h: 24,
+                w: 19,
+            },
+            16,
+            3,
+            2,
+        ));
+        cases.push((
+            Nchw {
+                n: 1,
+                c: 2,
+                h: 70,
+                w: 50,
+            },
+            5,
+            3,
+            1,
+        ));
+        cases.push((
+            Nchw {
+                n: 3,
+                c: 1,
+                h: 131,
+                w: 77,
+            },
+            3,
+            5,
+            2,
+        ));
+        for (i, (d, cout, k, s)) in cases.into_iter().enumerate() {
+            let x = rnd(d.len(), 700 + i as u32);
+            let w = rnd(cout * d.c * k * k, 800 + i as u32);
+            let (y, od) = conv_forward(&x, d, &w, cout, k, s);
+            let dy = rnd(od.len(), 900 + i as u32);
+            let (ny, ndx, ndw) = naive_conv(&x, d, &w, cout, k, s, &dy);
+            close(&y, &ny, 1e-4);
+            let (dx, dw) = conv_backward(&x, d, &w, k, s, &dy, od, true);
+            close(&dx.expect("dx was asked for"), &ndx, 1e-4);
+            close(&dw, &ndw, 1e-4);
+            let (none, dw2) = conv_backward(&x, d, &w, k, s, &dy, od, false);
+            assert!(none.is_none());
+            assert_eq!(dw, dw2, "dw does not depend on need_dx");
+        }
+    }
+
+    #[test]
+    fn transpose_matches_index_definition() {
+        // Sizes around the 8×8 tile: full tiles, edges, a single row.
+        for (rows, cols, ss, ds) in [
+            (8, 8, 8, 8),
+            (16, 112, 130, 16),
+            (13, 7, 9, 20),
+            (1, 17, 17, 3),
+            (24, 9, 9, 31),
+        ] {
+            let src = rnd((rows - 1) * ss + cols, (rows * cols) as u32);
+            let mut dst = vec![MaybeUninit::new(f32::NAN); (cols - 1) * ds + rows];
+            transpose(&src, ss, rows, cols, &mut dst, ds);
+            for l in 0..rows {
+                for i in 0..cols {
+                    // SAFETY: initialised above.
+                    let v = unsafe { dst[i * ds + l].assume_init() };
+                    assert_eq!(v, src[l * ss + i], "rows {rows} cols {cols}: ({l}, {i})");
+                }
+            }
+        }
+    }
+
     /// The textbook activations, written out independently of the kernels.
     fn naive_act(v: f32, act: Option<Activation>) -> f32 {
         match act {
@@ -1509,6 +2043,81 @@ mod tests {
                 }
             }
             close(&y, &want, 1e-4);
+        }
+    }
+
+    /// One-pass statistics against the two-pass definition in f64, where
+    /// the naive one-pass formula would fail, and split across processes.
+    #[test]
+    fn batch_norm_statistics_of_a_large_mean_and_of_a_split_batch() {
+        // A large mean and a small spread: E[x²] − μ² in f32 would lose
+        // the variance (1e6 against 1e-4).
+        let d = Nchw {
+            n: 3,
+            c: 2,
+            h: 9,
+            w: 7,
+        };
+        let x: Vec<f32> = rnd(d.len(), 31).iter().map(|v| 1000.0 + 0.01 * v).collect();
+        let (_, mean, var) = batch_norm_forward(&x, d, &[1.0; 2], &[0.0; 2], 1e-5);
+        for c in 0..d.c {
+            let vals: Vec<f64> = (0..d.n)
+                .flat_map(|n| {
+                    x[(n * d.c + c) * d.plane()..][..d.plane()]
+                        .iter()
+                        .map(|&v| v as f64)
+                })
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|a| (a - m).powi(2)).sum::<f64>() / vals.len() as f64;
+            assert!((mean[c] as f64 - m).abs() < 1e-3);
+            assert!(
+                (var[c] as f64 - v).abs() < 1e-3 * v,
+                "var {} vs {v}",
+                var[c]
+            );
+        }
+        // Two "processes" (threads) with one sample and two samples, their
+        // sums exchanged through `reduce`: the statistics of the whole batch.
+        let x: Vec<f32> = rnd(d.len(), 32).iter().map(|v| 3.0 * v + 2.0).collect();
+        let (_, mean, var) = batch_norm_forward(&x, d, &[1.0; 2], &[0.0; 2], 1e-5);
+        let row = d.c * d.plane();
+        let halves = [(&x[..row], 1), (&x[row..], 2)];
+        let bufs = std::sync::Mutex::new(vec![Vec::<f64>::new(); 2]);
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|sc| {
+            let handles: Vec<_> = halves
+                .iter()
+                .enumerate()
+                .map(|(rank, &(part, n))| {
+                    let (bufs, barrier) = (&bufs, &barrier);
+                    sc.spawn(move || {
+                        let reduce = |buf: &mut [f64]| {
+                            bufs.lock().unwrap()[rank] = buf.to_vec();
+                            barrier.wait();
+                            let all = bufs.lock().unwrap().clone();
+                            for (i, v) in buf.iter_mut().enumerate() {
+                                *v = all[0][i] + all[1][i];
+                            }
+                            barrier.wait();
+                        };
+                        let (_, m, v) = batch_norm_forward_reduced(
+                            part,
+                            Nchw { n, ..d },
+                            &[1.0; 2],
+                            &[0.0; 2],
+                            1e-5,
+                            &reduce,
+                        );
+                        (m, v)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (m, v) in results {
+            close(&m, &mean, 1e-5);
+            close(&v, &var, 1e-5);
         }
     }
 

@@ -75,8 +75,13 @@ impl<B: OfaBackend> ElasticConv<B> {
     pub fn forward(&self, x: Tensor<B, 4>, out: usize) -> Tensor<B, 4> {
         let inp = x.dims()[1];
         let k = self.kernel();
-        if k == 1 && self.stride == 1 && self.bias.is_none() {
-            return backend::pointwise(x, self.active_weight(out, inp));
+        if self.bias.is_none() {
+            let w = self.active_weight(out, inp);
+            return if k == 1 && self.stride == 1 {
+                backend::pointwise(x, w)
+            } else {
+                backend::dense(x, w, self.stride)
+            };
         }
         conv2d(
             x,
