@@ -240,25 +240,53 @@ unsafe fn transpose8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
 }
 
 /// Copies channels `c0..c0+cn` of one sample (`[C, h, w]`) into a zero-padded
-/// pixel-major block `[(h+2p) × (w+2p)] × LANES`, one input row (all `cn`
-/// planes) at a time.
+/// pixel-major block `[(h+2p) × (w+2p)] × LANES`: one input row (all `cn`
+/// planes) at a time when rows are whole 8-pixel tiles; otherwise (7-,
+/// 14- and 28-pixel rows, most of which the tiles would leave to the
+/// scalar edge) the whole plane at once into a scratch block, whose rows
+/// are then copied into place.
 fn gather_padded(src: &[f32], g: &DwShape, c0: usize, cn: usize, dst: &mut Vec<f32>) {
     dst.clear();
     dst.resize(g.ph * g.pw * LANES, 0.0);
     let plane = g.h * g.w;
-    // SAFETY: MaybeUninit<f32> has f32's layout, and only f32s are written.
-    let out = unsafe { &mut *(dst.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    for y in 0..g.h {
-        let row = (y + g.p) * g.pw + g.p;
-        transpose(
-            &src[c0 * plane + y * g.w..],
-            plane,
-            cn,
-            g.w,
-            &mut out[row * LANES..],
-            LANES,
-        );
+    let src = &src[c0 * plane..];
+    if g.p == 0 {
+        // No padding: the block is the plane's pixels in order.
+        transpose(src, plane, cn, plane, uninit(dst), LANES);
+    } else if g.w % 8 == 0 {
+        let out = uninit(dst);
+        for y in 0..g.h {
+            let row = (y + g.p) * g.pw + g.p;
+            transpose(
+                &src[y * g.w..],
+                plane,
+                cn,
+                g.w,
+                &mut out[row * LANES..],
+                LANES,
+            );
+        }
+    } else {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|tmp| {
+            tmp.clear();
+            tmp.resize(plane * LANES, 0.0);
+            transpose(src, plane, cn, plane, uninit(tmp), LANES);
+            let run = g.w * LANES;
+            for y in 0..g.h {
+                let row = (y + g.p) * g.pw + g.p;
+                dst[row * LANES..][..run].copy_from_slice(&tmp[y * run..][..run]);
+            }
+        });
     }
+}
+
+/// An initialised buffer as the destination of [`transpose`].
+fn uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and transpose writes only f32s.
+    unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// Copies an `[oh × ow] × LANES` block into channels `c0..c0+cn` of `dst`
@@ -1788,7 +1816,18 @@ mod tests {
 
     #[test]
     fn depthwise_property_random_shapes() {
-        for (i, d) in shapes(41, 36).into_iter().enumerate() {
+        // Plus rows of whole 8-pixel transpose tiles (the per-row gather).
+        let mut cases = shapes(41, 36);
+        cases.extend(
+            [
+                (3, 20, 9, 16),
+                (1, 17, 5, 24),
+                (3, 9, 8, 8),
+                (1, 33, 16, 32),
+            ]
+            .map(|(n, c, h, w)| Nchw { n, c, h, w }),
+        );
+        for (i, d) in cases.into_iter().enumerate() {
             let k = [3, 5, 7][i % 3];
             let s = 1 + (i / 3) % 2;
             let x = rnd(d.len(), 100 + i as u32);
