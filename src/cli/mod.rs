@@ -178,13 +178,21 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = resolve(cli.device).and_then(|d| match d {
-        Resolved::Cpu => run_command::<CpuTrain>(cli.command, &Default::default(), &comm),
-        #[cfg(feature = "cuda")]
-        Resolved::Cuda(n) => {
-            run_command::<GpuTrain>(cli.command, &burn::backend::cuda::CudaDevice::new(n), &comm)
-        }
-    });
+    let run = || {
+        resolve(cli.device).and_then(|d| match d {
+            Resolved::Cpu => run_command::<CpuTrain>(cli.command, &Default::default(), &comm),
+            #[cfg(feature = "cuda")]
+            Resolved::Cuda(n) => run_command::<GpuTrain>(
+                cli.command,
+                &burn::backend::cuda::CudaDevice::new(n),
+                &comm,
+            ),
+        })
+    };
+    let result = match worker_pool(cli.threads) {
+        Some(pool) => pool.install(run),
+        None => run(),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if comm.size() > 1 => {
@@ -197,6 +205,21 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command runs on a worker of its own thread pool, not on the main
+/// thread: a kernel's parallel loop started from a worker runs its first
+/// share on that worker while the others steal the rest, whereas one
+/// started from outside the pool is queued for the workers while the
+/// caller sleeps on a latch until they finish — a sleep and a wake-up per
+/// operator, hundreds per training step (a tenth of a 28-px step went to
+/// the scheduler). The stack is as large as the main thread's would be.
+fn worker_pool(threads: Option<usize>) -> Option<rayon::ThreadPool> {
+    let mut b = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
+    if let Some(n) = threads {
+        b = b.num_threads(n.max(1));
+    }
+    b.build().ok()
 }
 
 /// Runs one command with networks on backend `B` (the one place that
