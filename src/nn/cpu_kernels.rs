@@ -633,31 +633,11 @@ pub fn depthwise_backward(
     (dx, dw)
 }
 
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides.
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides; the
+/// rows of `dst` are `dst_rs` apart (`n` for a whole matrix, more for a
+/// column block of a wider one).
 #[allow(clippy::too_many_arguments)]
 fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [MaybeUninit<f32>],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-    parallel: bool,
-) {
-    gemm_rows(
-        m, n, k, dst, n, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
-    )
-}
-
-/// [`gemm`] into the first `n` columns of rows `dst_rs` apart (a column
-/// block of a wider matrix).
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(
     m: usize,
     n: usize,
     k: usize,
@@ -760,6 +740,7 @@ pub fn pointwise_forward_with(
             hw,
             d.c,
             blk,
+            hw,
             false,
             &w[c0 * d.c..],
             d.c,
@@ -784,24 +765,63 @@ pub fn pointwise_forward_with(
     unsafe { finish(y) }
 }
 
+/// `f(sample, its output chunk, parallel)` for every sample's
+/// `chunk`-element output: samples in parallel when there are at least as
+/// many as threads, else one after another, each told to parallelise
+/// within (`parallel`).
+fn for_each_sample<F>(y: &mut [MaybeUninit<f32>], chunk: usize, f: F)
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>], bool) + Sync,
+{
+    let chunk = chunk.max(1);
+    if y.len() / chunk >= rayon::current_num_threads() {
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(n, yn)| f(n, yn, false));
+    } else {
+        y.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(n, yn)| f(n, yn, true));
+    }
+}
+
+/// `Σₙ g(n)` of per-sample `len`-element weight gradients: `add(n, acc)`
+/// adds sample `n`'s into a zeroed per-thread sum, one sum per thread
+/// over its share of the samples; the sums are added at the end.
+fn sum_over_samples<F>(samples: usize, len: usize, add: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let threads = rayon::current_num_threads().max(1);
+    let per = samples.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..samples)
+        .collect::<Vec<_>>()
+        .par_chunks(per)
+        .map(|ns| {
+            let mut acc = vec![0f32; len];
+            for &n in ns {
+                add(n, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; len];
+    for p in partials {
+        for (a, b) in total.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    total
+}
+
 /// 1×1 convolution, stride 1: `w` is `[C_out, C_in]`.
 pub fn pointwise_forward(x: &[f32], d: Nchw, w: &[f32], cout: usize) -> Vec<f32> {
     let hw = d.plane();
     let mut y = output(d.n * cout * hw);
-    let threads = rayon::current_num_threads();
-    let one = |(n, yn): (usize, &mut [MaybeUninit<f32>]), parallel: bool| {
+    for_each_sample(&mut y, cout * hw, |n, yn, parallel| {
         let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
-        gemm(cout, hw, d.c, yn, false, w, d.c, 1, xn, hw, 1, parallel);
-    };
-    if d.n >= threads {
-        y.par_chunks_mut(cout * hw)
-            .enumerate()
-            .for_each(|a| one(a, false));
-    } else {
-        y.chunks_mut(cout * hw)
-            .enumerate()
-            .for_each(|a| one(a, true));
-    }
+        gemm(cout, hw, d.c, yn, hw, false, w, d.c, 1, xn, hw, 1, parallel);
+    });
     // SAFETY: gemm wrote every element of every chunk.
     unsafe { finish(y) }
 }
@@ -822,33 +842,30 @@ pub fn pointwise_backward(
         .for_each(|(n, dxn)| {
             let g = &dy[n * cout * hw..(n + 1) * cout * hw];
             // Wᵀ: element (i, j) = w[j·cin + i].
-            gemm(cin, hw, cout, dxn, false, w, 1, cin, g, hw, 1, false);
+            gemm(cin, hw, cout, dxn, hw, false, w, 1, cin, g, hw, 1, false);
         });
-    let threads = rayon::current_num_threads().max(1);
-    let per = d.n.div_ceil(threads).max(1);
-    let partials: Vec<Vec<f32>> = (0..d.n)
-        .collect::<Vec<_>>()
-        .par_chunks(per)
-        .map(|ns| {
-            let mut acc = output(cout * cin);
-            for (i, &n) in ns.iter().enumerate() {
-                let g = &dy[n * cout * hw..(n + 1) * cout * hw];
-                let xn = &x[n * cin * hw..(n + 1) * cin * hw];
-                // Xₙᵀ: element (i, j) = xn[j·hw + i].
-                gemm(cout, cin, hw, &mut acc, i > 0, g, hw, 1, xn, 1, hw, false);
-            }
-            // SAFETY: the first gemm wrote all of `acc` (ns is non-empty).
-            unsafe { finish(acc) }
-        })
-        .collect();
+    let dw = sum_over_samples(d.n, cout * cin, |n, acc| {
+        let g = &dy[n * cout * hw..(n + 1) * cout * hw];
+        let xn = &x[n * cin * hw..(n + 1) * cin * hw];
+        // Xₙᵀ: element (i, j) = xn[j·hw + i].
+        gemm(
+            cout,
+            cin,
+            hw,
+            uninit(acc),
+            cin,
+            true,
+            g,
+            hw,
+            1,
+            xn,
+            1,
+            hw,
+            false,
+        );
+    });
     // SAFETY: one gemm per sample wrote each chunk of `dx`.
     let dx = unsafe { finish(dx) };
-    let mut dw = vec![0f32; cout * cin];
-    for p in partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
     (dx, dw)
 }
 
@@ -860,6 +877,16 @@ const PATCH_COLS: usize = 2048;
 /// Output rows of one tile: whole rows, about [`PATCH_COLS`] pixels.
 fn tile_rows(g: &DwShape) -> usize {
     (PATCH_COLS / g.ow.max(1)).clamp(1, g.oh.max(1))
+}
+
+/// The tiles of whole output rows a dense convolution works in:
+/// `(oy0, oy1, pixels)`.
+fn row_tiles(g: &DwShape) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let rows = tile_rows(g);
+    (0..g.oh).step_by(rows).map(move |oy0| {
+        let oy1 = (oy0 + rows).min(g.oh);
+        (oy0, oy1, (oy1 - oy0) * g.ow)
+    })
 }
 
 /// Range of output columns `ox` whose tap `kx` falls inside the input row
@@ -885,68 +912,72 @@ fn input_row(g: &DwShape, oy: usize, ky: usize) -> Option<usize> {
     (oy * g.s + ky).checked_sub(g.p).filter(|&iy| iy < g.h)
 }
 
-/// The patch matrix of output rows `oy0..oy1` of one sample `[C_in, h, w]`:
-/// row `(ci·k + ky)·k + kx`, column `(oy − oy0)·ow + ox` holds the input
-/// value that tap multiplies (0 in the padding). `dst` has
-/// `C_in·k² × (oy1 − oy0)·ow` elements.
-fn im2col(x: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dst: &mut [f32]) {
+/// Walks the patch matrix of output rows `oy0..oy1` of one sample
+/// `[C_in, h, w]`: matrix row `(ci·k + ky)·k + kx`, column
+/// `(oy − oy0)·ow + ox` holds the input value that tap multiplies (0 in
+/// the padding). For every matrix row and output row, `f(at, run)`: `at`
+/// is the offset of that output row's `ow` entries in the matrix, and
+/// `run = Some((lo, hi, first))` says that entries `lo..hi` read the
+/// sample's elements `first, first + s, …` (the rest is padding), `None`
+/// that all of them are padding.
+fn for_each_patch_row(
+    g: &DwShape,
+    cin: usize,
+    oy0: usize,
+    oy1: usize,
+    mut f: impl FnMut(usize, Option<(usize, usize, usize)>),
+) {
     let (k, ow, cols) = (g.k, g.ow, (oy1 - oy0) * g.ow);
     for ci in 0..cin {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut dst[((ci * k + ky) * k + kx) * cols..][..cols];
+                let row = ((ci * k + ky) * k + kx) * cols;
                 let (lo, hi) = valid_cols(g, kx);
                 for oy in oy0..oy1 {
-                    let out = &mut row[(oy - oy0) * ow..][..ow];
-                    let Some(iy) = input_row(g, oy, ky) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    if lo == hi {
-                        continue;
-                    }
-                    let first = lo * g.s + kx - g.p;
-                    if g.s == 1 {
-                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                    } else {
-                        for (o, v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(g.s)) {
-                            *o = *v;
-                        }
-                    }
+                    let run = input_row(g, oy, ky)
+                        .filter(|_| lo < hi)
+                        .map(|iy| (lo, hi, (ci * g.h + iy) * g.w + lo * g.s + kx - g.p));
+                    f(row + (oy - oy0) * ow, run);
                 }
             }
         }
     }
 }
 
-/// Adds a patch-matrix gradient (the layout of [`im2col`]) back onto the
-/// input pixels each entry was read from.
-fn col2im_add(dcol: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dx: &mut [f32]) {
-    let (k, ow, cols) = (g.k, g.ow, (oy1 - oy0) * g.ow);
-    for ci in 0..cin {
-        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &dcol[((ci * k + ky) * k + kx) * cols..][..cols];
-                let (lo, hi) = valid_cols(g, kx);
-                for oy in oy0..oy1 {
-                    let Some(iy) = input_row(g, oy, ky).filter(|_| lo < hi) else {
-                        continue;
-                    };
-                    let src = &row[(oy - oy0) * ow + lo..(oy - oy0) * ow + hi];
-                    let first = lo * g.s + kx - g.p;
-                    let dst = &mut plane[iy * g.w + first..(iy + 1) * g.w];
-                    for (d, v) in dst.iter_mut().step_by(g.s).zip(src) {
-                        *d += *v;
-                    }
-                }
+/// The patch matrix of [`for_each_patch_row`] (`C_in·k² × (oy1 − oy0)·ow`).
+fn im2col(x: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dst: &mut [f32]) {
+    for_each_patch_row(g, cin, oy0, oy1, |at, run| {
+        let out = &mut dst[at..][..g.ow];
+        let Some((lo, hi, first)) = run else {
+            out.fill(0.0);
+            return;
+        };
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        if g.s == 1 {
+            out[lo..hi].copy_from_slice(&x[first..first + hi - lo]);
+        } else {
+            for (o, v) in out[lo..hi].iter_mut().zip(x[first..].iter().step_by(g.s)) {
+                *o = *v;
             }
         }
-    }
+    });
+}
+
+/// Adds a patch-matrix gradient (the layout of [`for_each_patch_row`])
+/// back onto the input elements each entry was read from.
+fn col2im_add(dcol: &[f32], g: &DwShape, cin: usize, oy0: usize, oy1: usize, dx: &mut [f32]) {
+    for_each_patch_row(g, cin, oy0, oy1, |at, run| {
+        if let Some((lo, hi, first)) = run {
+            for (d, v) in dx[first..]
+                .iter_mut()
+                .step_by(g.s)
+                .zip(&dcol[at + lo..at + hi])
+            {
+                *d += *v;
+            }
+        }
+    });
 }
 
 /// Dense `k×k` convolution, padding `k / 2`, no bias (the network's stem):
@@ -974,16 +1005,13 @@ pub fn conv_forward(
         // SAFETY: the buffer is empty.
         return (unsafe { finish(y) }, od);
     }
-    let threads = rayon::current_num_threads().max(1);
-    let per_sample = |(n, yn): (usize, &mut [MaybeUninit<f32>]), parallel: bool| {
+    for_each_sample(&mut y, cout * ohw, |n, yn, parallel| {
         let xn = &x[n * d.c * d.plane()..(n + 1) * d.c * d.plane()];
         let rows = tile_rows(&g);
         let mut col = vec![0f32; taps * rows * g.ow];
-        for oy0 in (0..g.oh).step_by(rows) {
-            let oy1 = (oy0 + rows).min(g.oh);
-            let cols = (oy1 - oy0) * g.ow;
+        for (oy0, oy1, cols) in row_tiles(&g) {
             im2col(xn, &g, d.c, oy0, oy1, &mut col[..taps * cols]);
-            gemm_rows(
+            gemm(
                 cout,
                 cols,
                 taps,
@@ -999,16 +1027,7 @@ pub fn conv_forward(
                 parallel,
             );
         }
-    };
-    if d.n >= threads {
-        y.par_chunks_mut(cout * ohw)
-            .enumerate()
-            .for_each(|a| per_sample(a, false));
-    } else {
-        y.chunks_mut(cout * ohw)
-            .enumerate()
-            .for_each(|a| per_sample(a, true));
-    }
+    });
     // SAFETY: the tiles' GEMMs wrote every column of every output row.
     (unsafe { finish(y) }, od)
 }
@@ -1029,52 +1048,32 @@ pub fn conv_backward(
     let g = DwShape::new(d.h, d.w, k, s);
     let (cout, ohw, taps, hw) = (od.c, od.plane(), d.c * k * k, d.plane());
     let rows = tile_rows(&g);
-    // dW = Σₙ dYₙ · Pₙᵀ, one partial sum per thread over its samples.
-    let threads = rayon::current_num_threads().max(1);
-    let per = d.n.div_ceil(threads).max(1);
-    let partials: Vec<Vec<f32>> = (0..d.n)
-        .collect::<Vec<_>>()
-        .par_chunks(per)
-        .map(|ns| {
-            let mut acc = vec![0f32; cout * taps];
-            let mut col = vec![0f32; taps * rows * g.ow];
-            for &n in ns {
-                let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
-                let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
-                for oy0 in (0..g.oh).step_by(rows) {
-                    let oy1 = (oy0 + rows).min(g.oh);
-                    let cols = (oy1 - oy0) * g.ow;
-                    im2col(xn, &g, d.c, oy0, oy1, &mut col[..taps * cols]);
-                    // SAFETY: MaybeUninit<f32> has f32's layout; acc is initialised.
-                    let dst = unsafe {
-                        &mut *(acc.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
-                    };
-                    // Pᵀ: element (i, j) = col[j·cols + i].
-                    gemm(
-                        cout,
-                        taps,
-                        cols,
-                        dst,
-                        true,
-                        &gn[oy0 * g.ow..],
-                        ohw,
-                        1,
-                        &col,
-                        1,
-                        cols,
-                        false,
-                    );
-                }
-            }
-            acc
-        })
-        .collect();
-    let mut dw = vec![0f32; cout * taps];
-    for p in partials {
-        for (a, b) in dw.iter_mut().zip(p) {
-            *a += b;
+    // dW = Σₙ dYₙ · Pₙᵀ
+    let dw = sum_over_samples(d.n, cout * taps, |n, acc| {
+        let xn = &x[n * d.c * hw..(n + 1) * d.c * hw];
+        let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
+        let mut col = vec![0f32; taps * rows * g.ow];
+        for (oy0, oy1, cols) in row_tiles(&g) {
+            im2col(xn, &g, d.c, oy0, oy1, &mut col[..taps * cols]);
+            // Pᵀ: element (i, j) = col[j·cols + i].
+            let dy_tile = &gn[oy0 * g.ow..];
+            gemm(
+                cout,
+                taps,
+                cols,
+                uninit(acc),
+                taps,
+                true,
+                dy_tile,
+                ohw,
+                1,
+                &col,
+                1,
+                cols,
+                false,
+            );
         }
-    }
+    });
     if !need_dx {
         return (None, dw);
     }
@@ -1085,15 +1084,14 @@ pub fn conv_backward(
         .for_each(|(n, dxn)| {
             let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
             let mut dcol = output(taps * rows * g.ow);
-            for oy0 in (0..g.oh).step_by(rows) {
-                let oy1 = (oy0 + rows).min(g.oh);
-                let cols = (oy1 - oy0) * g.ow;
+            for (oy0, oy1, cols) in row_tiles(&g) {
                 // Wᵀ: element (i, j) = w[j·taps + i].
                 gemm(
                     taps,
                     cols,
                     cout,
                     &mut dcol,
+                    cols,
                     false,
                     w,
                     1,
