@@ -214,6 +214,10 @@ pub fn main() -> std::process::ExitCode {
 /// caller sleeps on a latch until they finish — a sleep and a wake-up per
 /// operator, hundreds per training step (a tenth of a 28-px step went to
 /// the scheduler). The stack is as large as the main thread's would be.
+/// It is a pool of its own, not the global one: batches are built on the
+/// prefetch thread with the global pool, and a command waiting for its
+/// next batch must not hold the only worker that batch needs (`--threads
+/// 1` would deadlock).
 fn worker_pool(threads: Option<usize>) -> Option<rayon::ThreadPool> {
     let mut b = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
     if let Some(n) = threads {
