@@ -1083,14 +1083,14 @@ pub fn conv_backward(
         .enumerate()
         .for_each(|(n, dxn)| {
             let gn = &dy[n * cout * ohw..(n + 1) * cout * ohw];
-            let mut dcol = output(taps * rows * g.ow);
+            let mut dcol = vec![0f32; taps * rows * g.ow];
             for (oy0, oy1, cols) in row_tiles(&g) {
                 // Wᵀ: element (i, j) = w[j·taps + i].
                 gemm(
                     taps,
                     cols,
                     cout,
-                    &mut dcol,
+                    uninit(&mut dcol),
                     cols,
                     false,
                     w,
@@ -1101,11 +1101,7 @@ pub fn conv_backward(
                     1,
                     false,
                 );
-                // SAFETY: the GEMM wrote the first taps × cols elements.
-                let done = unsafe {
-                    &*(&dcol[..taps * cols] as *const [MaybeUninit<f32>] as *const [f32])
-                };
-                col2im_add(done, &g, d.c, oy0, oy1, dxn);
+                col2im_add(&dcol[..taps * cols], &g, d.c, oy0, oy1, dxn);
             }
         });
     (Some(dx), dw)
