@@ -124,6 +124,33 @@ impl DwShape {
             ph: h + 2 * p,
         }
     }
+
+    /// Taps `t0..t1` of `0..k` that read inside the input (not its zero
+    /// padding) for output coordinate `o` along a side of length `len`.
+    /// On the small maps of the later stages most of a k×k window is
+    /// padding (a 2×2 map under a 7×7 kernel: 4 of 49 taps), so the
+    /// kernels skip what can only add zeros.
+    #[inline(always)]
+    fn taps(&self, o: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.s) as isize - self.p as isize;
+        let t0 = (-start).max(0) as usize;
+        let t1 = (len as isize - start).clamp(0, self.k as isize) as usize;
+        (t0.min(t1), t1)
+    }
+
+    /// Output coordinates `o0..o1` of `0..on` whose tap `t` reads inside
+    /// an input side of length `len` (`o·s + t − p` in `0..len`).
+    #[inline(always)]
+    fn outputs_of_tap(&self, t: usize, len: usize, on: usize) -> (usize, usize) {
+        let lo = self.p.saturating_sub(t).div_ceil(self.s);
+        // o·s ≤ len − 1 + p − t
+        let hi = if len + self.p > t {
+            ((len - 1 + self.p - t) / self.s + 1).min(on)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
 }
 
 /// `dst[i·ds + l] = src[l·ss + i]` for `l < rows`, `i < cols`: the
@@ -358,9 +385,13 @@ fn dw_forward_pixels<const T: usize>(
     ox: usize,
 ) {
     let mut acc = [[0f32; LANES]; T];
-    for ky in 0..k {
+    // The taps inside the input for any of the T pixels (the first pixel
+    // has the largest lower and upper bounds); the others read padding.
+    let (ky0, ky1) = g.taps(oy, g.h);
+    let (kx0, kx1) = (g.taps(ox + T - 1, g.w).0, g.taps(ox, g.w).1);
+    for ky in ky0..ky1 {
         let row = (oy * g.s + ky) * g.pw + ox * g.s;
-        for kx in 0..k {
+        for kx in kx0..kx1 {
             let wv = lanes(wb, ky * k + kx);
             for (j, a) in acc.iter_mut().enumerate() {
                 let px = lanes(pad, row + j * g.s + kx);
@@ -381,9 +412,12 @@ fn dw_block_backward_input(g: &DwShape, wb: &[f32], dy: &[f32], dpad: &mut [f32]
     for oy in 0..g.oh {
         for ox in 0..g.ow {
             let gv = *lanes(dy, oy * g.ow + ox);
-            for ky in 0..g.k {
+            // Gradients of padding taps would be dropped anyway.
+            let (ky0, ky1) = g.taps(oy, g.h);
+            let (kx0, kx1) = g.taps(ox, g.w);
+            for ky in ky0..ky1 {
                 let row = (oy * g.s + ky) * g.pw + ox * g.s;
-                for kx in 0..g.k {
+                for kx in kx0..kx1 {
                     let wv = lanes(wb, ky * g.k + kx);
                     let d = &mut dpad[(row + kx) * LANES..][..LANES];
                     for l in 0..LANES {
@@ -427,12 +461,16 @@ fn dw_weight_body(
 ) {
     for oy in 0..g.oh {
         let grow = dy_off + oy * dy_pw;
-        for ky in 0..k {
+        // Only taps and pixels that read inside the input: padding adds
+        // nothing to a weight's gradient.
+        let (ky0, ky1) = g.taps(oy, g.h);
+        for ky in ky0..ky1 {
             let row = (oy * g.s + ky) * g.pw;
             for kx in 0..k {
+                let (ox0, ox1) = g.outputs_of_tap(kx, g.w, g.ow);
                 let mut acc = [[0f32; LANES]; DW_TILE];
-                let mut ox = 0;
-                while ox + DW_TILE <= g.ow {
+                let mut ox = ox0;
+                while ox + DW_TILE <= ox1 {
                     for (j, a) in acc.iter_mut().enumerate() {
                         let px = lanes(pad, row + kx + (ox + j) * g.s);
                         let gv = lanes(dy, grow + ox + j);
@@ -442,7 +480,7 @@ fn dw_weight_body(
                     }
                     ox += DW_TILE;
                 }
-                for ox in ox..g.ow {
+                for ox in ox..ox1 {
                     let px = lanes(pad, row + kx + ox * g.s);
                     let gv = lanes(dy, grow + ox);
                     for l in 0..LANES {
@@ -1833,6 +1871,37 @@ mod tests {
             let (ndx, ndw) = naive_dw_backward(&x, d, &w, k, s, &dy);
             close(&dx, &ndx, 1e-4);
             close(&dw, &ndw, 1e-4);
+        }
+    }
+
+    #[test]
+    fn depthwise_small_maps_every_kernel() {
+        // Maps smaller than the kernel (most taps read padding, which the
+        // kernels skip) under every k and stride, h ≠ w, channel counts
+        // on both sides of a block.
+        let maps = [(1, 1), (2, 2), (1, 3), (3, 2), (4, 4), (2, 5), (7, 7), (5, 6)];
+        let mut i = 0u32;
+        for (mi, &(h, w)) in maps.iter().enumerate() {
+            for k in [3, 5, 7] {
+                for s in [1, 2] {
+                    i += 1;
+                    let d = Nchw {
+                        n: 1 + 2 * (mi % 2),
+                        c: [5, 16, 24, 33][mi % 4],
+                        h,
+                        w,
+                    };
+                    let x = rnd(d.len(), 700 + i);
+                    let wt = rnd(d.c * k * k, 800 + i);
+                    let (y, od) = depthwise_forward(&x, d, &wt, k, s);
+                    close(&y, &naive_dw(&x, d, &wt, k, s), 1e-5);
+                    let dy = rnd(od.len(), 900 + i);
+                    let (dx, dw) = depthwise_backward(&x, d, &wt, k, s, &dy, od);
+                    let (ndx, ndw) = naive_dw_backward(&x, d, &wt, k, s, &dy);
+                    close(&dx, &ndx, 1e-4);
+                    close(&dw, &ndw, 1e-4);
+                }
+            }
         }
     }
 
