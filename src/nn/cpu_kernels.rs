@@ -1879,7 +1879,16 @@ mod tests {
         // Maps smaller than the kernel (most taps read padding, which the
         // kernels skip) under every k and stride, h ≠ w, channel counts
         // on both sides of a block.
-        let maps = [(1, 1), (2, 2), (1, 3), (3, 2), (4, 4), (2, 5), (7, 7), (5, 6)];
+        let maps = [
+            (1, 1),
+            (2, 2),
+            (1, 3),
+            (3, 2),
+            (4, 4),
+            (2, 5),
+            (7, 7),
+            (5, 6),
+        ];
         let mut i = 0u32;
         for (mi, &(h, w)) in maps.iter().enumerate() {
             for k in [3, 5, 7] {
