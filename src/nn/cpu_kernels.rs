@@ -132,10 +132,7 @@ impl DwShape {
     /// kernels skip what can only add zeros.
     #[inline(always)]
     fn taps(&self, o: usize, len: usize) -> (usize, usize) {
-        let start = (o * self.s) as isize - self.p as isize;
-        let t0 = (-start).max(0) as usize;
-        let t1 = (len as isize - start).clamp(0, self.k as isize) as usize;
-        (t0.min(t1), t1)
+        crate::space::conv_taps(o, self.s, self.p, self.k, len)
     }
 
     /// Output coordinates `o0..o1` of `0..on` whose tap `t` reads inside

@@ -19,7 +19,7 @@
 
 use super::OfaBackend;
 use super::subnet::{Subnet, SubnetBlock, bn_affine};
-use crate::space::{Activation, Layer};
+use crate::space::{Activation, Layer, conv_taps as taps};
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorData};
@@ -1026,15 +1026,6 @@ fn rows_per_task(total_rows: usize, work_per_row: usize) -> usize {
     // At least ~64k multiply-adds per task, at most ~4 tasks per thread.
     let by_work = (1usize << 16).div_ceil(work_per_row.max(1));
     by_work.max(total_rows.div_ceil(4 * threads)).max(1)
-}
-
-/// Range of taps `t` in `0..k` with `o·s + t − p` inside `0..len`.
-#[inline(always)]
-fn taps(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
-    let start = (o * s) as isize - p as isize;
-    let t0 = (-start).max(0) as usize;
-    let t1 = ((len as isize - start).min(k as isize)).max(0) as usize;
-    (t0, t1.max(t0))
 }
 
 /// `v ← act(v)` with the match outside the loop (so that each arm

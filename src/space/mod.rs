@@ -158,6 +158,17 @@ pub fn conv_out(res: usize, kernel: usize, stride: usize) -> usize {
     (res + 2 * (kernel / 2) - kernel) / stride + 1
 }
 
+/// Taps `t0..t1` of `0..k` that read inside an input side of length `len`
+/// (`o·s + t − p` in `0..len`, not the zero padding) for output
+/// coordinate `o` of a convolution with stride `s` and padding `p`.
+#[inline(always)]
+pub fn conv_taps(o: usize, s: usize, p: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = (o * s) as isize - p as isize;
+    let t0 = (-start).max(0) as usize;
+    let t1 = ((len as isize - start).min(k as isize)).max(0) as usize;
+    (t0, t1.max(t0))
+}
+
 /// A space definition that cannot describe a network.
 #[derive(Debug, thiserror::Error)]
 #[error("search space '{space}': {problem}")]
