@@ -19,6 +19,7 @@
 
 use super::OfaBackend;
 use super::subnet::{Subnet, SubnetBlock, bn_affine};
+use super::team::{Par, with_team};
 use crate::space::{Activation, Layer, conv_taps as taps};
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
@@ -412,7 +413,14 @@ impl Plan {
     }
 
     /// Logits `[N, classes]` of an NCHW input `[N, C, R, R]` (row-major).
-    pub fn forward<'w>(&self, ws: &'w mut Workspace, x: &[f32], n: usize, r: usize) -> &'w [f32] {
+    pub fn forward<'w>(
+        &self,
+        ws: &'w mut Workspace,
+        x: &[f32],
+        n: usize,
+        r: usize,
+        par: Par<'_>,
+    ) -> &'w [f32] {
         let c = self.in_channels;
         assert_eq!(x.len(), n * c * r * r, "input of {n}×{c}×{r}×{r}");
         let shape = Shape { n, h: r, w: r, c };
@@ -426,7 +434,7 @@ impl Plan {
                 }
             }
         }
-        let (at, out) = self.run_from(ws, 0, shape);
+        let (at, out) = self.run_from(ws, 0, shape, par);
         &ws.bufs[at][..out.len()]
     }
 
@@ -452,7 +460,10 @@ impl Plan {
         let threads = rayon::current_num_threads().max(1);
         let groups = threads.min(n);
         if groups < 2 || wss[0].breakdown.is_some() {
-            return self.forward(&mut wss[0], x, n, r).to_vec();
+            // One pass with every thread on its kernels: as one team, so
+            // that its ~60 loops do not each wake the pool.
+            let ws = &mut wss[0];
+            return with_team(|par| self.forward(ws, x, n, r, par).to_vec());
         }
         wss.resize_with(wss.len().max(groups), Workspace::default);
         let per_sample = x.len() / n;
@@ -470,7 +481,8 @@ impl Plan {
             .map(|(ws, xg)| {
                 let mut out = Vec::new();
                 for xs in xg.chunks(pass * per_sample) {
-                    out.extend_from_slice(self.forward(ws, xs, xs.len() / per_sample, r));
+                    let m = xs.len() / per_sample;
+                    out.extend_from_slice(self.forward(ws, xs, m, r, Par::Pool));
                 }
                 out
             })
@@ -502,7 +514,7 @@ impl Plan {
     /// Runs the plan on the channels-last input already in `ws` (see
     /// [`Plan::load`]); returns the output shape.
     pub fn run(&self, ws: &mut Workspace, shape: Shape) -> Shape {
-        self.run_from(ws, 0, shape).1
+        self.run_from(ws, 0, shape, Par::Pool).1
     }
 
     /// Puts a channels-last input of `shape` into `ws` for [`Plan::run`].
@@ -510,9 +522,15 @@ impl Plan {
         grow(&mut ws.bufs[0], shape.len()).copy_from_slice(&x[..shape.len()]);
     }
 
-    fn run_from(&self, ws: &mut Workspace, mut at: usize, mut shape: Shape) -> (usize, Shape) {
+    fn run_from(
+        &self,
+        ws: &mut Workspace,
+        mut at: usize,
+        mut shape: Shape,
+        par: Par<'_>,
+    ) -> (usize, Shape) {
         for op in &self.ops {
-            (at, shape) = op.run(ws, at, shape);
+            (at, shape) = op.run(ws, at, shape, par);
         }
         (at, shape)
     }
@@ -537,7 +555,7 @@ fn split3(bufs: &mut [Vec<f32>; 3], at: usize) -> (&mut Vec<f32>, &mut Vec<f32>,
 
 impl Op {
     /// Reads `ws.bufs[at]`, returns where its output is.
-    fn run(&self, ws: &mut Workspace, at: usize, x: Shape) -> (usize, Shape) {
+    fn run(&self, ws: &mut Workspace, at: usize, x: Shape, par: Par<'_>) -> (usize, Shape) {
         let (src, t1, t2) = split3(&mut ws.bufs, at);
         let next1 = (at + 1) % 3;
         let timed = ws.breakdown.is_some();
@@ -554,7 +572,15 @@ impl Op {
                     if d.k == 1 { "1x1 conv" } else { "kxk conv" },
                     o.rows() * d.kdim * d.cout,
                 );
-                dense(&src[..x.len()], x, d, None, grow(t1, o.len()), &mut ws.cols);
+                dense(
+                    &src[..x.len()],
+                    x,
+                    d,
+                    None,
+                    grow(t1, o.len()),
+                    &mut ws.cols,
+                    par,
+                );
                 (next1, o)
             }
             Op::Pool => {
@@ -571,7 +597,7 @@ impl Op {
                     Some(e) => {
                         let o = e.out_shape(x);
                         mark("1x1 conv", o.rows() * e.kdim * e.cout);
-                        dense(input, x, e, None, grow(t1, o.len()), &mut ws.cols);
+                        dense(input, x, e, None, grow(t1, o.len()), &mut ws.cols, par);
                         (true, o)
                     }
                     None => (false, x),
@@ -584,10 +610,10 @@ impl Op {
                 let d_shape = b.dw.out_shape(e_shape);
                 let d_out = grow(t2, d_shape.len());
                 mark("depthwise", d_shape.len() * b.dw.k * b.dw.k);
-                depthwise(e_out, e_shape, &b.dw, d_out);
+                depthwise(e_out, e_shape, &b.dw, d_out, par);
                 if let Some(se) = &b.se {
                     mark("squeeze-excite", 0);
-                    squeeze_excite(d_out, d_shape, se, &mut ws.se);
+                    squeeze_excite(d_out, d_shape, se, &mut ws.se, par);
                 }
                 let p_shape = b.project.out_shape(d_shape);
                 let residual = (b.residual && p_shape == x).then_some(input);
@@ -599,6 +625,7 @@ impl Op {
                     residual,
                     grow(t1, p_shape.len()),
                     &mut ws.cols,
+                    par,
                 );
                 (next1, p_shape)
             }
@@ -641,6 +668,22 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+/// `f(t, chunk)` for the consecutive chunks of `chunk` values of `y` (the
+/// last one shorter), as the tasks of one loop on `par`.
+fn for_each_chunk(par: Par<'_>, y: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let (len, chunk) = (y.len(), chunk.max(1));
+    let out = Out(y.as_mut_ptr());
+    par.for_each(len.div_ceil(chunk), |t| {
+        let out = out;
+        let start = t * chunk;
+        // SAFETY: task `t` alone gets `start..start + n`, inside `y`, which
+        // stays borrowed until every task has run.
+        let rows =
+            unsafe { std::slice::from_raw_parts_mut(out.0.add(start), chunk.min(len - start)) };
+        f(t, rows)
+    });
+}
+
 /// Multiply-adds below which a product runs on one thread: waking a second
 /// one costs more than it saves (measured on `mbv3-28-lite` at batch 1).
 const SMALL_GEMM_MACS: usize = 1 << 18;
@@ -655,15 +698,16 @@ fn dense(
     residual: Option<&[f32]>,
     y: &mut [f32],
     cols: &mut Vec<f32>,
+    par: Par<'_>,
 ) {
     if d.k == 1 && d.s == 1 {
-        pointwise(x, xs.rows(), d, residual, y);
+        pointwise(x, xs.rows(), d, residual, y, par);
     } else {
         assert!(residual.is_none(), "a residual after a k×k dense conv");
         let o = d.out_shape(xs);
         let m = grow(cols, o.rows() * d.kdim);
-        im2col(x, xs, d, m);
-        pointwise(m, o.rows(), d, None, y);
+        im2col(x, xs, d, m, par);
+        pointwise(m, o.rows(), d, None, y, par);
     }
 }
 
@@ -671,24 +715,23 @@ fn dense(
 /// k/2), zeros for taps outside the input: the stem's 3 input channels
 /// make its direct form a chain of tiny vectors, its GEMM form the
 /// register-blocked kernel.
-fn im2col(x: &[f32], xs: Shape, d: &Dense, m: &mut [f32]) {
+fn im2col(x: &[f32], xs: Shape, d: &Dense, m: &mut [f32], par: Par<'_>) {
     let o = d.out_shape(xs);
     let row_len = o.w * d.kdim;
     let per = rows_per_task(o.n * o.h, row_len);
-    m.par_chunks_mut(row_len * per)
-        .enumerate()
-        .for_each(|(t, rows)| {
-            for (i, row) in rows.chunks_mut(row_len).enumerate() {
-                let g = t * per + i;
-                // The stem's 1 or 3 channels as constants: a copy of a
-                // runtime length that small is a library call per tap.
-                match d.cin {
-                    1 => im2col_row::<1>(x, xs, d, g / o.h, g % o.h, row),
-                    3 => im2col_row::<3>(x, xs, d, g / o.h, g % o.h, row),
-                    _ => im2col_row::<0>(x, xs, d, g / o.h, g % o.h, row),
-                }
+    let m = &mut m[..o.rows() * d.kdim];
+    for_each_chunk(par, m, row_len * per, |t, rows| {
+        for (i, row) in rows.chunks_mut(row_len).enumerate() {
+            let g = t * per + i;
+            // The stem's 1 or 3 channels as constants: a copy of a
+            // runtime length that small is a library call per tap.
+            match d.cin {
+                1 => im2col_row::<1>(x, xs, d, g / o.h, g % o.h, row),
+                3 => im2col_row::<3>(x, xs, d, g / o.h, g % o.h, row),
+                _ => im2col_row::<0>(x, xs, d, g / o.h, g % o.h, row),
             }
-        });
+        }
+    });
 }
 
 /// One output row's patches; `C` is the channel count when known at
@@ -745,10 +788,17 @@ fn pack_panels(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
 /// packed panels, split into one tile per thread — by rows when there are
 /// many, by panels of output channels when there are few (a 7×7 map at
 /// batch 1 has 49 rows) — each multiplied and finished on its thread.
-fn pointwise(x: &[f32], rows: usize, d: &Dense, residual: Option<&[f32]>, y: &mut [f32]) {
+fn pointwise(
+    x: &[f32],
+    rows: usize,
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    par: Par<'_>,
+) {
     let (cin, cout) = (d.kdim, d.cout);
     let np = cout.div_ceil(PANEL);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = par.threads();
     let macs = rows * cin * cout;
     // (first row, end row, first panel, end panel)
     let tiles: Vec<(usize, usize, usize, usize)> = if threads == 1 || macs < SMALL_GEMM_MACS {
@@ -778,11 +828,7 @@ fn pointwise(x: &[f32], rows: usize, d: &Dense, residual: Option<&[f32]>, y: &mu
         // panels (checked above).
         unsafe { gemm_tile(x, d, residual, out, (r0, r1), (p0, p1)) };
     };
-    if tiles.len() == 1 {
-        run(&tiles[0]);
-    } else {
-        tiles.par_iter().for_each(run);
-    }
+    par.for_each(tiles.len(), |i| run(&tiles[i]));
 }
 
 /// One tile of [`pointwise`], with the register blocking of the CPU it
@@ -1062,20 +1108,17 @@ const LANES: usize = 16;
 /// activation: blocks of output channels accumulated in registers over the
 /// taps inside the input (no padded copy of it: at batch 16 the copy cost
 /// more than the bounds arithmetic it saves).
-fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32]) {
+fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32], par: Par<'_>) {
     let o = d.out_shape(xs);
     let c = d.c;
     let row_len = o.w * c;
     let per = rows_per_task(o.n * o.h, row_len * d.k * d.k);
-    y[..o.len()]
-        .par_chunks_mut(row_len * per)
-        .enumerate()
-        .for_each(|(t, rows)| {
-            for (i, row) in rows.chunks_mut(row_len).enumerate() {
-                let g = t * per + i;
-                depthwise_row(x, xs, d, g / o.h, g % o.h, row);
-            }
-        });
+    for_each_chunk(par, &mut y[..o.len()], row_len * per, |t, rows| {
+        for (i, row) in rows.chunks_mut(row_len).enumerate() {
+            let g = t * per + i;
+            depthwise_row(x, xs, d, g / o.h, g % o.h, row);
+        }
+    });
 }
 
 /// Output pixels accumulated together by the depthwise kernel: one chain
@@ -1397,7 +1440,7 @@ fn pool(x: &[f32], xs: Shape, y: &mut [f32]) {
 }
 
 /// Scales each sample's channels by its SE gate, in place.
-fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>) {
+fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>, par: Par<'_>) {
     let (c, s) = (se.c, se.s);
     let buf = grow(scratch, xs.n * (2 * c + s));
     let (means, rest) = buf.split_at_mut(xs.n * c);
@@ -1417,22 +1460,19 @@ fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>) {
     let plane = xs.h * xs.w;
     let gates = &*gates;
     let per = rows_per_task(xs.n * plane, c);
-    x[..xs.len()]
-        .par_chunks_mut(per * c)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            // A chunk may straddle samples: scale each sample's part by its gates.
-            let mut p0 = t * per;
-            let mut rest = chunk;
-            while !rest.is_empty() {
-                let ni = p0 / plane;
-                let take = ((ni + 1) * plane - p0).min(rest.len() / c);
-                let (now, later) = rest.split_at_mut(take * c);
-                scale_pixels(now, &gates[ni * c..][..c]);
-                rest = later;
-                p0 += take;
-            }
-        });
+    for_each_chunk(par, &mut x[..xs.len()], per * c, |t, chunk| {
+        // A chunk may straddle samples: scale each sample's part by its gates.
+        let mut p0 = t * per;
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let ni = p0 / plane;
+            let take = ((ni + 1) * plane - p0).min(rest.len() / c);
+            let (now, later) = rest.split_at_mut(take * c);
+            scale_pixels(now, &gates[ni * c..][..c]);
+            rest = later;
+            p0 += take;
+        }
+    });
 }
 
 /// An extracted subnet run by the fastest engine its backend allows: the
@@ -1557,14 +1597,15 @@ mod tests {
         Some(Activation::HSwish),
     ];
 
-    /// The kernels on a pool of `threads`: with more than one, every way of
-    /// splitting the work (rows, output channels, tasks) is exercised.
-    fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    /// The kernels on a pool of `threads`, their loops as rayon loops or
+    /// (`team`) on a spinning team: with more than one thread, every way
+    /// of splitting the work (rows, output channels, tasks) is exercised.
+    fn on_threads<T: Send>(threads: usize, team: bool, f: impl FnOnce(Par<'_>) -> T + Send) -> T {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(f)
+            .install(|| if team { with_team(f) } else { f(Par::Pool) })
     }
 
     #[test]
@@ -1589,7 +1630,9 @@ mod tests {
             };
             let o = d.out_shape(xs);
             let mut y = vec![f32::NAN; o.len()];
-            on_threads(1 + case % 3, || depthwise(&x, xs, &d, &mut y));
+            on_threads(1 + case % 3, case % 2 == 0, |par| {
+                depthwise(&x, xs, &d, &mut y, par)
+            });
             let p = (k / 2) as isize;
             let mut want = vec![0f32; o.len()];
             for ni in 0..n {
@@ -1628,8 +1671,8 @@ mod tests {
             let d = Dense::new([k, s, cin, cout], wt.clone(), bias.clone(), ACTS[case % 4]);
             let o = d.out_shape(xs);
             let mut y = vec![f32::NAN; o.len()];
-            on_threads(1 + case % 2, || {
-                dense(&x, xs, &d, None, &mut y, &mut Vec::new())
+            on_threads(1 + case % 2, case % 4 < 2, |par| {
+                dense(&x, xs, &d, None, &mut y, &mut Vec::new(), par)
             });
             let p = (k / 2) as isize;
             let mut want = vec![0f32; o.len()];
@@ -1680,8 +1723,8 @@ mod tests {
             for residual in [false, true] {
                 for threads in [1, 2, 3] {
                     let mut y = vec![f32::NAN; rows * cout];
-                    on_threads(threads, || {
-                        pointwise(&x, rows, &d, residual.then_some(&res[..]), &mut y)
+                    on_threads(threads, residual, |par| {
+                        pointwise(&x, rows, &d, residual.then_some(&res[..]), &mut y, par)
                     });
                     let mut want = vec![0f32; rows * cout];
                     for i in 0..rows {
@@ -1716,7 +1759,9 @@ mod tests {
             b2: random(c, &mut r),
         };
         let mut y = x.clone();
-        squeeze_excite(&mut y, xs, &se, &mut Vec::new());
+        on_threads(2, true, |par| {
+            squeeze_excite(&mut y, xs, &se, &mut Vec::new(), par)
+        });
         for ni in 0..n {
             let mean: Vec<f32> = (0..c)
                 .map(|cc| {

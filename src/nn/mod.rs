@@ -17,6 +17,7 @@ mod sort;
 mod state;
 mod subnet;
 mod supernet;
+pub(crate) mod team;
 
 pub use backend::{Comm, OfaBackend};
 pub use calib::{CalibrationError, calibrate_bn};

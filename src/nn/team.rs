@@ -1,0 +1,238 @@
+//! How the inference engine spreads a kernel's independent tasks over the
+//! threads of the current rayon pool.
+//!
+//! A batch-1 pass at 224 px is ~60 parallel loops of 50–500 µs each. As
+//! rayon loops, every one of them wakes the other worker (a futex wake-up
+//! and, between loops, its yields): ~10% of a pass sat in the kernel's
+//! scheduler (`perf`, BENCHMARKS §7.1d). A [`Team`] instead keeps the
+//! helpers of one pass spinning from its first loop to its last, so a
+//! loop costs a few atomic operations — what ONNX Runtime's and OpenMP's
+//! thread pools do.
+//!
+//! Nothing here can deadlock on a busy pool: the caller claims tasks like
+//! any helper, so a loop completes even if no helper ever starts, and a
+//! helper never waits on anything but the next loop or the end of the pass.
+
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// One loop's body, `f(task)`.
+type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// Bits of [`Team::state`] for the task count and the next task.
+const BITS: u32 = 20;
+const MASK: u64 = (1 << BITS) - 1;
+
+/// Where a kernel's tasks run.
+#[derive(Clone, Copy)]
+pub enum Par<'a> {
+    /// A rayon parallel loop per call (what a pass on a busy pool, or one
+    /// of several sample groups in flight at once, should use).
+    Pool,
+    /// The spinning team of one pass ([`with_team`]).
+    Team(&'a Team),
+}
+
+impl Par<'_> {
+    /// Threads the tasks may spread over.
+    pub fn threads(self) -> usize {
+        rayon::current_num_threads().max(1)
+    }
+
+    /// Runs `f(0)`, …, `f(n-1)`, each once, in any order and on any of the
+    /// threads; returns when all have run.
+    pub fn for_each(self, n: usize, f: impl Fn(usize) + Sync) {
+        match self {
+            _ if n <= 1 => (0..n).for_each(f),
+            Par::Pool => (0..n).into_par_iter().for_each(&f),
+            Par::Team(t) => t.for_each(n, &f),
+        }
+    }
+}
+
+/// The shared state of one pass's threads.
+#[derive(Default)]
+pub struct Team {
+    /// The current loop: generation (high bits) | task count | next task.
+    /// One word, so that a helper claims a task of the loop it read and
+    /// never one of the next.
+    state: AtomicU64,
+    /// The current loop's body: a `Task` on the caller's stack, valid while
+    /// any of its tasks is unfinished.
+    job: AtomicPtr<Task<'static>>,
+    /// Finished tasks of the current loop.
+    done: AtomicUsize,
+    /// Set when the pass is over.
+    stop: AtomicBool,
+}
+
+impl Team {
+    /// Claims the next task of loop `generation`, if any is left.
+    fn claim(&self, generation: u64) -> Option<usize> {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let (g, n, i) = (s >> (2 * BITS), (s >> BITS) & MASK, s & MASK);
+            if g != generation || i >= n {
+                return None;
+            }
+            match self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(i as usize),
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Runs the claimed task `i` of the current loop.
+    fn run(&self, i: usize) {
+        // SAFETY: the task is claimed and unfinished, so its loop's caller
+        // is still in `for_each` and the body it stored is alive.
+        let f = unsafe { *self.job.load(Ordering::Acquire) };
+        f(i);
+        self.done.fetch_add(1, Ordering::Release);
+    }
+
+    /// The caller's side of one loop (only the thread that made the team
+    /// calls this).
+    fn for_each(&self, n: usize, f: Task<'_>) {
+        assert!((n as u64) < MASK, "{n} tasks in one loop");
+        let generation = (self.state.load(Ordering::Relaxed) >> (2 * BITS)) + 1;
+        let body: *const Task<'_> = &f;
+        self.job
+            .store(body.cast::<Task<'static>>().cast_mut(), Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        // Publishes the body and the reset count with the new loop.
+        self.state.store(
+            (generation << (2 * BITS)) | ((n as u64) << BITS),
+            Ordering::Release,
+        );
+        while let Some(i) = self.claim(generation) {
+            self.run(i);
+        }
+        while self.done.load(Ordering::Acquire) < n {
+            std::hint::spin_loop();
+        }
+    }
+
+    /// A helper's side: every loop's unclaimed tasks until the pass ends.
+    fn help(&self) {
+        let mut seen = 0;
+        loop {
+            let generation = self.state.load(Ordering::Acquire) >> (2 * BITS);
+            if generation != seen {
+                while let Some(i) = self.claim(generation) {
+                    self.run(i);
+                }
+                seen = generation;
+            } else if self.stop.load(Ordering::Acquire) {
+                return;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Runs `f` with a team of the current pool's threads: the other workers
+/// spin as helpers until `f` returns (or panics). On a one-thread pool,
+/// `f` gets [`Par::Pool`].
+pub fn with_team<R: Send>(f: impl FnOnce(Par<'_>) -> R + Send) -> R {
+    let helpers = rayon::current_num_threads().saturating_sub(1);
+    if helpers == 0 {
+        return f(Par::Pool);
+    }
+    struct Stop<'a>(&'a Team);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.stop.store(true, Ordering::Release);
+        }
+    }
+    let team = Team::default();
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| team.help());
+        }
+        let _stop = Stop(&team);
+        f(Par::Team(&team))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// Every task of every loop runs exactly once, and a loop's writes are
+    /// all visible to the next loop (each loop reads the previous one's).
+    #[test]
+    fn team_runs_each_task_once_in_loop_order() {
+        for threads in 1..=4 {
+            let sums = pool(threads).install(|| {
+                with_team(|par| {
+                    let cells: Vec<AtomicUsize> = (0..257).map(|_| AtomicUsize::new(0)).collect();
+                    let mut sums = Vec::new();
+                    for round in 0..200usize {
+                        let n = 1 + round % 257;
+                        par.for_each(n, |i| {
+                            cells[i].fetch_add(round + 1, Ordering::Relaxed);
+                        });
+                        // Each of the first n cells got round + 1 exactly once.
+                        sums.push(
+                            cells
+                                .iter()
+                                .map(|c| c.load(Ordering::Relaxed))
+                                .sum::<usize>(),
+                        );
+                    }
+                    sums
+                })
+            });
+            let mut want = 0;
+            for (round, &got) in sums.iter().enumerate() {
+                want += (1 + round % 257) * (round + 1);
+                assert_eq!(got, want, "{threads} threads, loop {round}");
+            }
+        }
+    }
+
+    /// A team made on a pool whose other workers are all busy still
+    /// finishes: the caller runs every task itself.
+    #[test]
+    fn team_finishes_when_no_helper_is_free() {
+        let p = pool(2);
+        let total = p.install(|| {
+            let (a, b) = rayon::join(
+                || {
+                    with_team(|par| {
+                        let hits = AtomicUsize::new(0);
+                        for _ in 0..50 {
+                            par.for_each(7, |_| {
+                                hits.fetch_add(1, Ordering::Relaxed);
+                            });
+                        }
+                        hits.into_inner()
+                    })
+                },
+                || {
+                    with_team(|par| {
+                        let hits = AtomicUsize::new(0);
+                        par.for_each(3, |_| {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                        });
+                        hits.into_inner()
+                    })
+                },
+            );
+            a + b
+        });
+        assert_eq!(total, 353);
+    }
+}
