@@ -513,8 +513,15 @@ impl Plan {
 
     /// Runs the plan on the channels-last input already in `ws` (see
     /// [`Plan::load`]); returns the output shape.
+    /// At batch 1 the kernels run on one team, as in
+    /// [`Plan::forward_samples`] (so that a latency table's layers are
+    /// timed as they run in a whole pass).
     pub fn run(&self, ws: &mut Workspace, shape: Shape) -> Shape {
-        self.run_from(ws, 0, shape, Par::Pool).1
+        if shape.n == 1 {
+            with_team(|par| self.run_from(ws, 0, shape, par).1)
+        } else {
+            self.run_from(ws, 0, shape, Par::Pool).1
+        }
     }
 
     /// Puts a channels-last input of `shape` into `ws` for [`Plan::run`].
@@ -1176,11 +1183,11 @@ fn interior(xs: Shape, d: &Depthwise, ow: usize) -> (usize, usize) {
     (lo, lo + (hi - lo) / DW_TILE * DW_TILE)
 }
 
-/// Channels `c0..c0 + W` of the interior pixels of one output row,
-/// [`DW_TILE`] pixels at a time.
+/// Channels `c0..c0 + W` of the interior pixels of one output row, `T`
+/// pixels at a time, then [`DW_TILE`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dw_block<const W: usize, const F: bool>(
+fn dw_block<const W: usize, const F: bool, const T: usize>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1200,32 +1207,25 @@ fn dw_block<const W: usize, const F: bool>(
         c0,
     };
     let mut ox = lo;
-    while ox + DW_TILE <= hi {
+    while ox + T <= hi {
         // SAFETY: interior pixels have all k taps inside the input, and
         // depthwise_row checked the sizes.
-        unsafe {
-            match k {
-                3 => dw_tile_k::<W, F, 3>(x, xs, d, at, ox, row),
-                5 => dw_tile_k::<W, F, 5>(x, xs, d, at, ox, row),
-                7 => dw_tile_k::<W, F, 7>(x, xs, d, at, ox, row),
-                _ => unreachable!("interior() is empty for kernel size {k}"),
-            }
-        }
+        unsafe { dw_tile::<W, F, T>(x, xs, d, at, ox, row) };
+        ox += T;
+    }
+    while ox + DW_TILE <= hi {
+        // SAFETY: as above.
+        unsafe { dw_tile::<W, F, DW_TILE>(x, xs, d, at, ox, row) };
         ox += DW_TILE;
     }
 }
 
-/// [`DW_TILE`] interior pixels from `ox` for a kernel size `K` known at
-/// compile time: the tap loops unroll, the row's `K` weight vectors stay
-/// in registers, and at stride 1 each input vector is loaded once for the
-/// `K` taps and pixels that share it (a sliding window of `DW_TILE + K − 1`
-/// vectors instead of `DW_TILE · K` loads).
+/// [`dw_tile_k`] for the kernel size of `d`.
 ///
 /// # Safety
-/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
-/// pixels `ox..ox + DW_TILE` are interior (all `K` taps inside the input).
+/// As [`dw_tile_k`].
 #[inline(always)]
-unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
+unsafe fn dw_tile<const W: usize, const F: bool, const T: usize>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1233,9 +1233,56 @@ unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
     ox: usize,
     row: &mut [f32],
 ) {
-    const T: usize = DW_TILE;
-    // The window's longest length, DW_TILE + 7 − 1.
-    const WIN: usize = DW_TILE + 6;
+    // The 8-pixel tile only runs where AVX-512 is (depthwise_row), as
+    // intrinsics: written as arrays, its 8 × 16-lane accumulators went
+    // through the stack (7× slower than the 4-pixel tile).
+    #[cfg(target_arch = "x86_64")]
+    if W == LANES && T == 8 {
+        // SAFETY: forwarded; depthwise_row picks T = 8 only with AVX-512F.
+        unsafe {
+            match d.k {
+                3 => dw_tile8_avx512::<3>(x, xs, d, at, ox, row),
+                5 => dw_tile8_avx512::<5>(x, xs, d, at, ox, row),
+                7 => dw_tile8_avx512::<7>(x, xs, d, at, ox, row),
+                k => unreachable!("interior() is empty for kernel size {k}"),
+            }
+        }
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe {
+        match d.k {
+            3 => dw_tile_k::<W, F, 3, T>(x, xs, d, at, ox, row),
+            5 => dw_tile_k::<W, F, 5, T>(x, xs, d, at, ox, row),
+            7 => dw_tile_k::<W, F, 7, T>(x, xs, d, at, ox, row),
+            k => unreachable!("interior() is empty for kernel size {k}"),
+        }
+    }
+}
+
+/// `T` interior pixels from `ox` for a kernel size `K` known at compile
+/// time: the tap loops unroll, the row's `K` weight vectors stay in
+/// registers, and at stride 1 each input vector is loaded once for the
+/// `K` taps and pixels that share it (a sliding window of `T + K − 1`
+/// vectors instead of `T · K` loads). `T` = 8 where there are 32 vector
+/// registers: an FMA's 4-cycle latency on two ports needs 8 independent
+/// accumulators, and 4 left the units half idle.
+///
+/// # Safety
+/// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
+/// pixels `ox..ox + DW_TILE` are interior (all `K` taps inside the input).
+#[inline(always)]
+unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize, const T: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    at: RowAt,
+    ox: usize,
+    row: &mut [f32],
+) {
+    // The window's longest length, 8 + 7 − 1.
+    const WIN: usize = 14;
+    const { assert!(T + K - 1 <= WIN) };
     let (s, p, c) = (d.s, K / 2, d.c);
     // SAFETY (all loads): the caller's contract; `w` is `[K·K, C]`.
     let bias: [f32; W] = unsafe { load(&d.b, at.c0) };
@@ -1272,6 +1319,63 @@ unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize>(
     }
     for (t, a) in acc.iter().enumerate() {
         row[(ox + t) * c + at.c0..][..W].copy_from_slice(a);
+    }
+}
+
+/// [`dw_tile_k`] for 16 channels and 8 pixels in AVX-512 registers: 8
+/// accumulators, the row's `K` weight vectors and, at stride 1, each input
+/// vector loaded once for every pixel of the tile that reads it.
+///
+/// # Safety
+/// As [`dw_tile_k`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dw_tile8_avx512<const K: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    at: RowAt,
+    ox: usize,
+    row: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const T: usize = 8;
+    let (s, p, c) = (d.s, K / 2, d.c);
+    debug_assert!(at.c0 + LANES <= c && (ox + T) * c <= row.len());
+    // SAFETY (all loads and stores): the caller's contract — interior
+    // pixels, `w` `[K·K, C]`, `b` `[C]`, `row` one output row.
+    unsafe {
+        let bias = _mm512_loadu_ps(d.b.as_ptr().add(at.c0));
+        let mut acc = [bias; T];
+        for ky in at.ky0..at.ky1 {
+            let xrow = x.as_ptr().add(at.base + (at.oy * s + ky - p) * xs.w * c);
+            let wrow = d.w.as_ptr().add(ky * K * c + at.c0);
+            let mut wv = [_mm512_setzero_ps(); K];
+            for (kx, w) in wv.iter_mut().enumerate() {
+                *w = _mm512_loadu_ps(wrow.add(kx * c));
+            }
+            if s == 1 {
+                for j in 0..T + K - 1 {
+                    let v = _mm512_loadu_ps(xrow.add((ox + j - p) * c));
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        if j >= t && j - t < K {
+                            *a = _mm512_fmadd_ps(v, wv[j - t], *a);
+                        }
+                    }
+                }
+            } else {
+                for (kx, w) in wv.iter().enumerate() {
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        let v = _mm512_loadu_ps(xrow.add(((ox + t) * s + kx - p) * c));
+                        *a = _mm512_fmadd_ps(v, *w, *a);
+                    }
+                }
+            }
+        }
+        let out = row.as_mut_ptr();
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((ox + t) * c + at.c0), *a);
+        }
     }
 }
 
@@ -1362,7 +1466,7 @@ fn dw_border_pixel<const F: bool>(
 }
 
 #[inline(always)]
-fn depthwise_row_impl<const F: bool>(
+fn depthwise_row_impl<const F: bool, const T: usize>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1378,15 +1482,15 @@ fn depthwise_row_impl<const F: bool>(
     let (lo, hi) = interior(xs, d, ow);
     let mut c0 = 0;
     while c0 + LANES <= c {
-        dw_block::<LANES, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<LANES, F, T>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += LANES;
     }
     if c0 + 8 <= c {
-        dw_block::<8, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<8, F, T>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 8;
     }
     while c0 < c {
-        dw_block::<1, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<1, F, DW_TILE>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 1;
     }
     for ox in (0..lo).chain(hi..ow) {
@@ -1397,10 +1501,13 @@ fn depthwise_row_impl<const F: bool>(
 
 #[multiversion::multiversion(targets = "simd")]
 fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row: &mut [f32]) {
-    if multiversion::target::target_cfg_f!(target_feature = "fma") {
-        depthwise_row_impl::<true>(x, xs, d, ni, oy, row)
+    use multiversion::target::target_cfg_f;
+    if target_cfg_f!(all(target_feature = "avx512f", target_feature = "fma")) {
+        depthwise_row_impl::<true, 8>(x, xs, d, ni, oy, row)
+    } else if target_cfg_f!(target_feature = "fma") {
+        depthwise_row_impl::<true, DW_TILE>(x, xs, d, ni, oy, row)
     } else {
-        depthwise_row_impl::<false>(x, xs, d, ni, oy, row)
+        depthwise_row_impl::<false, DW_TILE>(x, xs, d, ni, oy, row)
     }
 }
 
@@ -1611,9 +1718,10 @@ mod tests {
     #[test]
     fn depthwise_matches_naive_convolution() {
         let mut r = ChaCha8Rng::seed_from_u64(3);
-        for case in 0..40 {
+        for case in 0..80 {
             let c = r.random_range(1..=40);
-            let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
+            // Up to 24 wide: two 8-pixel tiles of interior at k = 7.
+            let (h, w) = (r.random_range(1..=13), r.random_range(1..=24));
             let k = [3, 5, 7][case % 3];
             let s = [1, 2][(case / 3) % 2];
             let n = [1, 3][(case / 6) % 2];
