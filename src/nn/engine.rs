@@ -857,12 +857,12 @@ unsafe fn gemm_tile(
     unsafe {
         if target_cfg_f!(all(target_feature = "avx512f", target_feature = "fma")) {
             // 32 vector registers: 12 × 2 accumulators.
-            gemm_tile_impl::<12, 12, true>(x, d, residual, y, rows, panels)
+            gemm_tile_impl::<12, 12, true, true>(x, d, residual, y, rows, panels)
         } else if target_cfg_f!(all(target_feature = "avx2", target_feature = "fma")) {
             // 16 registers of 8 lanes: 3 × 2 × 2 and 6 × 2 accumulators.
-            gemm_tile_impl::<3, 6, true>(x, d, residual, y, rows, panels)
+            gemm_tile_impl::<3, 6, true, false>(x, d, residual, y, rows, panels)
         } else {
-            gemm_tile_impl::<2, 4, false>(x, d, residual, y, rows, panels)
+            gemm_tile_impl::<2, 4, false, false>(x, d, residual, y, rows, panels)
         }
     }
 }
@@ -872,7 +872,7 @@ unsafe fn gemm_tile(
 /// `C_out`, `panels.1 ≤ ⌈C_out/PANEL⌉`, and no other thread touches this
 /// tile of `y`.
 #[inline(always)]
-unsafe fn gemm_tile_impl<const MR: usize, const MR1: usize, const F: bool>(
+unsafe fn gemm_tile_impl<const MR: usize, const MR1: usize, const F: bool, const Z: bool>(
     x: &[f32],
     d: &Dense,
     residual: Option<&[f32]>,
@@ -885,15 +885,88 @@ unsafe fn gemm_tile_impl<const MR: usize, const MR1: usize, const F: bool>(
     // SAFETY (all arms): forwarded.
     unsafe {
         match d.act {
-            None => gemm_tile_act::<MR, MR1, F, 0>(x, d, residual, y, rows, panels),
+            None => gemm_tile_act::<MR, MR1, F, 0, Z>(x, d, residual, y, rows, panels),
             Some(Activation::Relu) => {
-                gemm_tile_act::<MR, MR1, F, 1>(x, d, residual, y, rows, panels)
+                gemm_tile_act::<MR, MR1, F, 1, Z>(x, d, residual, y, rows, panels)
             }
             Some(Activation::Relu6) => {
-                gemm_tile_act::<MR, MR1, F, 2>(x, d, residual, y, rows, panels)
+                gemm_tile_act::<MR, MR1, F, 2, Z>(x, d, residual, y, rows, panels)
             }
             Some(Activation::HSwish) => {
-                gemm_tile_act::<MR, MR1, F, 3>(x, d, residual, y, rows, panels)
+                gemm_tile_act::<MR, MR1, F, 3, Z>(x, d, residual, y, rows, panels)
+            }
+        }
+    }
+}
+
+/// [`micro`] in AVX-512 registers (`M` rows × `P` panels of 16 output
+/// channels, `M·P ≤ 24` accumulators), written with intrinsics: as arrays
+/// of floats the tile was zeroed through the stack (a `memset` and 24
+/// reloads per tile, whose store-forwarding stall was the hottest
+/// instruction of the GEMM at K = 16–24, `perf annotate`). The tile
+/// starts from the bias instead of zero.
+///
+/// # Safety
+/// As [`gemm_tile_impl`], for these rows and panels, on a CPU with
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro512<const M: usize, const P: usize, const A: u8>(
+    x: &[f32],
+    d: &Dense,
+    residual: Option<&[f32]>,
+    y: Out,
+    r: usize,
+    p: usize,
+) {
+    use std::arch::x86_64::*;
+    let (kd, cout) = (d.kdim, d.cout);
+    // SAFETY (all loads and stores): rows r..r + M < rows, panels
+    // p..p + P < ⌈C_out/PANEL⌉ (the caller's contract); the bias and the
+    // panels are padded to whole panels; partial panels store masked.
+    unsafe {
+        let mut bias = [_mm512_setzero_ps(); P];
+        for (q, b) in bias.iter_mut().enumerate() {
+            *b = _mm512_loadu_ps(d.panel_bias.as_ptr().add((p + q) * PANEL));
+        }
+        let mut acc = [bias; M];
+        let xp = x.as_ptr().add(r * kd);
+        let wp = d.panels.as_ptr().add(p * kd * PANEL);
+        for kk in 0..kd {
+            let mut w = [_mm512_setzero_ps(); P];
+            for (q, wq) in w.iter_mut().enumerate() {
+                *wq = _mm512_loadu_ps(wp.add((q * kd + kk) * PANEL));
+            }
+            for (m, am) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(m * kd + kk));
+                for (aq, wq) in am.iter_mut().zip(&w) {
+                    *aq = _mm512_fmadd_ps(xv, *wq, *aq);
+                }
+            }
+        }
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for (m, am) in acc.iter().enumerate() {
+            for (q, &aq) in am.iter().enumerate() {
+                let c0 = (p + q) * PANEL;
+                let n = PANEL.min(cout - c0);
+                let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
+                let at = (r + m) * cout + c0;
+                let mut v = match A {
+                    0 => aq,
+                    1 => _mm512_max_ps(aq, zero),
+                    2 => _mm512_min_ps(_mm512_max_ps(aq, zero), six),
+                    _ => {
+                        let g = _mm512_min_ps(
+                            _mm512_max_ps(_mm512_add_ps(aq, _mm512_set1_ps(3.0)), zero),
+                            six,
+                        );
+                        _mm512_mul_ps(_mm512_mul_ps(aq, g), _mm512_set1_ps(1.0 / 6.0))
+                    }
+                };
+                if let Some(res) = residual {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+                }
+                _mm512_mask_storeu_ps(y.0.add(at), mask, v);
             }
         }
     }
@@ -913,7 +986,13 @@ fn act_n<const A: u8>(v: f32) -> f32 {
 /// # Safety
 /// As [`gemm_tile_impl`].
 #[inline(always)]
-unsafe fn gemm_tile_act<const MR: usize, const MR1: usize, const F: bool, const A: u8>(
+unsafe fn gemm_tile_act<
+    const MR: usize,
+    const MR1: usize,
+    const F: bool,
+    const A: u8,
+    const Z: bool,
+>(
     x: &[f32],
     d: &Dense,
     residual: Option<&[f32]>,
@@ -933,18 +1012,18 @@ unsafe fn gemm_tile_act<const MR: usize, const MR1: usize, const F: bool, const 
             if p + 2 <= p1 {
                 let mut r = b0;
                 while r + MR <= b1 {
-                    unsafe { micro::<MR, 2, F, A>(x, d, residual, y, r, p) };
+                    unsafe { micro::<MR, 2, F, A, Z>(x, d, residual, y, r, p) };
                     r += MR;
                 }
-                unsafe { rest::<2, F, A>(x, d, residual, y, (r, b1), p) };
+                unsafe { rest::<2, F, A, Z>(x, d, residual, y, (r, b1), p) };
                 p += 2;
             } else {
                 let mut r = b0;
                 while r + MR1 <= b1 {
-                    unsafe { micro::<MR1, 1, F, A>(x, d, residual, y, r, p) };
+                    unsafe { micro::<MR1, 1, F, A, Z>(x, d, residual, y, r, p) };
                     r += MR1;
                 }
-                unsafe { rest::<1, F, A>(x, d, residual, y, (r, b1), p) };
+                unsafe { rest::<1, F, A, Z>(x, d, residual, y, (r, b1), p) };
                 p += 1;
             }
         }
@@ -957,7 +1036,7 @@ unsafe fn gemm_tile_act<const MR: usize, const MR1: usize, const F: bool, const 
 /// # Safety
 /// As [`gemm_tile_impl`], for these rows and panels.
 #[inline(always)]
-unsafe fn rest<const P: usize, const F: bool, const A: u8>(
+unsafe fn rest<const P: usize, const F: bool, const A: u8, const Z: bool>(
     x: &[f32],
     d: &Dense,
     residual: Option<&[f32]>,
@@ -967,15 +1046,15 @@ unsafe fn rest<const P: usize, const F: bool, const A: u8>(
 ) {
     // SAFETY (all calls): the caller's contract.
     while r + 4 <= end {
-        unsafe { micro::<4, P, F, A>(x, d, residual, y, r, p) };
+        unsafe { micro::<4, P, F, A, Z>(x, d, residual, y, r, p) };
         r += 4;
     }
     if r + 2 <= end {
-        unsafe { micro::<2, P, F, A>(x, d, residual, y, r, p) };
+        unsafe { micro::<2, P, F, A, Z>(x, d, residual, y, r, p) };
         r += 2;
     }
     if r < end {
-        unsafe { micro::<1, P, F, A>(x, d, residual, y, r, p) };
+        unsafe { micro::<1, P, F, A, Z>(x, d, residual, y, r, p) };
     }
 }
 
@@ -986,7 +1065,7 @@ unsafe fn rest<const P: usize, const F: bool, const A: u8>(
 /// # Safety
 /// As [`gemm_tile_impl`], for these rows and panels.
 #[inline(always)]
-unsafe fn micro<const M: usize, const P: usize, const F: bool, const A: u8>(
+unsafe fn micro<const M: usize, const P: usize, const F: bool, const A: u8, const Z: bool>(
     x: &[f32],
     d: &Dense,
     residual: Option<&[f32]>,
@@ -994,6 +1073,12 @@ unsafe fn micro<const M: usize, const P: usize, const F: bool, const A: u8>(
     r: usize,
     p: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if Z && M > 1 {
+        // SAFETY: forwarded; `Z` only where AVX-512F is (gemm_tile).
+        unsafe { micro512::<M, P, A>(x, d, residual, y, r, p) };
+        return;
+    }
     let (kd, cout) = (d.kdim, d.cout);
     let mut acc = [[[0f32; PANEL]; P]; M];
     let xp = x.as_ptr();
