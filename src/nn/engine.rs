@@ -867,6 +867,10 @@ unsafe fn gemm_tile(
     }
 }
 
+/// `MR` × 2-panel and `MR1` × 1-panel register tiles, fused multiply-adds
+/// where `F`, the multi-row tiles in AVX-512 intrinsics where `Z`
+/// ([`micro512`]; only where the CPU has AVX-512F).
+///
 /// # Safety
 /// `x` holds `rows.1` rows of `C_in`, `y` (and `residual`) `rows.1` rows of
 /// `C_out`, `panels.1 ≤ ⌈C_out/PANEL⌉`, and no other thread touches this
