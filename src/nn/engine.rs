@@ -134,6 +134,8 @@ pub struct Workspace {
     se: Vec<f32>,
     /// The patch matrix of a k×k dense convolution.
     cols: Vec<f32>,
+    /// Per-task channel sums of a depthwise output ([`depthwise_summed`]).
+    sums: Vec<f32>,
     /// Seconds per kind of step, when [`Runner::record_breakdown`] asked.
     breakdown: Option<Breakdown>,
 }
@@ -617,10 +619,19 @@ impl Op {
                 let d_shape = b.dw.out_shape(e_shape);
                 let d_out = grow(t2, d_shape.len());
                 mark("depthwise", d_shape.len() * b.dw.k * b.dw.k);
-                depthwise(e_out, e_shape, &b.dw, d_out, par);
+                // One sample before an SE gate: the depthwise tasks also sum
+                // the channels of the rows they wrote (while in L1), instead
+                // of one serial pass over the map for the gate's means.
+                let sum_rows = b.se.is_some() && d_shape.n == 1;
+                if sum_rows {
+                    depthwise_summed(e_out, e_shape, &b.dw, d_out, &mut ws.sums, par);
+                } else {
+                    depthwise(e_out, e_shape, &b.dw, d_out, par);
+                }
                 if let Some(se) = &b.se {
                     mark("squeeze-excite", 0);
-                    squeeze_excite(d_out, d_shape, se, &mut ws.se, par);
+                    let sums = sum_rows.then_some(&ws.sums[..]);
+                    squeeze_excite(d_out, d_shape, se, sums, &mut ws.se, par);
                 }
                 let p_shape = b.project.out_shape(d_shape);
                 let residual = (b.residual && p_shape == x).then_some(input);
@@ -1217,6 +1228,47 @@ fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32], par: Par<'_>) {
     });
 }
 
+/// [`depthwise`] of one sample that also leaves in `sums` the per-task sums
+/// of each output channel: the task count, then `[tasks, C]` sums whose
+/// sum over tasks is the channel's sum over the map, each task's rows
+/// summed right after it wrote them.
+fn depthwise_summed(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    y: &mut [f32],
+    sums: &mut Vec<f32>,
+    par: Par<'_>,
+) {
+    let o = d.out_shape(xs);
+    let c = d.c;
+    assert!(o.n == 1 && c > 0 && x.len() >= xs.len());
+    let row_len = o.w * c;
+    let per = rows_per_task(o.h, row_len * d.k * d.k);
+    let tasks = o.h.div_ceil(per);
+    let buf = grow(sums, tasks * c + 1);
+    buf[0] = tasks as f32;
+    let at = Out(buf[1..].as_mut_ptr());
+    for_each_chunk(par, &mut y[..o.len()], row_len * per, |t, rows| {
+        let at = at;
+        // SAFETY: task `t` (< tasks) alone writes row `t` of the sums.
+        let acc = unsafe { std::slice::from_raw_parts_mut(at.0.add(t * c), c) };
+        acc.fill(0.0);
+        for (i, row) in rows.chunks_mut(row_len).enumerate() {
+            depthwise_row(x, xs, d, 0, t * per + i, row);
+            add_pixels(acc, row);
+        }
+    });
+}
+
+/// `acc[c] += Σ_p row[p, c]` over a channels-last run of pixels.
+#[multiversion::multiversion(targets = "simd")]
+fn add_pixels(acc: &mut [f32], row: &[f32]) {
+    for px in row.chunks_exact(acc.len()) {
+        acc.iter_mut().zip(px).for_each(|(a, v)| *a += v);
+    }
+}
+
 /// Output pixels accumulated together by the depthwise kernel: one chain
 /// of additions per pixel would wait on the previous addition's latency
 /// at every tap; [`DW_TILE`] independent chains keep the vector units busy.
@@ -1715,12 +1767,33 @@ fn pool(x: &[f32], xs: Shape, y: &mut [f32]) {
 }
 
 /// Scales each sample's channels by its SE gate, in place.
-fn squeeze_excite(x: &mut [f32], xs: Shape, se: &Se, scratch: &mut Vec<f32>, par: Par<'_>) {
+/// `sums`: one sample's per-task channel sums from [`depthwise_summed`], or
+/// none (the means are computed here).
+fn squeeze_excite(
+    x: &mut [f32],
+    xs: Shape,
+    se: &Se,
+    sums: Option<&[f32]>,
+    scratch: &mut Vec<f32>,
+    par: Par<'_>,
+) {
     let (c, s) = (se.c, se.s);
     let buf = grow(scratch, xs.n * (2 * c + s));
     let (means, rest) = buf.split_at_mut(xs.n * c);
     let (hidden, gates) = rest.split_at_mut(xs.n * s);
-    channel_means(x, xs, means);
+    match sums {
+        Some(sums) => {
+            assert!(xs.n == 1 && !sums.is_empty());
+            let tasks = sums[0] as usize;
+            let inv = 1.0 / (xs.h * xs.w).max(1) as f32;
+            means[..c].fill(0.0);
+            for row in sums[1..1 + tasks * c].chunks_exact(c) {
+                add_pixels(&mut means[..c], row);
+            }
+            means[..c].iter_mut().for_each(|v| *v *= inv);
+        }
+        None => channel_means(x, xs, means),
+    }
     for ni in 0..xs.n {
         let m = &means[ni * c..][..c];
         let h = &mut hidden[ni * s..][..s];
@@ -1909,6 +1982,24 @@ mod tests {
             on_threads(1 + case % 3, case % 2 == 0, |par| {
                 depthwise(&x, xs, &d, &mut y, par)
             });
+            if n == 1 {
+                // The summing form: the same output, and per-task sums
+                // that add up to each channel's sum over the map.
+                let mut y2 = vec![f32::NAN; o.len()];
+                let mut sums = vec![f32::NAN; 7];
+                on_threads(1 + case % 3, case % 2 == 1, |par| {
+                    depthwise_summed(&x, xs, &d, &mut y2, &mut sums, par)
+                });
+                assert_eq!(y, y2, "case {case}: summing depthwise");
+                let tasks = sums[0] as usize;
+                let got: Vec<f32> = (0..c)
+                    .map(|cc| (0..tasks).map(|t| sums[1 + t * c + cc]).sum())
+                    .collect();
+                let want: Vec<f32> = (0..c)
+                    .map(|cc| y.iter().skip(cc).step_by(c).sum())
+                    .collect();
+                close(&got, &want, &format!("case {case}: channel sums"));
+            }
             let p = (k / 2) as isize;
             let mut want = vec![0f32; o.len()];
             for ni in 0..n {
@@ -2036,7 +2127,7 @@ mod tests {
         };
         let mut y = x.clone();
         on_threads(2, true, |par| {
-            squeeze_excite(&mut y, xs, &se, &mut Vec::new(), par)
+            squeeze_excite(&mut y, xs, &se, None, &mut Vec::new(), par)
         });
         for ni in 0..n {
             let mean: Vec<f32> = (0..c)
