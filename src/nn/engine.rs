@@ -622,15 +622,22 @@ impl Op {
                 // One sample before an SE gate: the depthwise tasks also sum
                 // the channels of the rows they wrote (while in L1), instead
                 // of one serial pass over the map for the gate's means.
-                let sum_rows = b.se.is_some() && d_shape.n == 1;
-                if sum_rows {
-                    depthwise_summed(e_out, e_shape, &b.dw, d_out, &mut ws.sums, par);
+                let tasks = if b.se.is_some() && d_shape.n == 1 {
+                    Some(depthwise_summed(
+                        e_out,
+                        e_shape,
+                        &b.dw,
+                        d_out,
+                        &mut ws.sums,
+                        par,
+                    ))
                 } else {
                     depthwise(e_out, e_shape, &b.dw, d_out, par);
-                }
+                    None
+                };
                 if let Some(se) = &b.se {
                     mark("squeeze-excite", 0);
-                    let sums = sum_rows.then_some(&ws.sums[..]);
+                    let sums = tasks.map(|t| &ws.sums[..t * d_shape.c]);
                     squeeze_excite(d_out, d_shape, se, sums, &mut ws.se, par);
                 }
                 let p_shape = b.project.out_shape(d_shape);
@@ -1229,9 +1236,9 @@ fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32], par: Par<'_>) {
 }
 
 /// [`depthwise`] of one sample that also leaves in `sums` the per-task sums
-/// of each output channel: the task count, then `[tasks, C]` sums whose
-/// sum over tasks is the channel's sum over the map, each task's rows
-/// summed right after it wrote them.
+/// of each output channel, `[tasks, C]` (their sum over tasks is the
+/// channel's sum over the map), each task's rows summed right after it
+/// wrote them; returns the task count.
 fn depthwise_summed(
     x: &[f32],
     xs: Shape,
@@ -1239,16 +1246,14 @@ fn depthwise_summed(
     y: &mut [f32],
     sums: &mut Vec<f32>,
     par: Par<'_>,
-) {
+) -> usize {
     let o = d.out_shape(xs);
     let c = d.c;
     assert!(o.n == 1 && c > 0 && x.len() >= xs.len());
     let row_len = o.w * c;
     let per = rows_per_task(o.h, row_len * d.k * d.k);
     let tasks = o.h.div_ceil(per);
-    let buf = grow(sums, tasks * c + 1);
-    buf[0] = tasks as f32;
-    let at = Out(buf[1..].as_mut_ptr());
+    let at = Out(grow(sums, tasks * c).as_mut_ptr());
     for_each_chunk(par, &mut y[..o.len()], row_len * per, |t, rows| {
         let at = at;
         // SAFETY: task `t` (< tasks) alone writes row `t` of the sums.
@@ -1259,6 +1264,7 @@ fn depthwise_summed(
             add_pixels(acc, row);
         }
     });
+    tasks
 }
 
 /// `acc[c] += Σ_p row[p, c]` over a channels-last run of pixels.
@@ -1405,9 +1411,9 @@ unsafe fn dw_tile<const W: usize, const F: bool, const T: usize>(
 /// time: the tap loops unroll, the row's `K` weight vectors stay in
 /// registers, and at stride 1 each input vector is loaded once for the
 /// `K` taps and pixels that share it (a sliding window of `T + K − 1`
-/// vectors instead of `T · K` loads). `T` = 8 where there are 32 vector
-/// registers: an FMA's 4-cycle latency on two ports needs 8 independent
-/// accumulators, and 4 left the units half idle.
+/// vectors instead of `T · K` loads). The portable form of
+/// [`dw_tile8_avx512`] (which the 16-lane blocks take where AVX-512 is),
+/// for every other CPU and channel block.
 ///
 /// # Safety
 /// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
@@ -1767,8 +1773,8 @@ fn pool(x: &[f32], xs: Shape, y: &mut [f32]) {
 }
 
 /// Scales each sample's channels by its SE gate, in place.
-/// `sums`: one sample's per-task channel sums from [`depthwise_summed`], or
-/// none (the means are computed here).
+/// `sums`: one sample's per-task channel sums `[tasks, C]` from
+/// [`depthwise_summed`], or none (the means are computed here).
 fn squeeze_excite(
     x: &mut [f32],
     xs: Shape,
@@ -1783,11 +1789,10 @@ fn squeeze_excite(
     let (hidden, gates) = rest.split_at_mut(xs.n * s);
     match sums {
         Some(sums) => {
-            assert!(xs.n == 1 && !sums.is_empty());
-            let tasks = sums[0] as usize;
+            assert!(xs.n == 1 && sums.len() % c.max(1) == 0);
             let inv = 1.0 / (xs.h * xs.w).max(1) as f32;
             means[..c].fill(0.0);
-            for row in sums[1..1 + tasks * c].chunks_exact(c) {
+            for row in sums.chunks_exact(c) {
                 add_pixels(&mut means[..c], row);
             }
             means[..c].iter_mut().for_each(|v| *v *= inv);
@@ -1987,13 +1992,12 @@ mod tests {
                 // that add up to each channel's sum over the map.
                 let mut y2 = vec![f32::NAN; o.len()];
                 let mut sums = vec![f32::NAN; 7];
-                on_threads(1 + case % 3, case % 2 == 1, |par| {
+                let tasks = on_threads(1 + case % 3, case % 2 == 1, |par| {
                     depthwise_summed(&x, xs, &d, &mut y2, &mut sums, par)
                 });
                 assert_eq!(y, y2, "case {case}: summing depthwise");
-                let tasks = sums[0] as usize;
                 let got: Vec<f32> = (0..c)
-                    .map(|cc| (0..tasks).map(|t| sums[1 + t * c + cc]).sum())
+                    .map(|cc| (0..tasks).map(|t| sums[t * c + cc]).sum())
                     .collect();
                 let want: Vec<f32> = (0..c)
                     .map(|cc| y.iter().skip(cc).step_by(c).sum())
