@@ -22,6 +22,9 @@ type Task<'a> = &'a (dyn Fn(usize) + Sync);
 /// Bits of a [`Team`] range word for its end and its next task.
 const BITS: u32 = 20;
 const MASK: u64 = (1 << BITS) - 1;
+/// The largest loop generation a range word holds (its top 24 bits);
+/// generations count 1, 2, …, `GENERATIONS`, 1, … (0 is "none yet").
+const GENERATIONS: u64 = (1 << (64 - 2 * BITS)) - 1;
 
 /// Where a kernel's tasks run.
 #[derive(Clone, Copy)]
@@ -78,8 +81,13 @@ pub struct Team {
 
 impl Team {
     fn new(threads: usize) -> Team {
+        Team::from_generation(threads, 0)
+    }
+
+    /// A team whose last loop was `generation` (tests: the wrap-around).
+    fn from_generation(threads: usize, generation: u64) -> Team {
         Team {
-            generation: AtomicU64::new(0),
+            generation: AtomicU64::new(generation),
             ranges: (0..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
@@ -128,7 +136,7 @@ impl Team {
     /// thread 0, calls this).
     fn for_each(&self, n: usize, f: Task<'_>) {
         assert!((n as u64) < MASK, "{n} tasks in one loop");
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let generation = self.generation.load(Ordering::Relaxed) % GENERATIONS + 1;
         let body: *const Task<'_> = &f;
         self.job
             .store(body.cast::<Task<'static>>().cast_mut(), Ordering::Relaxed);
@@ -233,6 +241,28 @@ mod tests {
                 assert_eq!(got, want, "{threads} threads, loop {round}");
             }
         }
+    }
+
+    /// Loop generations wrap around within the range words' 24 bits
+    /// without losing a loop.
+    #[test]
+    fn team_generations_wrap_around() {
+        pool(2).install(|| {
+            let team = Team::from_generation(2, GENERATIONS - 3);
+            let hits = AtomicUsize::new(0);
+            rayon::in_place_scope(|s| {
+                let t = &team;
+                s.spawn(move |_| t.help(1));
+                for _ in 0..8 {
+                    Par::Team(t).for_each(5, |_| {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                team.stop.store(true, Ordering::Release);
+            });
+            assert_eq!(hits.into_inner(), 40);
+            assert_eq!(team.generation.load(Ordering::Relaxed), 5);
+        });
     }
 
     /// A team made on a pool whose other workers are all busy still
