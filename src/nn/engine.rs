@@ -862,18 +862,32 @@ unsafe fn stem_row_avx512(x: &[f32], xs: Shape, d: &Dense, ni: usize, oy: usize,
     }
 }
 
-/// The activation `a` of 16 lanes (as [`act_n`]).
+/// The activation `a` of 16 lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn act512(v: std::arch::x86_64::__m512, a: Option<Activation>) -> std::arch::x86_64::__m512 {
+    match a {
+        None => act512_n::<0>(v),
+        Some(Activation::Relu) => act512_n::<1>(v),
+        Some(Activation::Relu6) => act512_n::<2>(v),
+        Some(Activation::HSwish) => act512_n::<3>(v),
+    }
+}
+
+/// [`act_n`] on 16 lanes: the activation numbered `A` (a constant of the
+/// GEMM tile, see [`gemm_tile_impl`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn act512_n<const A: u8>(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-    match a {
-        None => v,
-        Some(Activation::Relu) => _mm512_max_ps(v, zero),
-        Some(Activation::Relu6) => _mm512_min_ps(_mm512_max_ps(v, zero), six),
-        Some(Activation::HSwish) => {
+    match A {
+        0 => v,
+        1 => _mm512_max_ps(v, zero),
+        2 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+        _ => {
             let g = _mm512_min_ps(
                 _mm512_max_ps(_mm512_add_ps(v, _mm512_set1_ps(3.0)), zero),
                 six,
@@ -1057,25 +1071,13 @@ unsafe fn micro512<const M: usize, const P: usize, const A: u8>(
                 }
             }
         }
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
         for (m, am) in acc.iter().enumerate() {
             for (q, &aq) in am.iter().enumerate() {
                 let c0 = (p + q) * PANEL;
                 let n = PANEL.min(cout - c0);
                 let mask: __mmask16 = if n == PANEL { 0xffff } else { (1u16 << n) - 1 };
                 let at = (r + m) * cout + c0;
-                let mut v = match A {
-                    0 => aq,
-                    1 => _mm512_max_ps(aq, zero),
-                    2 => _mm512_min_ps(_mm512_max_ps(aq, zero), six),
-                    _ => {
-                        let g = _mm512_min_ps(
-                            _mm512_max_ps(_mm512_add_ps(aq, _mm512_set1_ps(3.0)), zero),
-                            six,
-                        );
-                        _mm512_mul_ps(_mm512_mul_ps(aq, g), _mm512_set1_ps(1.0 / 6.0))
-                    }
-                };
+                let mut v = act512_n::<A>(aq);
                 if let Some(res) = residual {
                     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
                 }
