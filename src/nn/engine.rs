@@ -618,7 +618,10 @@ impl Op {
                 };
                 let d_shape = b.dw.out_shape(e_shape);
                 let d_out = grow(t2, d_shape.len());
-                mark("depthwise", d_shape.len() * b.dw.k * b.dw.k);
+                // Stride 2 apart: its layers run at about half the rate of
+                // stride 1 (each input column serves fewer taps).
+                let kind = if b.dw.s == 1 { "depthwise s1" } else { "depthwise s2" };
+                mark(kind, d_shape.len() * b.dw.k * b.dw.k);
                 // One sample before an SE gate: the depthwise tasks also sum
                 // the channels of the rows they wrote (while in L1), instead
                 // of one serial pass over the map for the gate's means.
@@ -1321,9 +1324,13 @@ fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32], par: Par<'_>) {
     let row_len = o.w * c;
     let per = rows_per_task(o.n * o.h, row_len * d.k * d.k);
     for_each_chunk(par, &mut y[..o.len()], row_len * per, |t, rows| {
-        for (i, row) in rows.chunks_mut(row_len).enumerate() {
-            let g = t * per + i;
-            depthwise_row(x, xs, d, g / o.h, g % o.h, row);
+        // The task's rows, split where a sample ends.
+        let (mut g, mut rest) = (t * per, rows);
+        while !rest.is_empty() {
+            let n = (o.h - g % o.h).min(rest.len() / row_len);
+            let (now, after) = rest.split_at_mut(n * row_len);
+            depthwise_rows(x, xs, d, g / o.h, g % o.h, o.w, now, None);
+            (g, rest) = (g + n, after);
         }
     });
 }
@@ -1352,10 +1359,7 @@ fn depthwise_summed(
         // SAFETY: task `t` (< tasks) alone writes row `t` of the sums.
         let acc = unsafe { std::slice::from_raw_parts_mut(at.0.add(t * c), c) };
         acc.fill(0.0);
-        for (i, row) in rows.chunks_mut(row_len).enumerate() {
-            depthwise_row(x, xs, d, 0, t * per + i, row);
-            add_pixels(acc, row);
-        }
+        depthwise_rows(x, xs, d, 0, t * per, o.w, rows, Some(acc));
     });
     tasks
 }
@@ -1423,11 +1427,11 @@ fn interior(xs: Shape, d: &Depthwise, ow: usize) -> (usize, usize) {
     (lo, lo + (hi - lo) / DW_TILE * DW_TILE)
 }
 
-/// Channels `c0..c0 + W` of the interior pixels of one output row, `T`
-/// pixels at a time, then [`DW_TILE`].
+/// Channels `c0..c0 + W` of the interior pixels of one output row,
+/// [`DW_TILE`] pixels at a time.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dw_block<const W: usize, const F: bool, const T: usize>(
+fn dw_block<const W: usize, const F: bool>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1447,15 +1451,10 @@ fn dw_block<const W: usize, const F: bool, const T: usize>(
         c0,
     };
     let mut ox = lo;
-    while ox + T <= hi {
-        // SAFETY: interior pixels have all k taps inside the input, and
-        // depthwise_row checked the sizes.
-        unsafe { dw_tile::<W, F, T>(x, xs, d, at, ox, row) };
-        ox += T;
-    }
     while ox + DW_TILE <= hi {
-        // SAFETY: as above.
-        unsafe { dw_tile::<W, F, DW_TILE>(x, xs, d, at, ox, row) };
+        // SAFETY: interior pixels have all k taps inside the input, and
+        // depthwise_row_impl checked the sizes.
+        unsafe { dw_tile::<W, F>(x, xs, d, at, ox, row) };
         ox += DW_TILE;
     }
 }
@@ -1465,7 +1464,7 @@ fn dw_block<const W: usize, const F: bool, const T: usize>(
 /// # Safety
 /// As [`dw_tile_k`].
 #[inline(always)]
-unsafe fn dw_tile<const W: usize, const F: bool, const T: usize>(
+unsafe fn dw_tile<const W: usize, const F: bool>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1473,28 +1472,12 @@ unsafe fn dw_tile<const W: usize, const F: bool, const T: usize>(
     ox: usize,
     row: &mut [f32],
 ) {
-    // The 8-pixel tile only runs where AVX-512 is (depthwise_row), as
-    // intrinsics: written as arrays, its 8 × 16-lane accumulators went
-    // through the stack (7× slower than the 4-pixel tile).
-    #[cfg(target_arch = "x86_64")]
-    if W == LANES && T == 8 {
-        // SAFETY: forwarded; depthwise_row picks T = 8 only with AVX-512F.
-        unsafe {
-            match d.k {
-                3 => dw_tile8_avx512::<3, false>(x, xs, d, at, ox, row),
-                5 => dw_tile8_avx512::<5, false>(x, xs, d, at, ox, row),
-                7 => dw_tile8_avx512::<7, false>(x, xs, d, at, ox, row),
-                k => unreachable!("interior() is empty for kernel size {k}"),
-            }
-        }
-        return;
-    }
     // SAFETY: forwarded.
     unsafe {
         match d.k {
-            3 => dw_tile_k::<W, F, 3, T>(x, xs, d, at, ox, row),
-            5 => dw_tile_k::<W, F, 5, T>(x, xs, d, at, ox, row),
-            7 => dw_tile_k::<W, F, 7, T>(x, xs, d, at, ox, row),
+            3 => dw_tile_k::<W, F, 3, DW_TILE>(x, xs, d, at, ox, row),
+            5 => dw_tile_k::<W, F, 5, DW_TILE>(x, xs, d, at, ox, row),
+            7 => dw_tile_k::<W, F, 7, DW_TILE>(x, xs, d, at, ox, row),
             k => unreachable!("interior() is empty for kernel size {k}"),
         }
     }
@@ -1505,8 +1488,7 @@ unsafe fn dw_tile<const W: usize, const F: bool, const T: usize>(
 /// registers, and at stride 1 each input vector is loaded once for the
 /// `K` taps and pixels that share it (a sliding window of `T + K − 1`
 /// vectors instead of `T · K` loads). The portable form of
-/// [`dw_tile8_avx512`] (which the 16-lane blocks take where AVX-512 is),
-/// for every other CPU and channel block.
+/// [`dw_tile_avx512`], which every channel block takes where AVX-512 is.
 ///
 /// # Safety
 /// `x` holds the input of shape `xs`, `row` one output row of `d`, and the
@@ -1562,72 +1544,109 @@ unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize, const T: usiz
     }
 }
 
-/// [`dw_tile_k`] for 16 channels and 8 pixels in AVX-512 registers: 8
-/// accumulators, the row's `K` weight vectors and, at stride 1, each input
-/// vector loaded once for every pixel of the tile that reads it. With
-/// `EDGE` the tile may reach over the left or right border: the taps on
-/// columns outside the input are skipped (a border pixel alone, 4 blocks
-/// of channels at 2 loads per multiply-add, was ~30% of the depthwise time
-/// at 224 px, `perf annotate`).
+/// [`dw_tile_k`] for 16 channels (the lanes of `mask` with `M`) and `T`
+/// pixels in AVX-512 registers, stride `S`: `T` accumulators, the row's
+/// `K` weight vectors, and each input vector loaded once for every pixel of
+/// the tile that reads it — a window of `(T − 1)·S + K` columns per tap row
+/// (at stride 2 and k = 7 that is 21 loads for 56 multiply-adds, against
+/// one load per multiply-add before). With `EDGE` the tile may reach over
+/// the left or right border (or past the row's end, for a map narrower
+/// than the tile): the columns outside the input are skipped (a border
+/// pixel alone, 4 blocks of channels at 2 loads per multiply-add, was
+/// ~30% of the depthwise time at 224 px, `perf annotate`). With `M` the
+/// loads and stores are masked: the last block of a channel count that is
+/// not a multiple of 16 (72, 120 in the MobileNetV3 spaces) takes the same
+/// tile, no narrower path.
 ///
 /// # Safety
 /// As [`dw_tile_k`] (without `EDGE`: interior pixels), on a CPU with
-/// AVX-512F; `ox + 8` pixels fit in the output row.
+/// AVX-512F; pixel `t` of the tile (output pixel `ox + t`) is stored at
+/// `out + t·ostride`, 16 values (those of `mask` with `M`), which must be
+/// writable; without `M` all 16 channels from `at.c0` exist, with `M`
+/// those of `mask`. The tile stores the activated values; with `sums`
+/// `(acc, from, to)` it also adds pixels `from..to` of them to the 16
+/// values (those of `mask`) at `acc`.
+///
+/// Inlined into [`dw_rows_avx512`], whose AVX-512 target the intrinsics
+/// then compile for: as a call of its own (a `target_feature` function
+/// cannot be forced inline) the argument passing cost a store-forwarding
+/// stall per tile, ~19% of a k = 3 layer's time (`perf annotate`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dw_tile8_avx512<const K: usize, const EDGE: bool>(
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_tile_avx512<
+    const K: usize,
+    const S: usize,
+    const T: usize,
+    const EDGE: bool,
+    const M: bool,
+>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
     at: RowAt,
     ox: usize,
-    row: &mut [f32],
+    mask: u16,
+    (out, ostride): (*mut f32, usize),
+    sums: Option<(*mut f32, usize, usize)>,
 ) {
     use std::arch::x86_64::*;
-    const T: usize = 8;
-    let (s, p, c) = (d.s, K / 2, d.c);
-    debug_assert!(at.c0 + LANES <= c && (ox + T) * c <= row.len());
-    // SAFETY (all loads and stores): the caller's contract — interior
-    // pixels, `w` `[K·K, C]`, `b` `[C]`, `row` one output row.
+    const { assert!(T >= 1 && T <= 8 && S >= 1) };
+    let (p, c) = (K / 2, d.c);
+    debug_assert!(if M { at.c0 + mask.count_ones() as usize <= c } else { at.c0 + LANES <= c });
+    // SAFETY (all loads and stores): the caller's contract — the taps
+    // read are inside the input, `w` `[K·K, C]`, `b` `[C]`, `out` the
+    // tile's pixels; masked lanes are neither read nor written (AVX-512
+    // masked accesses do not fault on them).
     unsafe {
-        let bias = _mm512_loadu_ps(d.b.as_ptr().add(at.c0));
+        let ld = |ptr: *const f32| {
+            if M { _mm512_maskz_loadu_ps(mask, ptr) } else { _mm512_loadu_ps(ptr) }
+        };
+        let bias = ld(d.b.as_ptr().add(at.c0));
         let mut acc = [bias; T];
         for ky in at.ky0..at.ky1 {
-            let xrow = x.as_ptr().add(at.base + (at.oy * s + ky - p) * xs.w * c);
+            let xrow = x.as_ptr().add(at.base + (at.oy * S + ky - p) * xs.w * c);
             let wrow = d.w.as_ptr().add(ky * K * c + at.c0);
             let mut wv = [_mm512_setzero_ps(); K];
             for (kx, w) in wv.iter_mut().enumerate() {
-                *w = _mm512_loadu_ps(wrow.add(kx * c));
+                *w = ld(wrow.add(kx * c));
             }
-            let inside = |ix: isize| !EDGE || (ix >= 0 && (ix as usize) < xs.w);
-            if s == 1 {
-                for j in 0..T + K - 1 {
-                    let ix = (ox + j) as isize - p as isize;
-                    if !inside(ix) {
-                        continue;
-                    }
-                    let v = _mm512_loadu_ps(xrow.offset(ix * c as isize));
-                    for (t, a) in acc.iter_mut().enumerate() {
-                        if j >= t && j - t < K {
-                            *a = _mm512_fmadd_ps(v, wv[j - t], *a);
-                        }
+            // Column J of the window is tap J − S·t of pixel t, unrolled by
+            // the macro (up to the longest window, 7·2 + 7 at T = 8, S = 2,
+            // K = 7; the conditions fold away): as loops, LLVM left the
+            // stride-2 windows rolled, with the accumulators and weights
+            // indexed in memory.
+            seq_macro::seq!(J in 0..21 {
+                if J < (T - 1) * S + K {
+                    let ix = (ox * S + J) as isize - p as isize;
+                    if !EDGE || (ix >= 0 && (ix as usize) < xs.w) {
+                        let v = ld(xrow.offset(ix * c as isize));
+                        seq_macro::seq!(U in 0..8 {
+                            if U < T && J >= S * U && J - S * U < K {
+                                acc[U] = _mm512_fmadd_ps(v, wv[J - S * U], acc[U]);
+                            }
+                        });
                     }
                 }
+            });
+        }
+        let mut sum = _mm512_setzero_ps();
+        let (from, to) = sums.map_or((0, 0), |(_, f, t)| (f, t));
+        for (t, a) in acc.iter().enumerate() {
+            let v = act512(*a, Some(d.act));
+            let o = out.add(t * ostride);
+            if M {
+                _mm512_mask_storeu_ps(o, mask, v);
             } else {
-                for (kx, w) in wv.iter().enumerate() {
-                    for (t, a) in acc.iter_mut().enumerate() {
-                        let ix = ((ox + t) * s + kx) as isize - p as isize;
-                        if inside(ix) {
-                            let v = _mm512_loadu_ps(xrow.offset(ix * c as isize));
-                            *a = _mm512_fmadd_ps(v, *w, *a);
-                        }
-                    }
-                }
+                _mm512_storeu_ps(o, v);
+            }
+            if t >= from && t < to {
+                sum = _mm512_add_ps(sum, v);
             }
         }
-        let out = row.as_mut_ptr();
-        for (t, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add((ox + t) * c + at.c0), *a);
+        if let Some((acc, _, _)) = sums {
+            let now = _mm512_maskz_loadu_ps(mask, acc);
+            _mm512_mask_storeu_ps(acc, mask, _mm512_add_ps(now, sum));
         }
     }
 }
@@ -1674,7 +1693,7 @@ unsafe fn dw_pixel<const W: usize, const B: usize, const F: bool>(
     }
 }
 
-/// Channels `c_from..` of the border pixel `ox`, four blocks at a time.
+/// Every channel of the border pixel `ox`, four blocks at a time.
 #[inline(always)]
 fn dw_border_pixel<const F: bool>(
     x: &[f32],
@@ -1683,7 +1702,6 @@ fn dw_border_pixel<const F: bool>(
     ni: usize,
     oy: usize,
     ox: usize,
-    c_from: usize,
     row: &mut [f32],
 ) {
     let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
@@ -1696,7 +1714,7 @@ fn dw_border_pixel<const F: bool>(
         ky1,
         c0,
     };
-    let mut c0 = c_from;
+    let mut c0 = 0;
     // SAFETY: `taps` keeps every tap inside the input; depthwise_row
     // checked the sizes.
     unsafe {
@@ -1720,7 +1738,7 @@ fn dw_border_pixel<const F: bool>(
 }
 
 #[inline(always)]
-fn depthwise_row_impl<const F: bool, const T: usize>(
+fn depthwise_row_impl<const F: bool>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
@@ -1735,98 +1753,209 @@ fn depthwise_row_impl<const F: bool, const T: usize>(
     let ow = row.len() / c.max(1);
     let (lo, hi) = interior(xs, d, ow);
     let mut c0 = 0;
-    let mut c_tiled = 0;
-    // Where AVX-512 is (T = 8), whole rows of 16-channel blocks in 8-pixel
-    // tiles, the border pixels included.
-    #[cfg(target_arch = "x86_64")]
-    if T == 8 && ow >= 8 && matches!(d.k, 3 | 5 | 7) {
-        c0 = c / LANES * LANES;
-        c_tiled = c0;
-        // SAFETY: depthwise_row picks T = 8 only with AVX-512F; the sizes
-        // are checked above.
-        unsafe { dw_row8_avx512(x, xs, d, ni, oy, c0, row) };
-    }
     while c0 + LANES <= c {
-        dw_block::<LANES, F, T>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<LANES, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += LANES;
     }
     if c0 + 8 <= c {
-        dw_block::<8, F, T>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<8, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 8;
     }
     while c0 < c {
-        dw_block::<1, F, DW_TILE>(x, xs, d, ni, oy, c0, (lo, hi), row);
+        dw_block::<1, F>(x, xs, d, ni, oy, c0, (lo, hi), row);
         c0 += 1;
     }
     for ox in (0..lo).chain(hi..ow) {
-        dw_border_pixel::<F>(x, xs, d, ni, oy, ox, c_tiled, row);
+        dw_border_pixel::<F>(x, xs, d, ni, oy, ox, row);
     }
     activate_row(row, d.act);
 }
 
-/// Channels `0..c_end` (whole 16-channel blocks) of every pixel of one
-/// output row (at least 8 wide), in 8-pixel tiles; the last tile ends at
-/// the row's end, overlapping the one before (its pixels are written
-/// twice with the same values).
+/// Every channel and pixel of the output rows `oy0..` of sample `ni` that
+/// `rows` holds (whole rows), activated: blocks of 16 channels (the last
+/// one masked), each block over all the rows before the next block (the
+/// block's `k` input rows then stay in L1 from one output row to the
+/// next). Each row goes in tiles of 8 pixels — the last tile
+/// ends at the row's end, overlapping the one before (its pixels are
+/// written twice with the same values) — or, for a row narrower than 8,
+/// one tile of 7 (the 7×7 maps at 224 px) or of 8 reaching past the row's
+/// end, whose extra pixels are not stored. With `sums` (`[C]`), adds the
+/// rows' per-channel sums to it.
 ///
 /// # Safety
-/// A CPU with AVX-512F; `x`, `xs`, `d`, `row` as [`depthwise_row_impl`]
-/// checks them, `row` at least 8 pixels, `d.k` ∈ {3, 5, 7}.
+/// A CPU with AVX-512F; `x`, `xs`, `d`, `ni`, `rows`, `sums` as
+/// [`depthwise_rows`] checks them, `rows` whole output rows from `oy0`,
+/// `d.k` ∈ {3, 5, 7}, `d.s` ∈ {1, 2}, `sums` at least `C` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dw_row8_avx512(
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_rows_avx512(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
     ni: usize,
-    oy: usize,
-    c_end: usize,
-    row: &mut [f32],
+    oy0: usize,
+    ow: usize,
+    rows: &mut [f32],
+    sums: Option<&mut [f32]>,
 ) {
-    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
-    let ow = row.len() / c;
-    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
-    for c0 in (0..c_end).step_by(LANES) {
-        let at = RowAt {
-            base: ni * xs.h * xs.w * c + c0,
-            oy,
-            ky0,
-            ky1,
-            c0,
-        };
-        let mut ox = 0;
-        loop {
-            let o = ox.min(ow - 8);
-            let inside = o * s >= p && (o + 7) * s + k - p <= xs.w;
-            // SAFETY: the caller's contract; a tile not inside skips the
-            // columns outside the input.
-            unsafe {
-                match (k, inside) {
-                    (3, true) => dw_tile8_avx512::<3, false>(x, xs, d, at, o, row),
-                    (3, false) => dw_tile8_avx512::<3, true>(x, xs, d, at, o, row),
-                    (5, true) => dw_tile8_avx512::<5, false>(x, xs, d, at, o, row),
-                    (5, false) => dw_tile8_avx512::<5, true>(x, xs, d, at, o, row),
-                    (7, true) => dw_tile8_avx512::<7, false>(x, xs, d, at, o, row),
-                    _ => dw_tile8_avx512::<7, true>(x, xs, d, at, o, row),
-                }
-            }
-            if o + 8 == ow {
-                break;
-            }
-            ox += 8;
+    // SAFETY: forwarded.
+    unsafe {
+        match (d.k, d.s) {
+            (3, 1) => dw_rows_ks::<3, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+            (5, 1) => dw_rows_ks::<5, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+            (7, 1) => dw_rows_ks::<7, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+            (3, _) => dw_rows_ks::<3, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+            (5, _) => dw_rows_ks::<5, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+            _ => dw_rows_ks::<7, 2>(x, xs, d, ni, oy0, ow, rows, sums),
         }
     }
 }
 
+/// [`dw_rows_avx512`] for kernel size `K` and stride `S`: one function per
+/// pair, with its tiles inlined. (All six pairs' tiles in one function,
+/// once unrolled, ran the stride-1 layers at 27 instead of 34 GMAC/s;
+/// split, at 43–50, and stride 2 at 23–25 instead of 16.)
+///
+/// # Safety
+/// As [`dw_rows_avx512`], with `d.k == K`, `d.s == S`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_rows_ks<const K: usize, const S: usize>(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    ni: usize,
+    oy0: usize,
+    ow: usize,
+    rows: &mut [f32],
+    mut sums: Option<&mut [f32]>,
+) {
+    let (k, s, p, c) = (K, S, K / 2, d.c);
+    debug_assert!(d.k == K && d.s == S);
+    let row_len = ow * c;
+    // One tile: its width, border and mask as constants too (the loops
+    // unroll).
+    macro_rules! tile {
+        ($t:literal, $edge:literal, $m:literal, $at:expr, $o:expr, $mask:expr, $out:expr, $sum:expr) => {
+            dw_tile_avx512::<K, S, $t, $edge, $m>(x, xs, d, $at, $o, $mask, $out, $sum)
+        };
+    }
+    // A row of 1–6 pixels: an 8-pixel tile into this scratch, copied back
+    // for the pixels that exist.
+    let mut short = [0f32; 8 * LANES];
+    for c0 in (0..c).step_by(LANES) {
+        let lanes = (c - c0).min(LANES);
+        let mask = ((1u32 << lanes) - 1) as u16;
+        let masked = lanes < LANES;
+        let acc = sums.as_deref_mut().map(|v| v[c0..].as_mut_ptr());
+        for (r, row) in rows.chunks_exact_mut(row_len).enumerate() {
+            let oy = oy0 + r;
+            let (ky0, ky1) = taps(oy, s, p, k, xs.h);
+            let at = RowAt {
+                base: ni * xs.h * xs.w * c + c0,
+                oy,
+                ky0,
+                ky1,
+                c0,
+            };
+            // Where the tile at pixel `o` stores.
+            macro_rules! px {
+                ($o:expr) => {
+                    (row.as_mut_ptr().add($o * c + c0), c)
+                };
+            }
+            // SAFETY (the tiles): the caller's contract; tiles not inside
+            // skip the columns outside the input, masked ones the channels
+            // past `c`; each tile's pixels lie in `row` (or `short`).
+            unsafe {
+                if ow == 7 {
+                    let sum = acc.map(|a| (a, 0, 7));
+                    match masked {
+                        false => tile!(7, true, false, at, 0, mask, px!(0), sum),
+                        true => tile!(7, true, true, at, 0, mask, px!(0), sum),
+                    }
+                    continue;
+                }
+                if ow < 8 {
+                    let to = (short.as_mut_ptr(), LANES);
+                    let sum = acc.map(|a| (a, 0, ow));
+                    match masked {
+                        false => tile!(8, true, false, at, 0, mask, to, sum),
+                        true => tile!(8, true, true, at, 0, mask, to, sum),
+                    }
+                    for (t, v) in short.chunks_exact(LANES).take(ow).enumerate() {
+                        row[t * c + c0..][..lanes].copy_from_slice(&v[..lanes]);
+                    }
+                    continue;
+                }
+                let mut ox = 0;
+                loop {
+                    let o = ox.min(ow - 8);
+                    let inside = o * s >= p && (o + 7) * s + k - p <= xs.w;
+                    // The last tile's pixels before `ox` were summed by
+                    // the tile before.
+                    let sum = acc.map(|a| (a, ox - o, 8));
+                    match (inside, masked) {
+                        (true, false) => tile!(8, false, false, at, o, mask, px!(o), sum),
+                        (false, false) => tile!(8, true, false, at, o, mask, px!(o), sum),
+                        (true, true) => tile!(8, false, true, at, o, mask, px!(o), sum),
+                        (false, true) => tile!(8, true, true, at, o, mask, px!(o), sum),
+                    }
+                    if o + 8 == ow {
+                        break;
+                    }
+                    ox += 8;
+                }
+            }
+        }
+    }
+}
+
+/// Output rows `oy0..` of sample `ni` (`rows`, whole rows of `ow` pixels),
+/// activated; with `sums` (`[C]`), their per-channel sums added to it.
 #[multiversion::multiversion(targets = "simd")]
-fn depthwise_row(x: &[f32], xs: Shape, d: &Depthwise, ni: usize, oy: usize, row: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn depthwise_rows(
+    x: &[f32],
+    xs: Shape,
+    d: &Depthwise,
+    ni: usize,
+    oy0: usize,
+    ow: usize,
+    rows: &mut [f32],
+    sums: Option<&mut [f32]>,
+) {
     use multiversion::target::target_cfg_f;
-    if target_cfg_f!(all(target_feature = "avx512f", target_feature = "fma")) {
-        depthwise_row_impl::<true, 8>(x, xs, d, ni, oy, row)
-    } else if target_cfg_f!(target_feature = "fma") {
-        depthwise_row_impl::<true, DW_TILE>(x, xs, d, ni, oy, row)
-    } else {
-        depthwise_row_impl::<false, DW_TILE>(x, xs, d, ni, oy, row)
+    let c = d.c;
+    // What the unchecked loads and stores rely on.
+    assert!(ni < xs.n && xs.c == c && x.len() >= xs.len());
+    assert!(d.w.len() == d.k * d.k * c && d.b.len() == c);
+    assert!(rows.len() % (ow * c).max(1) == 0);
+    assert!(oy0 + rows.len() / (ow * c).max(1) <= d.out_shape(xs).h);
+    assert!(sums.as_ref().is_none_or(|v| v.len() >= c));
+    #[cfg(target_arch = "x86_64")]
+    if target_cfg_f!(all(target_feature = "avx512f", target_feature = "fma"))
+        && c > 0
+        && ow > 0
+        && matches!(d.k, 3 | 5 | 7)
+        && matches!(d.s, 1 | 2)
+    {
+        // SAFETY: AVX-512F is there; the sizes are checked above.
+        unsafe { dw_rows_avx512(x, xs, d, ni, oy0, ow, rows, sums) };
+        return;
+    }
+    let mut sums = sums;
+    for (r, row) in rows.chunks_exact_mut((ow * c).max(1)).enumerate() {
+        if target_cfg_f!(target_feature = "fma") {
+            depthwise_row_impl::<true>(x, xs, d, ni, oy0 + r, row)
+        } else {
+            depthwise_row_impl::<false>(x, xs, d, ni, oy0 + r, row)
+        }
+        if let Some(acc) = sums.as_deref_mut() {
+            add_pixels(&mut acc[..c], row);
+        }
     }
 }
 
@@ -2117,6 +2246,19 @@ mod tests {
                 }
             }
             close(&y, &want, &format!("depthwise {xs:?} k{k} s{s}"));
+            // The portable kernels, which CPUs without AVX-512 take (with
+            // and without FMA), row by row.
+            for fused in [false, true] {
+                let mut y3 = vec![f32::NAN; o.len()];
+                for (g, row) in y3.chunks_mut(o.w * c).enumerate() {
+                    if fused {
+                        depthwise_row_impl::<true>(&x, xs, &d, g / o.h, g % o.h, row);
+                    } else {
+                        depthwise_row_impl::<false>(&x, xs, &d, g / o.h, g % o.h, row);
+                    }
+                }
+                close(&y3, &want, &format!("portable depthwise {xs:?} k{k} s{s} fma {fused}"));
+            }
         }
     }
 
