@@ -1571,7 +1571,7 @@ unsafe fn dw_tile_k<const W: usize, const F: bool, const K: usize, const T: usiz
 /// `(acc, from, to)` it also adds pixels `from..to` of them to the 16
 /// values (those of `mask`) at `acc`.
 ///
-/// Inlined into [`dw_rows_avx512`], whose AVX-512 target the intrinsics
+/// Inlined into [`dw_rows_ks`], whose AVX-512 target the intrinsics
 /// then compile for: as a call of its own (a `target_feature` function
 /// cannot be forced inline) the argument passing cost a store-forwarding
 /// stall per tile, ~19% of a k = 3 layer's time (`perf annotate`).
@@ -1794,43 +1794,15 @@ fn depthwise_row_impl<const F: bool>(
 /// end, whose extra pixels are not stored. With `sums` (`[C]`), adds the
 /// rows' per-channel sums to it.
 ///
+/// One function per kernel size `K` and stride `S`, with its tiles
+/// inlined. (All six pairs' tiles in one function, once unrolled, ran the
+/// stride-1 layers at 27 instead of 34 GMAC/s; split, at 43–50, and
+/// stride 2 at 23–25 instead of 16.)
+///
 /// # Safety
 /// A CPU with AVX-512F; `x`, `xs`, `d`, `ni`, `rows`, `sums` as
 /// [`depthwise_rows`] checks them, `rows` whole output rows from `oy0`,
-/// `d.k` ∈ {3, 5, 7}, `d.s` ∈ {1, 2}, `sums` at least `C` long.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_rows_avx512(
-    x: &[f32],
-    xs: Shape,
-    d: &Depthwise,
-    ni: usize,
-    oy0: usize,
-    ow: usize,
-    rows: &mut [f32],
-    sums: Option<&mut [f32]>,
-) {
-    // SAFETY: forwarded.
-    unsafe {
-        match (d.k, d.s) {
-            (3, 1) => dw_rows_ks::<3, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-            (5, 1) => dw_rows_ks::<5, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-            (7, 1) => dw_rows_ks::<7, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-            (3, _) => dw_rows_ks::<3, 2>(x, xs, d, ni, oy0, ow, rows, sums),
-            (5, _) => dw_rows_ks::<5, 2>(x, xs, d, ni, oy0, ow, rows, sums),
-            _ => dw_rows_ks::<7, 2>(x, xs, d, ni, oy0, ow, rows, sums),
-        }
-    }
-}
-
-/// [`dw_rows_avx512`] for kernel size `K` and stride `S`: one function per
-/// pair, with its tiles inlined. (All six pairs' tiles in one function,
-/// once unrolled, ran the stride-1 layers at 27 instead of 34 GMAC/s;
-/// split, at 43–50, and stride 2 at 23–25 instead of 16.)
-///
-/// # Safety
-/// As [`dw_rows_avx512`], with `d.k == K`, `d.s == S`.
+/// `d.k == K`, `d.s == S`, `sums` at least `C` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
@@ -1961,7 +1933,16 @@ fn depthwise_rows(
         && matches!(d.s, 1 | 2)
     {
         // SAFETY: AVX-512F is there; the sizes are checked above.
-        unsafe { dw_rows_avx512(x, xs, d, ni, oy0, ow, rows, sums) };
+        unsafe {
+            match (d.k, d.s) {
+                (3, 1) => dw_rows_ks::<3, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+                (5, 1) => dw_rows_ks::<5, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+                (7, 1) => dw_rows_ks::<7, 1>(x, xs, d, ni, oy0, ow, rows, sums),
+                (3, _) => dw_rows_ks::<3, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+                (5, _) => dw_rows_ks::<5, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+                _ => dw_rows_ks::<7, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+            }
+        }
         return;
     }
     let mut sums = sums;
