@@ -1392,6 +1392,21 @@ struct RowAt {
     c0: usize,
 }
 
+impl RowAt {
+    /// Output row `oy` of sample `ni`, channels from `c0`, for the input
+    /// shape `xs` of `d`.
+    fn new(xs: Shape, d: &Depthwise, ni: usize, oy: usize, c0: usize) -> RowAt {
+        let (ky0, ky1) = taps(oy, d.s, d.k / 2, d.k, xs.h);
+        RowAt {
+            base: ni * xs.h * xs.w * d.c + c0,
+            oy,
+            ky0,
+            ky1,
+            c0,
+        }
+    }
+}
+
 /// `W` consecutive values of `v` from `at`.
 ///
 /// # Safety
@@ -1445,15 +1460,7 @@ fn dw_block<const W: usize, const F: bool>(
     (lo, hi): (usize, usize),
     row: &mut [f32],
 ) {
-    let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
-    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
-    let at = RowAt {
-        base: ni * xs.h * xs.w * c + c0,
-        oy,
-        ky0,
-        ky1,
-        c0,
-    };
+    let at = RowAt::new(xs, d, ni, oy, c0);
     let mut ox = lo;
     while ox + DW_TILE <= hi {
         // SAFETY: interior pixels have all k taps inside the input, and
@@ -1717,15 +1724,8 @@ fn dw_border_pixel<const F: bool>(
     row: &mut [f32],
 ) {
     let (k, s, p, c) = (d.k, d.s, d.k / 2, d.c);
-    let (ky0, ky1) = taps(oy, s, p, k, xs.h);
     let kx = taps(ox, s, p, k, xs.w);
-    let at = |c0: usize| RowAt {
-        base: ni * xs.h * xs.w * c + c0,
-        oy,
-        ky0,
-        ky1,
-        c0,
-    };
+    let at = |c0: usize| RowAt::new(xs, d, ni, oy, c0);
     let mut c0 = 0;
     // SAFETY: `taps` keeps every tap inside the input; depthwise_row
     // checked the sizes.
@@ -1840,15 +1840,7 @@ unsafe fn dw_rows_ks<const K: usize, const S: usize>(
             let masked = lanes < LANES;
             let acc = sums.as_deref_mut().map(|v| v[c0..].as_mut_ptr());
             for (r, row) in band.chunks_exact_mut(row_len).enumerate() {
-                let oy = oy0 + bi * BAND + r;
-                let (ky0, ky1) = taps(oy, s, p, k, xs.h);
-                let at = RowAt {
-                    base: ni * xs.h * xs.w * c + c0,
-                    oy,
-                    ky0,
-                    ky1,
-                    c0,
-                };
+                let at = RowAt::new(xs, d, ni, oy0 + bi * BAND + r, c0);
                 // Where the tile at pixel `o` stores.
                 macro_rules! px {
                     ($o:expr) => {
