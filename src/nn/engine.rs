@@ -1333,7 +1333,7 @@ fn depthwise(x: &[f32], xs: Shape, d: &Depthwise, y: &mut [f32], par: Par<'_>) {
         while !rest.is_empty() {
             let n = (o.h - g % o.h).min(rest.len() / row_len);
             let (now, after) = rest.split_at_mut(n * row_len);
-            depthwise_rows(x, xs, d, g / o.h, g % o.h, o.w, now, None);
+            depthwise_rows(x, xs, d, g / o.h, g % o.h, now, None);
             (g, rest) = (g + n, after);
         }
     });
@@ -1363,7 +1363,7 @@ fn depthwise_summed(
         // SAFETY: task `t` (< tasks) alone writes row `t` of the sums.
         let acc = unsafe { std::slice::from_raw_parts_mut(at.0.add(t * c), c) };
         acc.fill(0.0);
-        depthwise_rows(x, xs, d, 0, t * per, o.w, rows, Some(acc));
+        depthwise_rows(x, xs, d, 0, t * per, rows, Some(acc));
     });
     tasks
 }
@@ -1805,18 +1805,17 @@ fn depthwise_row_impl<const F: bool>(
 /// `d.k == K`, `d.s == S`, `sums` at least `C` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn dw_rows_ks<const K: usize, const S: usize>(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
     ni: usize,
     oy0: usize,
-    ow: usize,
     rows: &mut [f32],
     mut sums: Option<&mut [f32]>,
 ) {
     let (k, s, p, c) = (K, S, K / 2, d.c);
+    let ow = d.out_shape(xs).w;
     debug_assert!(d.k == K && d.s == S);
     let row_len = ow * c;
     // One tile: its width, border and mask as constants too (the loops
@@ -1895,21 +1894,20 @@ unsafe fn dw_rows_ks<const K: usize, const S: usize>(
     }
 }
 
-/// Output rows `oy0..` of sample `ni` (`rows`, whole rows of `ow` pixels),
+/// Output rows `oy0..` of sample `ni` (`rows`, whole output rows),
 /// activated; with `sums` (`[C]`), their per-channel sums added to it.
 #[multiversion::multiversion(targets = "simd")]
-#[allow(clippy::too_many_arguments)]
 fn depthwise_rows(
     x: &[f32],
     xs: Shape,
     d: &Depthwise,
     ni: usize,
     oy0: usize,
-    ow: usize,
     rows: &mut [f32],
     sums: Option<&mut [f32]>,
 ) {
     use multiversion::target::target_cfg_f;
+    let ow = d.out_shape(xs).w;
     let c = d.c;
     // What the unchecked loads and stores rely on.
     assert!(ni < xs.n && xs.c == c && x.len() >= xs.len());
@@ -1927,12 +1925,12 @@ fn depthwise_rows(
         // SAFETY: AVX-512F is there; the sizes are checked above.
         unsafe {
             match (d.k, d.s) {
-                (3, 1) => dw_rows_ks::<3, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-                (5, 1) => dw_rows_ks::<5, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-                (7, 1) => dw_rows_ks::<7, 1>(x, xs, d, ni, oy0, ow, rows, sums),
-                (3, _) => dw_rows_ks::<3, 2>(x, xs, d, ni, oy0, ow, rows, sums),
-                (5, _) => dw_rows_ks::<5, 2>(x, xs, d, ni, oy0, ow, rows, sums),
-                _ => dw_rows_ks::<7, 2>(x, xs, d, ni, oy0, ow, rows, sums),
+                (3, 1) => dw_rows_ks::<3, 1>(x, xs, d, ni, oy0, rows, sums),
+                (5, 1) => dw_rows_ks::<5, 1>(x, xs, d, ni, oy0, rows, sums),
+                (7, 1) => dw_rows_ks::<7, 1>(x, xs, d, ni, oy0, rows, sums),
+                (3, _) => dw_rows_ks::<3, 2>(x, xs, d, ni, oy0, rows, sums),
+                (5, _) => dw_rows_ks::<5, 2>(x, xs, d, ni, oy0, rows, sums),
+                _ => dw_rows_ks::<7, 2>(x, xs, d, ni, oy0, rows, sums),
             }
         }
         return;
